@@ -1,0 +1,295 @@
+"""Persistent objects: the status machine, ghosts, and access tracking.
+
+A persistent object is SAVED (its state matches the stored record), UNSAVED
+(changed, or new and never stored) or a GHOST (an oid and a class, state not
+loaded).  Reading or writing an ordinary attribute of a ghost loads it;
+writing marks the object changed so the next ``commit()`` stores it.
+
+How reads stay as fast as on a plain object
+--------------------------------------------
+The connection must know which objects a transaction has touched (for LRU
+eviction and for read-set conflict detection), yet a ``__getattribute__``
+hook on every read costs about 25 times a plain read.  So the hook lives on a
+*tracking class*: a layout-identical subclass made once per persistent class.
+An object attached to a connection sits in its tracking class until it is
+first used in a transaction; that first use (a read, a write or a method
+call) moves it to its real class, loads it if it is a ghost, and tells the
+connection.  From then on reads cost what they cost on any object, since the
+real class overrides only ``__setattr__``.  At each transaction boundary the
+connection moves the objects touched in that transaction back.
+
+So, for an object that has a connection: its type is its real class exactly
+when it has been touched in the current transaction.  ``obj.__class__``
+always answers the real class; ``type(obj)`` may answer the tracking class,
+which has the same name, module and behaviour.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+UNSAVED = 1
+SAVED = 0
+GHOST = -1
+
+_setattribute = object.__setattr__
+_getattribute = object.__getattribute__
+_delattribute = object.__delattr__
+
+# tracking class -> the real class it stands in for, and the reverse.
+_real_classes: dict[type, type] = {}
+_tracking_classes: dict[type, type] = {}
+# class -> names of the slots that hold its state
+_data_slot_names: dict[type, tuple[str, ...]] = {}
+
+
+def real_class(cls: type) -> type:
+    """The class an object of type ``cls`` really is (undoing tracking)."""
+    return _real_classes.get(cls, cls)
+
+
+def is_tracking_class(cls: type) -> bool:
+    return cls in _real_classes
+
+
+def tracking_class(cls: type) -> type:
+    """The tracking subclass that stands in for ``cls`` until first use."""
+    try:
+        return _tracking_classes[cls]
+    except KeyError:
+        pass
+    namespace = {
+        "__slots__": (),
+        "__module__": cls.__module__,
+        "__qualname__": cls.__qualname__,
+        "__doc__": cls.__doc__,
+        "__getattribute__": _first_use_getattribute,
+        "__setattr__": _first_use_setattr,
+        "__delattr__": _first_use_delattr,
+    }
+    tracker = type(cls)(cls.__name__, (cls,), namespace)
+    _real_classes[tracker] = cls
+    return _tracking_classes.setdefault(cls, tracker)
+
+
+def _first_use(obj: PersistentObject) -> None:
+    """Move ``obj`` to its real class, tell its connection, load a ghost."""
+    tracker = type(obj)
+    _setattribute(obj, "__class__", _real_classes[tracker])
+    connection = _getattribute(obj, "_p_connection")
+    if connection is not None:
+        connection.note_access(obj)
+    if _getattribute(obj, "_p_status") == GHOST:
+        try:
+            obj._p_load_state()
+        except BaseException:
+            _setattribute(obj, "__class__", tracker)
+            raise
+
+
+def _first_use_getattribute(self: Any, name: str) -> Any:
+    if name[:3] == "_p_":
+        return _getattribute(self, name)
+    if name == "__class__":
+        return _real_classes[type(self)]
+    _first_use(self)
+    return getattr(self, name)
+
+
+def _first_use_setattr(self: Any, name: str, value: Any) -> None:
+    if name[:3] != "_p_":
+        _first_use(self)
+    setattr(self, name, value)
+
+
+def _first_use_delattr(self: Any, name: str) -> None:
+    if name[:3] != "_p_":
+        _first_use(self)
+    delattr(self, name)
+
+
+def _mangle(cls: type, name: str) -> str:
+    if name.startswith("__") and not name.endswith("__"):
+        return f"_{cls.__name__.lstrip('_')}{name}"
+    return name
+
+
+def data_slots(cls: type) -> tuple[str, ...]:
+    """The slot names of ``cls`` (and its bases) that hold persistent state."""
+    try:
+        return _data_slot_names[cls]
+    except KeyError:
+        pass
+    names: list[str] = []
+    for klass in reversed(cls.__mro__):
+        slots = klass.__dict__.get("__slots__", ())
+        if isinstance(slots, str):
+            slots = (slots,)
+        for name in slots:
+            name = _mangle(klass, name)
+            if name[:3] != "_p_" and name not in ("__weakref__", "__dict__") and name not in names:
+                names.append(name)
+    _data_slot_names[cls] = result = tuple(names)
+    return result
+
+
+class PersistentObject:
+    """Base of every persistent class; subclasses may use ``__slots__``.
+
+    Instance attributes (all kept in slots, never part of the state):
+
+    - ``_p_oid``: the 8-byte oid, or None until first stored.
+    - ``_p_connection``: the Connection that loaded or stored it, or None.
+    - ``_p_status``: UNSAVED, SAVED or GHOST.
+    - ``_p_serial``: the connection's transaction serial when last used.
+    """
+
+    __slots__ = ("_p_status", "_p_serial", "_p_connection", "_p_oid", "__weakref__")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PersistentObject:
+        obj = object.__new__(cls)
+        _setattribute(obj, "_p_status", UNSAVED)
+        _setattribute(obj, "_p_serial", 0)
+        _setattribute(obj, "_p_connection", None)
+        _setattribute(obj, "_p_oid", None)
+        return obj
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._p_status != UNSAVED and name[:3] != "_p_":
+            self._p_note_change()
+        _setattribute(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if self._p_status != UNSAVED and name[:3] != "_p_":
+            self._p_note_change()
+        _delattribute(self, name)
+
+    def __getstate__(self) -> Any:
+        if self._p_status == GHOST:
+            self._p_load_state()
+        state = {}
+        try:
+            state.update(_getattribute(self, "__dict__"))
+        except AttributeError:
+            pass
+        for name in data_slots(real_class(type(self))):
+            try:
+                state[name] = _getattribute(self, name)
+            except AttributeError:
+                pass
+        return state
+
+    def __setstate__(self, state: Any) -> None:
+        self._p_clear_state()
+        if state:
+            for name, value in state.items():
+                _setattribute(self, name, value)
+
+    def _p_clear_state(self) -> None:
+        """Drop all state, leaving the object as empty as a fresh ghost."""
+        try:
+            _getattribute(self, "__dict__").clear()
+        except AttributeError:
+            pass
+        for name in data_slots(real_class(type(self))):
+            try:
+                _delattribute(self, name)
+            except AttributeError:
+                pass
+
+    def __repr__(self) -> str:
+        if self._p_oid is None:
+            identifier = f"@{id(self):x}"
+        else:
+            identifier = self._p_format_oid()
+        return f"<{real_class(type(self)).__name__} {identifier}>"
+
+    def _p_load_state(self) -> None:
+        """Load the stored state of this ghost through its connection."""
+        if self._p_status == GHOST:
+            self._p_connection.load_state(self)
+
+    def _p_note_change(self) -> None:
+        """Mark this object changed so that the next commit stores it."""
+        if self._p_status != UNSAVED:
+            if self._p_status == GHOST:
+                self._p_load_state()
+            _setattribute(self, "_p_status", UNSAVED)
+            self._p_connection.note_change(self)
+
+    def _p_format_oid(self) -> str:
+        oid = self._p_oid
+        return str(oid and int.from_bytes(oid, "big"))
+
+    def _p_set_status_ghost(self) -> None:
+        """Drop the state; the next use loads it again."""
+        self._p_clear_state()
+        _setattribute(self, "_p_status", GHOST)
+        if self._p_connection is not None:
+            _setattribute(self, "__class__", tracking_class(real_class(type(self))))
+
+    def _p_set_status_saved(self) -> None:
+        _setattribute(self, "_p_status", SAVED)
+
+    def _p_set_status_unsaved(self) -> None:
+        if self._p_status == GHOST:
+            self._p_load_state()
+        _setattribute(self, "_p_status", UNSAVED)
+
+    def _p_is_ghost(self) -> bool:
+        return self._p_status == GHOST
+
+    def _p_is_unsaved(self) -> bool:
+        return self._p_status == UNSAVED
+
+    def _p_is_saved(self) -> bool:
+        return self._p_status == SAVED
+
+
+class Persistent(PersistentObject):
+    """The usual persistent class: its state is its ``__dict__``."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        if self._p_status == GHOST:
+            self._p_load_state()
+        return _getattribute(self, "__dict__")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        instance_dict = _getattribute(self, "__dict__")
+        instance_dict.clear()
+        if state:
+            instance_dict.update(state)
+
+
+class ComputedAttribute(PersistentObject):
+    """A cached value computed from other objects, with no stored state.
+
+    It has an oid so that ``invalidate()`` in one connection (which marks it
+    changed) makes every other connection forget its cached value too.
+    """
+
+    __slots__ = ("value",)
+
+    def __getstate__(self) -> None:
+        return None
+
+    def _p_load_state(self) -> None:
+        # Nothing is stored: loading only means the value must be recomputed.
+        if self._p_status == GHOST:
+            self._p_clear_state()
+            _setattribute(self, "_p_status", SAVED)
+
+    def invalidate(self) -> None:
+        """Forget the value here and, after commit, in every other connection."""
+        self._p_clear_state()
+        self._p_note_change()
+
+    def get(self, compute: Callable[[], Any]) -> Any:
+        """The cached value, computing it with ``compute()`` if there is none."""
+        try:
+            return _getattribute(self, "value")
+        except AttributeError:
+            value = compute()
+            # Caching the value is not a change to store.
+            _setattribute(self, "value", value)
+            return value

@@ -1,0 +1,159 @@
+"""The storage interface every storage, the server and the client meet at.
+
+A storage keeps object records (see :mod:`durus.record`) by oid and knows
+nothing of pickles: it stores bytes, hands out oids, and applies a commit's
+records all together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from durus.error import DurusKeyError
+from durus.record import ROOT_OID, int_to_oid, record_refs
+
+InvalidationHandler = Callable[[list[bytes]], None]
+
+
+class Storage:
+    """The narrow interface a Connection uses; subclasses implement it."""
+
+    def load(self, oid: bytes) -> bytes:
+        """The record stored for ``oid``; DurusKeyError if there is none.
+
+        A storage shared with other clients may raise ReadConflictError.
+        """
+        raise NotImplementedError
+
+    def begin(self) -> None:
+        """Start collecting the records of a commit."""
+        raise NotImplementedError
+
+    def store(self, oid: bytes, record: bytes) -> None:
+        """Add a record to the commit underway."""
+        raise NotImplementedError
+
+    def end(self, handle_invalidations: InvalidationHandler | None = None) -> None:
+        """Make the commit durable, all of it or none.
+
+        A shared storage first passes the oids other clients committed since
+        this one last synced to ``handle_invalidations``, which raises
+        ConflictError to abandon the commit.
+        """
+        raise NotImplementedError
+
+    def sync(self) -> list[bytes]:
+        """The oids committed by others since the last sync or commit."""
+        raise NotImplementedError
+
+    def new_oid(self) -> bytes:
+        """An oid never handed out before (the root's, oid 0, comes first)."""
+        raise NotImplementedError
+
+    def pack(self) -> None:
+        """Drop the records not reachable from the root."""
+        raise NotImplementedError
+
+    def get_packer(self) -> Iterator[None] | None:
+        """An incremental pack: each step does a little; None if unsupported."""
+        return None
+
+    def bulk_load(self, oids: Iterable[bytes]) -> Iterator[bytes]:
+        """The records of ``oids``, in order."""
+        for oid in oids:
+            yield self.load(oid)
+
+    def gen_oid_record(
+        self, start_oid: bytes | None = None, batch_size: int = 100
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """``(oid, record)`` pairs: with ``start_oid``, those reachable from it
+        breadth first; without, every stored record (reachable or not) where
+        the storage can list them, else those reachable from the root.
+        """
+        return gen_reachable_records(self, ROOT_OID if start_oid is None else start_oid, batch_size)
+
+    def close(self) -> None:
+        """Release files and sockets; the storage is unusable afterwards."""
+
+
+def gen_reachable_records(
+    storage: Storage, start_oid: bytes = ROOT_OID, batch_size: int = 100
+) -> Iterator[tuple[bytes, bytes]]:
+    """Walk the object graph from ``start_oid`` breadth first by record refs."""
+    seen = {start_oid}
+    todo = [start_oid]
+    while todo:
+        batch, todo = todo[:batch_size], todo[batch_size:]
+        try:
+            records = list(storage.bulk_load(batch))
+        except DurusKeyError:
+            # A dangling reference: load one by one to skip only the missing.
+            records = []
+            for oid in batch:
+                try:
+                    records.append(storage.load(oid))
+                except DurusKeyError:
+                    continue
+        for record in records:
+            oid = record[:8]
+            yield oid, record
+            refs = record_refs(record)
+            for start in range(0, len(refs), 8):
+                ref = refs[start:start + 8]
+                if ref not in seen:
+                    seen.add(ref)
+                    todo.append(ref)
+
+
+class MemoryStorage(Storage):
+    """Records in a dict, for tests and for a process-local database."""
+
+    def __init__(self) -> None:
+        self.records: dict[bytes, bytes] = {}
+        self.pending: dict[bytes, bytes] | None = None
+        self._next_oid = 0
+
+    def load(self, oid: bytes) -> bytes:
+        try:
+            return self.records[oid]
+        except KeyError:
+            raise DurusKeyError(oid) from None
+
+    def begin(self) -> None:
+        self.pending = {}
+
+    def store(self, oid: bytes, record: bytes) -> None:
+        if self.pending is None:
+            raise RuntimeError("store() outside a commit: call begin() first")
+        self.pending[oid] = record
+
+    def end(self, handle_invalidations: InvalidationHandler | None = None) -> None:
+        if self.pending is None:
+            raise RuntimeError("end() outside a commit: call begin() first")
+        self.records.update(self.pending)
+        self.pending = None
+
+    def sync(self) -> list[bytes]:
+        return []
+
+    def new_oid(self) -> bytes:
+        while True:
+            oid = int_to_oid(self._next_oid)
+            self._next_oid += 1
+            if oid not in self.records:
+                return oid
+
+    def gen_oid_record(
+        self, start_oid: bytes | None = None, batch_size: int = 100
+    ) -> Iterator[tuple[bytes, bytes]]:
+        if start_oid is None:
+            return iter(list(self.records.items()))
+        return gen_reachable_records(self, start_oid, batch_size)
+
+    def pack(self) -> None:
+        reachable = dict(gen_reachable_records(self))
+        self.records = reachable
+
+    def get_packer(self) -> Iterator[None]:
+        self.pack()
+        return iter(())
