@@ -1,0 +1,419 @@
+"""FileStorage: records kept in one SHELF-1 file (see :mod:`durus.shelf`).
+
+One process owns a file at a time: it holds an exclusive ``flock`` while
+the file is open for writing, and processes that want to share a database
+reach it through a storage server.  A commit appends one transaction with
+one write and returns only after fdatasync; :mod:`durus.shelf` explains why
+that order means a crash never leaves a file that ``repair=True`` cannot
+open.  Packing writes ``<file>.pack`` holding the records reachable from
+the root, step by step so a server can keep serving commits meanwhile, then
+renames it over the file.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from struct import Struct
+
+from durus.error import DurusError, DurusKeyError
+from durus.record import ROOT_OID, int_to_oid, record_refs
+from durus.shelf import PREFIX, Shelf, encode_offset_map, write_all
+from durus.storage import InvalidationHandler, Storage, gen_reachable_records
+
+__all__ = ["FileStorage", "TempFileStorage", "FileLockedError", "ReadOnlyError"]
+
+_int8 = Struct(">Q")
+
+# A packer step copies about this many records, or writes about this many bytes.
+_PACK_STEP_RECORDS = 1000
+_PACK_WRITE_BYTES = 1 << 20
+
+
+class FileLockedError(DurusError, OSError):
+    """Another process has the file open for writing (it holds the lock)."""
+
+
+class ReadOnlyError(DurusError):
+    """A change was asked of a storage opened with ``readonly=True``."""
+
+
+class FileStorage(Storage):
+    """A storage in a SHELF-1 file, owned by this process while open.
+
+    Instance attributes:
+
+    - ``filename``: the path of the file.
+    - ``readonly``: True when opened for reading only (no lock, no commits).
+    - ``shelf``: the open :class:`~durus.shelf.Shelf`, the file and its index.
+    - ``pending``: oid -> record of the commit underway, or None between commits.
+    - ``allocated``: oids handed out by ``new_oid`` and not committed yet.
+    - ``freed``: oids a pack removed that ``sync`` has not reported yet; they
+      are not handed out again until it has, so no object a connection
+      still holds can share an oid with a new one.
+    - ``pack_extra``: the oids committed while a pack is underway, or None.
+    """
+
+    def __init__(self, filename: str | None = None, readonly: bool = False, repair: bool = False) -> None:
+        if readonly and repair:
+            raise ValueError("repair=True needs the file open for writing, not readonly=True")
+        self._temporary = filename is None
+        if filename is None:
+            if readonly:
+                raise ValueError("a temporary FileStorage cannot be readonly")
+            fd, filename = tempfile.mkstemp(prefix="durus-", suffix=".durus")
+            os.close(fd)
+        self.filename = os.fspath(filename)
+        self.readonly = readonly
+        self.pending: dict[bytes, bytes] | None = None
+        self.allocated: set[bytes] = set()
+        self.freed: set[bytes] = set()
+        self.pack_extra: set[bytes] | None = None
+        self._pack_file: str | None = None
+        self._pid = os.getpid()
+        try:
+            fd = self._open_file()
+            try:
+                self.shelf = Shelf(fd, self.filename, repair=repair, sync=not self._temporary)
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException:
+            self._remove_temporary()
+            raise
+        self._unused_oids = self.shelf.gen_unused_oids()
+
+    def _open_file(self) -> int:
+        """The file's descriptor: locked exclusively unless readonly."""
+        if self.readonly:
+            try:
+                fd = os.open(self.filename, os.O_RDONLY)
+            except FileNotFoundError as error:
+                raise FileNotFoundError(
+                    error.errno, f"no file to open readonly: {self.filename}", self.filename) from None
+            if os.fstat(fd).st_size == 0:
+                os.close(fd)
+                raise DurusError(f"{self.filename} is empty, not a SHELF-1 file: open it writable to create one")
+            return fd
+        while True:
+            fd = os.open(self.filename, os.O_RDWR | os.O_CREAT, 0o666)
+            if not _lock(fd):
+                os.close(fd)
+                raise FileLockedError(
+                    errno.EAGAIN,
+                    f"{self.filename} is open in another process, which holds its lock; "
+                    "a file storage belongs to one process at a time: to share the "
+                    "database, serve it with a storage server (durus -s --file "
+                    f"{self.filename}, or flask durus serve) and connect to that",
+                    self.filename,
+                )
+            try:
+                same = os.stat(self.filename).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            # A pack renamed a new file over the one we locked: lock that one.
+            os.close(fd)
+
+    def get_filename(self) -> str:
+        """The path of the file holding the data."""
+        return self.filename
+
+    def load(self, oid: bytes) -> bytes:
+        position = self.shelf.get_position(oid)
+        if position is None:
+            raise DurusKeyError(oid)
+        return self.shelf.read_record(oid, position)
+
+    def bulk_load(self, oids: Iterable[bytes]) -> Iterator[bytes]:
+        shelf = self.shelf
+        for oid in oids:
+            position = shelf.get_position(oid)
+            if position is None:
+                raise DurusKeyError(oid)
+            yield shelf.read_record(oid, position)
+
+    def begin(self) -> None:
+        self._check_writable("commit")
+        self.pending = {}
+
+    def store(self, oid: bytes, record: bytes) -> None:
+        if self.pending is None:
+            self._check_writable("commit")
+            raise RuntimeError("store() outside a commit: call begin() first")
+        if len(oid) != 8 or record[:8] != oid:
+            raise ValueError(f"a record for oid {oid!r} must start with that 8-byte oid")
+        self.pending[oid] = record
+
+    def end(self, handle_invalidations: InvalidationHandler | None = None) -> None:
+        """Append the commit as one transaction, durable when this returns."""
+        if self.pending is None:
+            self._check_writable("commit")
+            raise RuntimeError("end() outside a commit: call begin() first")
+        pending, self.pending = self.pending, None
+        if not pending:
+            return
+        self._check_writable("commit")
+        self.shelf.append(pending.items())
+        self.allocated.difference_update(pending)
+        if self.pack_extra is not None:
+            self.pack_extra.update(pending)
+
+    def sync(self) -> list[bytes]:
+        """The oids a pack removed since the last call ([] when there was no pack)."""
+        freed = list(self.freed)
+        self.freed.clear()
+        return freed
+
+    def new_oid(self) -> bytes:
+        self._check_writable("allocate oids")
+        for oid in self._unused_oids:
+            if oid not in self.allocated and oid not in self.freed:
+                self.allocated.add(oid)
+                return oid
+        raise AssertionError("the oid generator is endless")  # pragma: no cover
+
+    def gen_oid_record(
+        self, start_oid: bytes | None = None, batch_size: int = 100
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Without ``start_oid`` every record in the file, in file order; with
+        it, the records reachable from it.
+        """
+        if start_oid is not None:
+            yield from gen_reachable_records(self, start_oid, batch_size)
+            return
+        shelf = self.shelf
+        for oid, position in list(shelf.gen_positions()):
+            if self.shelf is not shelf:
+                # A pack replaced the file: read the rest from the new one.
+                position = self.shelf.get_position(oid)
+                if position is None:
+                    continue
+            yield oid, self.shelf.read_record(oid, position)
+
+    def pack(self) -> None:
+        for _ in self.get_packer():
+            pass
+
+    def get_packer(self) -> Iterator[str]:
+        """An incremental pack: each step copies a bounded batch, so commits
+        may come between steps.  Empty if a pack or commit is underway.
+        """
+        self._check_writable("pack")
+        if self.pending is not None or self.pack_extra is not None:
+            return iter(())
+        return self._gen_pack_steps()
+
+    def _gen_pack_steps(self) -> Iterator[str]:
+        if self.pending is not None or self.pack_extra is not None:
+            return  # another pack started since get_packer()
+        pack_file = self.filename + ".pack"
+        fd = os.open(pack_file, os.O_RDWR | os.O_CREAT, 0o666)
+        if not _lock(fd):
+            os.close(fd)
+            raise FileLockedError(errno.EAGAIN, f"{pack_file} is locked: another process is packing it", pack_file)
+        self._pack_file = pack_file
+        self.pack_extra = set()
+        finished = False
+        try:
+            os.ftruncate(fd, 0)
+            yield "started"
+            copier = _ReachableCopier(self, fd)
+            while copier.copy_some():
+                yield "copying"
+            yield "base written"
+            new_shelf = Shelf(fd, pack_file, sync=not self._temporary)
+            fd = -1  # the new shelf owns it
+            try:
+                while self.pack_extra:
+                    records = list(copier.gen_extra_records(self.pack_extra))
+                    self.pack_extra = set()
+                    new_shelf.append(records)
+                    yield "copying commits"
+                self._swap_in(new_shelf, copier)
+            finally:
+                if self.shelf is not new_shelf:
+                    new_shelf.close()
+            finished = True
+            _sync_directory(self.filename)
+            yield "finished"
+        finally:
+            self.pack_extra = None
+            self._pack_file = None
+            if not finished:
+                if fd >= 0:
+                    os.close(fd)
+                _unlink(pack_file)
+
+    def _swap_in(self, new_shelf: Shelf, copier: _ReachableCopier) -> None:
+        """Rename the packed file over the file and use it from now on."""
+        os.fsync(new_shelf.fd)
+        old_shelf = self.shelf
+        freed = [oid for oid, _ in old_shelf.gen_positions() if not copier.has_copied(oid)]
+        os.replace(new_shelf.path, self.filename)
+        new_shelf.path = self.filename
+        self.shelf = new_shelf
+        self._unused_oids = new_shelf.gen_unused_oids()
+        self.freed.update(freed)
+        old_shelf.close()
+
+    def close(self) -> None:
+        """Close the file (the lock goes with it); remove it if temporary."""
+        shelf = self.__dict__.pop("shelf", None)
+        if shelf is None:
+            return
+        shelf.close()
+        if self._pack_file is not None:
+            _unlink(self._pack_file)
+        self._remove_temporary()
+
+    def _remove_temporary(self) -> None:
+        if self._temporary:
+            _unlink(self.filename)
+
+    def _check_writable(self, action: str) -> None:
+        if self.readonly:
+            raise ReadOnlyError(f"cannot {action}: {self.filename} was opened with readonly=True")
+        if "shelf" not in self.__dict__:
+            raise DurusError(f"cannot {action}: the storage of {self.filename} is closed")
+        if os.getpid() != self._pid:
+            raise DurusError(
+                f"cannot {action}: {self.filename} was opened by process {self._pid}, "
+                "before a fork; open storages after forking, or serve the file "
+                "with a storage server and connect each process to it"
+            )
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}({self.filename!r})"
+
+
+class TempFileStorage(FileStorage):
+    """A FileStorage in a new temporary file, removed on close (for tests)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+
+class _ReachableCopier:
+    """Writes the initial transaction and offset map of a packed file.
+
+    Instance attributes:
+
+    - ``storage``: the FileStorage being packed.
+    - ``fd``: the new file, written from offset 0.
+    - ``todo``: the oids (ints) found reachable and not copied yet.
+    - ``seen``: a byte per oid: 1 once found reachable (copied or queued).
+    - ``offsets``: oid (int) -> record offset in the new file.
+    - ``buffer``, ``position``: bytes waiting to be written, and where.
+    """
+
+    def __init__(self, storage: FileStorage, fd: int) -> None:
+        self.storage = storage
+        self.fd = fd
+        self.todo = [0]
+        self.seen = bytearray(1)
+        self.seen[0] = 1
+        self.offsets: dict[int, int] = {}
+        self.buffer: list[bytes] = [PREFIX, _int8.pack(0)]
+        self.position = 0
+        self.buffered = len(PREFIX) + 8
+
+    def copy_some(self) -> bool:
+        """Copy a batch of reachable records; False once all are, and the
+        transaction's length and the offset map are written.
+        """
+        shelf = self.storage.shelf
+        todo = self.todo
+        batch = todo[-_PACK_STEP_RECORDS:]
+        del todo[-_PACK_STEP_RECORDS:]
+        for index in batch:
+            oid = int_to_oid(index)
+            position = shelf.get_position(oid)
+            if position is None:
+                continue  # a dangling reference
+            record = shelf.read_record(oid, position)
+            self.offsets[index] = self.position + self.buffered
+            self.buffer.append(_int8.pack(8 + len(record)))
+            self.buffer.append(oid)
+            self.buffer.append(record)
+            self.buffered += 16 + len(record)
+            self._queue_refs(record_refs(record))
+        if self.buffered >= _PACK_WRITE_BYTES:
+            self._flush()
+        if todo:
+            return True
+        self._flush()
+        map_start = self.position
+        write_all(self.fd, _int8.pack(map_start - len(PREFIX) - 8), len(PREFIX))
+        count = max(self.offsets) + 2 if self.offsets else 0
+        write_all(self.fd, encode_offset_map(map_start, count, self.offsets), map_start)
+        return False
+
+    def _queue_refs(self, refs: bytes) -> None:
+        seen = self.seen
+        for (index,) in _int8.iter_unpack(refs):
+            if index >= len(seen):
+                seen.extend(bytes(max(index + 1 - len(seen), len(seen))))
+            if not seen[index]:
+                seen[index] = 1
+                self.todo.append(index)
+
+    def _flush(self) -> None:
+        data = b"".join(self.buffer)
+        write_all(self.fd, data, self.position)
+        self.position += len(data)
+        self.buffer = []
+        self.buffered = 0
+
+    def has_copied(self, oid: bytes) -> bool:
+        index = int.from_bytes(oid, "big")
+        return index < len(self.seen) and self.seen[index] == 1
+
+    def gen_extra_records(self, committed: set[bytes]) -> Iterator[tuple[bytes, bytes]]:
+        """The current records of oids committed during the pack, and of any
+        objects reachable from them that the copy has not met.
+        """
+        seen = self.seen
+        self.todo = [int.from_bytes(oid, "big") for oid in committed]
+        for index in self.todo:
+            if index >= len(seen):
+                seen.extend(bytes(max(index + 1 - len(seen), len(seen))))
+            seen[index] = 1
+        shelf = self.storage.shelf
+        while self.todo:
+            oid = int_to_oid(self.todo.pop())
+            position = shelf.get_position(oid)
+            if position is None:
+                continue
+            record = shelf.read_record(oid, position)
+            self._queue_refs(record_refs(record))
+            yield oid, record
+
+
+def _lock(fd: int) -> bool:
+    """Take the exclusive lock on ``fd`` if no other process has it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _sync_directory(path: str) -> None:
+    """Make a rename in ``path``'s directory durable."""
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

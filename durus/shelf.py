@@ -1,0 +1,411 @@
+"""The SHELF-1 file format: what FileStorage keeps on disk, byte for byte.
+
+A shelf file is the prefix ``SHELF-1\\n``, an *initial transaction*, an
+*offset map* for the records of that initial transaction, and then any
+number of further transactions appended one per commit.  All integers are
+unsigned big-endian; docs/file-format.md gives every layout as a table of
+byte offsets and tests/test_file_format.py pins them.
+
+- transaction: ``int8(length of the rest)`` then entries;
+- entry: ``int8(8 + len(record)) + oid(8) + record`` (a record starts with
+  its oid again, see :mod:`durus.record`);
+- offset map at position S: ``int8(16 + W*N) + int8(W) + int8(N)`` and N
+  words of W bytes.  Word i is the offset of oid i's record in the initial
+  transaction (always below S), or, for an oid without one (a *hole*), a
+  link ``S + j`` to the hole j before it, the first hole linking to N - 1.
+  Index N - 1 is always a hole, so the links starting there visit every
+  hole in descending order; new oids come from that walk, then from N up.
+
+This module reads and writes that format and nothing more: :class:`Shelf`
+is an open shelf file with its index of oid -> record offset; locking,
+oid bookkeeping and packing live in :mod:`durus.file_storage`.
+
+Why a crash can never leave a file that repair cannot open: the bytes up
+to the end of the last completed commit are never written again (commits
+only append, and packing builds a separate file that replaces this one
+with an atomic rename only after it is fsynced).  A commit is written with
+a single write of the whole transaction and then fdatasynced before the
+commit returns, and the next commit starts only after that.  So whatever
+a crash leaves behind the last completed transaction is the remains of
+exactly one transaction: a prefix of it, or its full length holding
+zeros or garbage where the file system kept the new size but not the
+data.  Opening detects both (a length running past the end, entries that
+do not parse, or zero bytes up to the end) and ``repair=True`` cuts the
+file back to the end of the last completed transaction.  Damage anywhere
+before that cannot come from a crash, so it is reported, never cut.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+from array import array
+from collections.abc import Iterable, Iterator
+from struct import Struct
+
+from durus.error import DurusError
+from durus.record import int_to_oid
+
+PREFIX = b"SHELF-1\n"
+
+_int4 = Struct(">I")
+_int8 = Struct(">Q")
+_LINK_BASE = len(PREFIX) + 8  # offset map start of a shelf with an empty initial transaction
+
+# Bytes a load reads at once: most records fit, so most loads take one pread.
+_LOAD_CHUNK = 4096
+# Smallest entry length: an 8-byte oid, then a record of oid(8) + int4 + no data.
+_MIN_ENTRY_LENGTH = 8 + 12
+
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
+class ShelfError(DurusError):
+    """The file is not a readable SHELF-1 file; ``path`` and ``offset`` say where.
+
+    Damage before the last transaction cannot come from a crash during a
+    commit, so it is never repaired automatically: restore from a backup, or
+    copy out what is readable with ``gen_oid_record``.
+    """
+
+    def __init__(self, path: str, offset: int, problem: str) -> None:
+        super().__init__(f"{path}: {problem} at byte offset {offset}")
+        self.path = path
+        self.offset = offset
+
+
+class TornTransactionError(ShelfError):
+    """The last transaction was cut short by a crash; open with repair=True."""
+
+    def __init__(self, path: str, offset: int) -> None:
+        ShelfError.__init__(
+            self,
+            path,
+            offset,
+            "the last transaction is incomplete (a crash during a commit); "
+            "open the file with FileStorage(..., repair=True) or the durus "
+            "command's --repair to cut it off (only that uncommitted "
+            "transaction is lost)",
+        )
+
+
+def word_width(map_start: int, count: int) -> int:
+    """W: the fewest bytes that hold ``map_start + count + 1``."""
+    return max(1, (map_start + count + 1).bit_length() + 7 >> 3)
+
+
+def encode_offset_map(map_start: int, count: int, offsets: dict[int, int]) -> bytes:
+    """The offset map of ``count`` words for ``offsets`` (oid -> record offset),
+    with the cycle of links through the holes.
+    """
+    words = array("Q", bytes(8 * count))
+    previous_hole = count - 1
+    for index in range(count):
+        offset = offsets.get(index)
+        if offset is None:
+            words[index] = map_start + previous_hole
+            previous_hole = index
+        else:
+            words[index] = offset
+    width = word_width(map_start, count)
+    header = _int8.pack(16 + width * count) + _int8.pack(width) + _int8.pack(count)
+    return header + _narrow_words(words, width)
+
+
+def _narrow_words(words: array, width: int) -> bytes:
+    """Big-endian words of ``width`` bytes from 8-byte unsigned ints."""
+    if sys.byteorder == "little":
+        words = array("Q", words)
+        words.byteswap()
+    wide = words.tobytes()
+    if width == 8:
+        return wide
+    narrow = bytearray(width * len(words))
+    for k in range(width):
+        narrow[k::width] = wide[8 - width + k::8]
+    return bytes(narrow)
+
+
+def _widen_words(narrow: bytes, width: int, count: int) -> array:
+    """8-byte unsigned ints from ``count`` big-endian words of ``width`` bytes."""
+    if width == 8:
+        wide = narrow
+    else:
+        wide = bytearray(8 * count)
+        for k in range(width):
+            wide[8 - width + k::8] = narrow[k::width]
+    words = array("Q")
+    words.frombytes(wide)
+    if sys.byteorder == "little":
+        words.byteswap()
+    return words
+
+
+def empty_shelf() -> bytes:
+    """The bytes of a new file: prefix, empty initial transaction, empty map."""
+    return PREFIX + _int8.pack(0) + encode_offset_map(_LINK_BASE, 0, {})
+
+
+def encode_transaction(
+    records: Iterable[tuple[bytes, bytes]], position: int
+) -> tuple[bytes, dict[bytes, int]]:
+    """A transaction of ``(oid, record)`` pairs that will start at ``position``,
+    and the offset each entry will have there.
+    """
+    parts = [b""]
+    offsets = {}
+    offset = position + 8
+    pack = _int8.pack
+    for oid, record in records:
+        parts.append(pack(8 + len(record)))
+        parts.append(oid)
+        parts.append(record)
+        offsets[oid] = offset
+        offset += 16 + len(record)
+    parts[0] = pack(offset - position - 8)
+    return b"".join(parts), offsets
+
+
+def write_all(fd: int, data: bytes, position: int) -> None:
+    """Write all of ``data`` at ``position``: one pwrite unless the OS writes less."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, position)
+        view = view[written:]
+        position += written
+
+
+def _parse_entries(
+    buffer: mmap.mmap | bytes, start: int, end: int, size: int
+) -> tuple[list[tuple[bytes, int]], str | None, int]:
+    """The ``(oid, offset)`` of the entries of a transaction spanning
+    ``start:end``, checked as far as the file (``size`` bytes) holds them; a
+    problem found, if any, and its offset.  An entry cut off by the end of
+    the file is no problem: that is what a crash leaves.
+    """
+    read_int8 = _int8.unpack_from
+    read_int4 = _int4.unpack_from
+    entries = []
+    offset = start
+    limit = min(end, size)
+    while offset < limit:
+        if offset + 8 > limit:
+            return entries, (None if end > size else "an entry runs past the end of its transaction"), offset
+        entry_end = offset + 8 + read_int8(buffer, offset)[0]
+        if entry_end > end or entry_end < offset + 8 + _MIN_ENTRY_LENGTH:
+            return entries, "an entry's length does not fit its transaction", offset
+        if entry_end > size:
+            break
+        oid = buffer[offset + 8:offset + 16]
+        if buffer[offset + 16:offset + 24] != oid:
+            return entries, "an entry's record does not start with the entry's oid", offset
+        data_end = offset + 28 + read_int4(buffer, offset + 24)[0]
+        if data_end > entry_end or (entry_end - data_end) % 8:
+            return entries, "a record's data length does not fit its entry", offset
+        entries.append((oid, offset))
+        offset = entry_end
+    return entries, None, offset
+
+
+class Shelf:
+    """An open SHELF-1 file and its index of oid -> record offset.
+
+    The index has two parts so that a packed file of millions of objects
+    costs 8 bytes per object in memory: the offset map of the initial
+    transaction, kept as an array of words, and a dict for the records of
+    the transactions appended after it, which override the map.
+
+    Instance attributes:
+
+    - ``fd``: the file descriptor (opened and locked by the caller).
+    - ``path``: the file's name, for messages.
+    - ``map_start``: S, the position of the offset map.
+    - ``map_words``: the N words of the map as ints (offsets below S, links
+      at or above S).
+    - ``recent``: oid -> offset of its newest record after the map.
+    - ``end``: the position where the next transaction goes.
+    - ``sync``: whether appends are fdatasynced (not for throwaway files).
+    """
+
+    def __init__(self, fd: int, path: str, repair: bool = False, sync: bool = True) -> None:
+        self.fd = fd
+        self.path = path
+        self.sync = sync
+        size = os.fstat(fd).st_size
+        if size == 0:
+            write_all(fd, empty_shelf(), 0)
+            self._sync()
+            size = os.fstat(fd).st_size
+        buffer = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        try:
+            self._read(buffer, size, repair)
+        finally:
+            buffer.close()
+
+    def _read(self, buffer: mmap.mmap, size: int, repair: bool) -> None:
+        empty = empty_shelf()
+        if size < len(empty) and buffer[:size] == empty[:size]:
+            # A crash while a new file was being written: only repair rewrites it.
+            if not repair:
+                raise TornTransactionError(self.path, 0)
+            os.ftruncate(self.fd, 0)
+            write_all(self.fd, empty, 0)
+            self._sync()
+            buffer, size = empty, len(empty)
+        if buffer[:len(PREFIX)] != PREFIX:
+            raise ShelfError(
+                self.path, 0,
+                "not a SHELF-1 file (Durus FileStorage files start with "
+                "'SHELF-1'); older Durus formats must be converted with Durus first",
+            )
+        if size < len(PREFIX) + 8 + 24:
+            raise ShelfError(self.path, size, "the file ends inside its offset map")
+        map_start = len(PREFIX) + 8 + _int8.unpack_from(buffer, len(PREFIX))[0]
+        if map_start + 24 > size:
+            raise ShelfError(self.path, len(PREFIX), "the initial transaction runs past the end of the file")
+        map_length, width, count = (
+            _int8.unpack_from(buffer, map_start + k)[0] for k in (0, 8, 16))
+        map_end = map_start + 8 + map_length
+        if not 1 <= width <= 8 or map_length != 16 + width * count or map_end > size:
+            raise ShelfError(self.path, map_start, "the offset map's header is inconsistent")
+        self.map_start = map_start
+        self.map_words = _widen_words(buffer[map_start + 24:map_end], width, count)
+        self.recent: dict[bytes, int] = {}
+        self.end = self._read_transactions(buffer, map_end, size, repair)
+
+    def _read_transactions(self, buffer: mmap.mmap | bytes, position: int, size: int, repair: bool) -> int:
+        """Index the transactions after the map; return where the last one ends."""
+        read_int8 = _int8.unpack_from
+        zeros_from = None  # start of a run of empty transactions reaching to here
+        while position < size:
+            torn = position if zeros_from is None else zeros_from
+            if position + 8 > size:
+                return self._torn(torn, repair)
+            end = position + 8 + read_int8(buffer, position)[0]
+            entries, problem, offset = _parse_entries(buffer, position + 8, end, size)
+            if problem is not None:
+                if end == size or buffer[offset:size] == bytes(size - offset):
+                    # The file system kept the new length, not all the data.
+                    return self._torn(torn, repair)
+                raise ShelfError(self.path, offset, f"{problem} (in the transaction at {position})")
+            if end > size:
+                return self._torn(torn, repair)
+            if end == position + 8:
+                if zeros_from is None:
+                    zeros_from = position
+            else:
+                zeros_from = None
+            self.recent.update(entries)
+            position = end
+        if zeros_from is not None:
+            # Neither Durus nor this package writes an empty transaction after
+            # the map: zeros up to the end are a commit whose data never landed.
+            return self._torn(zeros_from, repair)
+        return position
+
+    def _torn(self, position: int, repair: bool) -> int:
+        if not repair:
+            raise TornTransactionError(self.path, position)
+        os.ftruncate(self.fd, position)
+        self._sync()
+        return position
+
+    def _sync(self) -> None:
+        if self.sync:
+            _fdatasync(self.fd)
+
+    def get_position(self, oid: bytes) -> int | None:
+        """The offset of the entry holding ``oid``'s newest record, if any."""
+        position = self.recent.get(oid)
+        if position is None and len(oid) == 8:
+            index = int.from_bytes(oid, "big")
+            if index < len(self.map_words):
+                word = self.map_words[index]
+                if word < self.map_start:
+                    return word
+        return position
+
+    def read_record(self, oid: bytes, position: int) -> bytes:
+        """The record of the entry at ``position``, which must hold ``oid``."""
+        chunk = os.pread(self.fd, _LOAD_CHUNK, position)
+        if len(chunk) < 16 or chunk[8:16] != oid:
+            raise ShelfError(self.path, position, f"no entry for oid {int.from_bytes(oid, 'big')} where the index says")
+        end = 8 + _int8.unpack_from(chunk)[0]
+        if end <= len(chunk):
+            return chunk[16:end]
+        rest = os.pread(self.fd, end - len(chunk), position + len(chunk))
+        if len(rest) != end - len(chunk):
+            raise ShelfError(self.path, position, "a record runs past the end of the file")
+        return chunk[16:] + rest
+
+    def append(self, records: Iterable[tuple[bytes, bytes]]) -> None:
+        """Append one transaction with one write, fdatasync it, then index it.
+
+        On a failed write the file is cut back, so it never keeps part of it.
+        """
+        data, offsets = encode_transaction(records, self.end)
+        try:
+            write_all(self.fd, data, self.end)
+            self._sync()
+        except BaseException:
+            os.ftruncate(self.fd, self.end)
+            raise
+        self.recent.update(offsets)
+        self.end += len(data)
+
+    def __contains__(self, oid: bytes) -> bool:
+        return self.get_position(oid) is not None
+
+    def map_size(self) -> int:
+        """N: the number of words in the offset map."""
+        return len(self.map_words)
+
+    def gen_holes(self) -> Iterator[int]:
+        """The holes of the offset map in the order readers allocate them:
+        the links from N - 1, which descend through every hole back to N - 1.
+        """
+        count = len(self.map_words)
+        if count == 0:
+            return
+        index = count - 1
+        for _ in range(count):
+            link = self.map_words[index] - self.map_start
+            if not 0 <= link < count:
+                raise ShelfError(self.path, self.map_start + 24, f"the offset map's hole {index} holds a broken link")
+            yield link
+            if link == count - 1:
+                return
+            index = link
+        raise ShelfError(self.path, self.map_start + 24, "the offset map's holes do not link up in a cycle")
+
+    def gen_unused_oids(self) -> Iterator[bytes]:
+        """Oids without a record: the map's holes first, then from N upward."""
+        for index in self.gen_holes():
+            oid = int_to_oid(index)
+            if oid not in self.recent:
+                yield oid
+        index = len(self.map_words)
+        while True:
+            oid = int_to_oid(index)
+            if oid not in self.recent:
+                yield oid
+            index += 1
+
+    def gen_positions(self) -> Iterator[tuple[bytes, int]]:
+        """``(oid, position)`` of every current record, in file order."""
+        map_start = self.map_start
+        recent = self.recent
+        current = [
+            (position, int_to_oid(index))
+            for index, position in enumerate(self.map_words)
+            if position < map_start
+        ]
+        current = [(position, oid) for position, oid in current if oid not in recent]
+        current.extend((position, oid) for oid, position in recent.items())
+        current.sort()
+        for position, oid in current:
+            yield oid, position
+
+    def close(self) -> None:
+        os.close(self.fd)
