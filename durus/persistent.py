@@ -26,6 +26,7 @@ which has the same name, module and behaviour.
 
 from __future__ import annotations
 
+from sys import intern
 from typing import Any, Callable
 
 UNSAVED = 1
@@ -97,15 +98,44 @@ def _first_use_getattribute(self: Any, name: str) -> Any:
 
 
 def _first_use_setattr(self: Any, name: str, value: Any) -> None:
-    if name[:3] != "_p_":
+    if name[:3] == "_p_":
+        _setattribute(self, name, value)
+    else:
         _first_use(self)
-    setattr(self, name, value)
+        setattr(self, name, value)
 
 
 def _first_use_delattr(self: Any, name: str) -> None:
-    if name[:3] != "_p_":
+    if name[:3] == "_p_":
+        _delattribute(self, name)
+    else:
         _first_use(self)
-    delattr(self, name)
+        delattr(self, name)
+
+
+def _refill_dict(instance_dict: dict, state: dict) -> None:
+    """Replace the contents of an instance ``__dict__`` with ``state``.
+
+    CPython 3.11 only specialises an attribute read on an object with a
+    ``__dict__`` when that dict is a combined table whose key is the very
+    (interned) string the code names.  Unpickled keys are not interned, and
+    the dict of an object created with inline values and then given another
+    ``__class__`` is a split table; either makes every read take the slow
+    path, three times the cost.  Clearing and refilling with interned keys
+    gives the fast kind.
+    """
+    instance_dict.clear()
+    for name, value in state.items():
+        instance_dict[intern(name) if type(name) is str else name] = value
+
+
+def settle_instance_dict(obj: Any) -> None:
+    """Make the ``__dict__`` of a new object the fast kind (see _refill_dict)."""
+    try:
+        instance_dict = _getattribute(obj, "__dict__")
+    except AttributeError:
+        return
+    _refill_dict(instance_dict, dict(instance_dict))
 
 
 def _mangle(cls: type, name: str) -> str:
@@ -255,10 +285,7 @@ class Persistent(PersistentObject):
         return _getattribute(self, "__dict__")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        instance_dict = _getattribute(self, "__dict__")
-        instance_dict.clear()
-        if state:
-            instance_dict.update(state)
+        _refill_dict(_getattribute(self, "__dict__"), state or {})
 
 
 class ComputedAttribute(PersistentObject):

@@ -1,0 +1,422 @@
+"""The connection: one view of a storage, with its object cache and transaction.
+
+A Connection hands out the persistent objects of one storage, each at most
+once, loads ghosts on first use, stores changes on ``commit()`` and drops
+them on ``abort()``.  Conflicts are found optimistically: when another client
+has committed an object this transaction used (read or wrote), the commit, or
+the load that meets it, raises a ConflictError, and the application aborts
+and retries.
+
+Which objects a transaction used is known without a hook on every attribute
+read: see :mod:`durus.persistent`.  An object attached to this connection is
+of its real class exactly when the current transaction has used it; at the
+transaction boundary :meth:`Connection._end_transaction` moves the used ones
+back to their tracking class, refreshes their place in the LRU order and
+turns the least recently used into ghosts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from durus.error import ConflictError, DurusKeyError, ReadConflictError, WriteConflictError
+from durus.persistent import (
+    GHOST,
+    SAVED,
+    UNSAVED,
+    PersistentObject,
+    is_tracking_class,
+    settle_instance_dict,
+    tracking_class,
+)
+from durus.record import ROOT_OID, int_to_oid, unpack_record
+from durus.serialize import ObjectReader, ObjectWriter
+from durus.storage import Storage
+
+_setattribute = object.__setattr__
+
+# How long a connection waits for another client to finish creating the root.
+ROOT_CREATION_TIMEOUT = 10.0
+
+
+class ObjectCache:
+    """The objects of one connection by oid, held weakly.
+
+    Loaded objects are also held strongly, in LRU order, by the connection;
+    this map only guarantees that each oid has at most one object.
+    """
+
+    def __init__(self) -> None:
+        self._refs: dict[bytes, weakref.KeyedRef] = {}
+
+        def forget(ref: weakref.KeyedRef, refs: dict = self._refs) -> None:
+            if refs.get(ref.key) is ref:
+                del refs[ref.key]
+
+        self._forget = forget
+
+    def get(self, oid: bytes) -> PersistentObject | None:
+        ref = self._refs.get(oid)
+        return None if ref is None else ref()
+
+    def add(self, obj: PersistentObject) -> None:
+        self._refs[obj._p_oid] = weakref.KeyedRef(obj, self._forget, obj._p_oid)
+
+    def discard(self, oid: bytes) -> None:
+        self._refs.pop(oid, None)
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def objects(self) -> list[PersistentObject]:
+        """A snapshot of the live objects."""
+        return [obj for obj in (ref() for ref in list(self._refs.values())) if obj is not None]
+
+
+class Connection:
+    """A view of one storage, with an object cache and a current transaction.
+
+    Instance attributes:
+
+    - ``storage``: the Storage this connection reads and commits through.
+    - ``root``: the root object (oid 0).
+    - ``transaction_serial``: counts transaction boundaries; stamped on used
+      objects as ``_p_serial``.
+    """
+
+    def __init__(
+        self,
+        storage: Storage | str | os.PathLike,
+        cache_size: int = 100000,
+        root_class: type | None = None,
+    ) -> None:
+        if isinstance(storage, (str, os.PathLike)):
+            from durus.file_storage import FileStorage
+
+            storage = FileStorage(os.fspath(storage))
+        self.storage = storage
+        self.transaction_serial = 1
+        self._cache_size = 0
+        self.set_cache_size(cache_size)
+        self._cache = ObjectCache()
+        # Loaded objects, least recently used first; strong references.
+        self._loaded: OrderedDict[bytes, PersistentObject] = OrderedDict()
+        self._changed: dict[bytes, PersistentObject] = {}
+        self._used: list[PersistentObject] = []
+        # Oids found conflicting; loading them fails until abort().
+        self._invalid_oids: set[bytes] = set()
+        self._reader = ObjectReader(self)
+        self._writer = ObjectWriter(self)
+        self.root = self._open_root(root_class)
+
+    # -- public API --------------------------------------------------------
+
+    def get_storage(self) -> Storage:
+        return self.storage
+
+    def get_root(self) -> PersistentObject:
+        return self.root
+
+    def get_cache_count(self) -> int:
+        """How many objects (loaded or ghosts) the cache holds now."""
+        return len(self._cache)
+
+    def get_cache_size(self) -> int:
+        """The target number of loaded objects kept between transactions."""
+        return self._cache_size
+
+    def set_cache_size(self, size: int) -> None:
+        if size <= 0:
+            raise ValueError(f"cache size must be positive, not {size!r}")
+        self._cache_size = size
+
+    def get_load_count(self) -> int:
+        """How many object states this connection has loaded from storage."""
+        return self._reader.load_count
+
+    def get_transaction_serial(self) -> int:
+        return self.transaction_serial
+
+    def new_oid(self) -> bytes:
+        return self.storage.new_oid()
+
+    def get(self, oid: bytes | int) -> PersistentObject | None:
+        """The object with this oid (int or 8 bytes), or None if none is stored."""
+        if isinstance(oid, int):
+            oid = int_to_oid(oid)
+        obj = self._cache.get(oid)
+        if obj is not None:
+            return obj
+        try:
+            record = self._load_record(oid)
+        except DurusKeyError:
+            return None
+        return self._object_from_record(oid, record)
+
+    __getitem__ = get
+
+    def get_instance(self, oid: bytes, cls: type) -> PersistentObject:
+        """The cached object for ``oid``, or a new ghost of class ``cls``."""
+        ref = self._cache._refs.get(oid)
+        if ref is not None:
+            obj = ref()
+            if obj is not None and obj.__class__ is cls:
+                return obj
+        tracker = tracking_class(cls)
+        obj = cls.__new__(tracker)
+        _setattribute(obj, "_p_oid", oid)
+        _setattribute(obj, "_p_connection", self)
+        _setattribute(obj, "_p_status", GHOST)
+        self._cache.add(obj)
+        return obj
+
+    def get_crawler(self, start_oid: bytes = ROOT_OID, batch_size: int = 100) -> Iterator[PersistentObject]:
+        """Every object reachable from ``start_oid``, loaded in batches."""
+        for oid, record in self.storage.gen_oid_record(start_oid, batch_size):
+            yield self._object_from_record(oid, record)
+
+    def commit(self) -> None:
+        """Store every changed object and every new object reachable from one.
+
+        Raises WriteConflictError, storing nothing, if another client has
+        committed an object this transaction used; call ``abort()`` then.
+        """
+        if self._invalid_oids:
+            raise WriteConflictError(sorted(self._invalid_oids))
+        if self._changed:
+            self._store_changes()
+        else:
+            self._sync()
+        self._end_transaction()
+
+    def abort(self) -> None:
+        """Drop this transaction's changes and catch up with other clients."""
+        for obj in self._changed.values():
+            self._ghost(obj)
+        self._changed.clear()
+        self._sync()
+        self._end_transaction()
+
+    def pack(self) -> None:
+        """Abort, then remove from the storage what the root cannot reach."""
+        self.abort()
+        self.storage.pack()
+
+    def shrink_cache(self) -> None:
+        """Ghost the least recently used saved objects beyond the cache size."""
+        loaded = self._loaded
+        excess = len(loaded) - self._cache_size
+        while excess > 0 and loaded:
+            oid, obj = loaded.popitem(last=False)
+            excess -= 1
+            if obj._p_status == SAVED:
+                obj._p_set_status_ghost()
+            elif obj._p_status == UNSAVED:
+                loaded[oid] = obj  # changed objects stay
+
+    # -- called by persistent objects --------------------------------------
+
+    def note_access(self, obj: PersistentObject) -> None:
+        """``obj`` is used for the first time in this transaction."""
+        self._used.append(obj)
+
+    def note_change(self, obj: PersistentObject) -> None:
+        """``obj`` changed: store it at the next commit."""
+        self._changed[obj._p_oid] = obj
+
+    def load_state(self, obj: PersistentObject) -> None:
+        """Load the stored state of the ghost ``obj``."""
+        oid = obj._p_oid
+        try:
+            record = self._load_record(oid)
+        except DurusKeyError:
+            # A ghost whose record is gone: a pack removed it after another
+            # client made it unreachable, so this transaction is stale.
+            raise ReadConflictError([oid]) from None
+        self._set_state(obj, unpack_record(record)[1])
+
+    # -- internals ------------------------------------------------------------
+
+    def _open_root(self, root_class: type | None) -> PersistentObject:
+        root = self.get(ROOT_OID)
+        if root is None:
+            if root_class is None:
+                from durus.persistent_dict import PersistentDict as root_class
+            root = self._create_root(root_class)
+        if root_class is not None and root.__class__ is not root_class:
+            raise TypeError(
+                f"the root is a {root.__class__.__name__}, not the requested "
+                f"{root_class.__name__}; open it without root_class"
+            )
+        return root
+
+    def _create_root(self, root_class: type) -> PersistentObject:
+        oid = self.storage.new_oid()
+        if oid != ROOT_OID:
+            # Another client was handed oid 0 first and is creating the root.
+            return self._wait_for_root()
+        root = root_class()
+        settle_instance_dict(root)
+        _setattribute(root, "_p_oid", ROOT_OID)
+        _setattribute(root, "_p_connection", self)
+        self._cache.add(root)
+        self._changed[ROOT_OID] = root
+        self.commit()
+        return root
+
+    def _wait_for_root(self) -> PersistentObject:
+        deadline = time.monotonic() + ROOT_CREATION_TIMEOUT
+        while time.monotonic() < deadline:
+            self._sync()
+            root = self.get(ROOT_OID)
+            if root is not None:
+                return root
+            time.sleep(0.01)
+        raise ConflictError([ROOT_OID])
+
+    def _load_record(self, oid: bytes) -> bytes:
+        if oid in self._invalid_oids:
+            raise ReadConflictError([oid])
+        try:
+            return self.storage.load(oid)
+        except ReadConflictError:
+            # Another client committed oid since we last synced: catch up,
+            # which is fine unless this transaction used something stale.
+            self._handle_invalidations(self.storage.sync(), read_oid=oid)
+            return self.storage.load(oid)
+
+    def _object_from_record(self, oid: bytes, record: bytes) -> PersistentObject:
+        data = unpack_record(record)[1]
+        obj = self._cache.get(oid)
+        if obj is None:
+            obj = self.get_instance(oid, self._reader.get_class(data))
+        if obj._p_status == GHOST:
+            self._set_state(obj, data)
+        return obj
+
+    def _set_state(self, obj: PersistentObject, data: bytes) -> None:
+        state = self._reader.get_state(data)
+        # UNSAVED while __setstate__ runs, so attribute writes in a custom
+        # __setstate__ (filling in defaults, say) don't mark the object changed.
+        _setattribute(obj, "_p_status", UNSAVED)
+        try:
+            obj.__class__.__setstate__(obj, state)
+        except BaseException:
+            obj._p_clear_state()
+            _setattribute(obj, "_p_status", GHOST)
+            raise
+        _setattribute(obj, "_p_status", SAVED)
+        self._loaded[obj._p_oid] = obj
+
+    def _ghost(self, obj: PersistentObject) -> None:
+        obj._p_set_status_ghost()
+        self._loaded.pop(obj._p_oid, None)
+
+    def _store_changes(self) -> None:
+        writer = self._writer
+        writer.new_objects.clear()
+        stored: list[PersistentObject] = []
+        self.storage.begin()
+        try:
+            todo = list(self._changed.values())
+            seen = set(self._changed)
+            while todo:
+                obj = todo.pop()
+                self.storage.store(obj._p_oid, writer.get_record(obj))
+                stored.append(obj)
+                for new in writer.new_objects:
+                    if new._p_oid not in seen:
+                        seen.add(new._p_oid)
+                        settle_instance_dict(new)
+                        self._cache.add(new)
+                        todo.append(new)
+                writer.new_objects.clear()
+            self.storage.end(self._handle_invalidations)
+        except BaseException:
+            for obj in stored:
+                if obj._p_oid not in self._changed:
+                    # A new object: it was not stored after all.
+                    self._cache.discard(obj._p_oid)
+                    _setattribute(obj, "_p_oid", None)
+                    _setattribute(obj, "_p_connection", None)
+            raise
+        for obj in stored:
+            _setattribute(obj, "_p_status", SAVED)
+            self._loaded[obj._p_oid] = obj
+        self._used.extend(stored)
+        self._changed.clear()
+
+    def _handle_invalidations(self, oids: list[bytes], read_oid: bytes | None = None) -> None:
+        """Ghost what others changed; raise if this transaction used any of it."""
+        conflicts = []
+        for oid in oids:
+            obj = self._cache.get(oid)
+            if obj is None or oid == read_oid:
+                continue
+            if oid in self._changed or not is_tracking_class(type(obj)):
+                conflicts.append(oid)
+                self._invalid_oids.add(oid)
+            elif obj._p_status != GHOST:
+                self._ghost(obj)
+        if conflicts:
+            if read_oid is None:
+                raise WriteConflictError(conflicts)
+            raise ReadConflictError([read_oid])
+
+    def _sync(self) -> None:
+        """Ghost every object other clients changed, used or not."""
+        invalid = self._invalid_oids
+        invalid.update(self.storage.sync())
+        for oid in invalid:
+            obj = self._cache.get(oid)
+            if obj is not None and obj._p_status != GHOST:
+                self._ghost(obj)
+        invalid.clear()
+
+    def _end_transaction(self) -> None:
+        serial = self.transaction_serial
+        loaded = self._loaded
+        for obj in self._used:
+            cls = type(obj)
+            if not is_tracking_class(cls):
+                _setattribute(obj, "__class__", tracking_class(cls))
+            _setattribute(obj, "_p_serial", serial)
+            oid = obj._p_oid
+            if oid in loaded:
+                loaded.move_to_end(oid)
+        self._used.clear()
+        self.transaction_serial = serial + 1
+        if len(loaded) > self._cache_size:
+            self.shrink_cache()
+
+
+def touch_every_reference(connection: Connection, *words: str | bytes) -> None:
+    """Mark changed every object whose class or state pickle contains a word.
+
+    After moving or renaming a class, this makes every record that names it
+    be written again (with the class's new location) at the next commit.
+    """
+    needles = [word.encode() if isinstance(word, str) else word for word in words]
+    reader = ObjectReader(connection)
+    for oid, record in connection.get_storage().gen_oid_record():
+        data = unpack_record(record)[1]
+        state = reader.get_state_pickle(data)
+        if any(needle in data or needle in state for needle in needles):
+            obj = connection.get(oid)
+            if obj is not None:
+                obj._p_note_change()
+
+
+def gen_every_instance(connection: Connection, *classes: type) -> Iterator[PersistentObject]:
+    """Every stored object that is an instance of one of ``classes``."""
+    reader = ObjectReader(connection)
+    for oid, record in connection.get_storage().gen_oid_record():
+        if issubclass(reader.get_class(unpack_record(record)[1]), classes):
+            obj = connection.get(oid)
+            if obj is not None:
+                yield obj
+

@@ -1,0 +1,200 @@
+"""Serialization: persistent objects to record data and back.
+
+Record data is the pickle (protocol 2) of the object's class followed by the
+pickle of its state.  Inside the state, a reference to another persistent
+object is the persistent id ``(oid, class)``, so a reference can become a
+ghost of the right class without loading its record.
+
+The state pickle is zlib-compressed when that pays: compressing a small pickle
+costs several times what pickling it does and saves a few bytes, so states
+under ``COMPRESS_THRESHOLD`` bytes are stored plain.  Readers (this one and
+Durus 4.3's) tell the two apart by the first byte: a zlib stream with the
+default window starts with ``0x78``, a protocol-2 pickle with ``0x80``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+from io import BytesIO
+from typing import TYPE_CHECKING, Any
+
+from durus.persistent import PersistentObject, real_class
+from durus.record import pack_record, split_oids, unpack_record
+
+if TYPE_CHECKING:
+    from durus.connection import Connection
+
+__all__ = [
+    "ObjectReader",
+    "ObjectWriter",
+    "pack_record",
+    "split_oids",
+    "unpack_record",
+]
+
+PICKLE_PROTOCOL = 2
+COMPRESS_THRESHOLD = 256
+_ZLIB_FIRST_BYTE = 0x78
+_CLASS_PICKLE_TAIL = b"q\x00."  # BINPUT 0, STOP: how a protocol-2 class pickle ends
+
+_class_pickles: dict[type, bytes] = {}
+_classes_by_pickle: dict[bytes, type] = {}
+
+
+def class_pickle(cls: type) -> bytes:
+    """The protocol-2 pickle of ``cls``, as every record of its instances begins."""
+    try:
+        return _class_pickles[cls]
+    except KeyError:
+        _class_pickles[cls] = pickled = pickle.dumps(cls, PICKLE_PROTOCOL)
+        return pickled
+
+
+def split_data(data: bytes) -> tuple[type, bytes]:
+    """Split record data into the class and the (decompressed) state pickle."""
+    end = _class_pickle_end(data)
+    prefix = data[:end]
+    try:
+        cls = _classes_by_pickle[prefix]
+    except KeyError:
+        cls = pickle.loads(prefix)
+        if not isinstance(cls, type):
+            raise ValueError(f"record data does not start with a class pickle: {prefix[:60]!r}")
+        _classes_by_pickle[prefix] = cls
+    state = data[end:]
+    if state[:1] == b"x":
+        try:
+            state = zlib.decompress(state)
+        except zlib.error:
+            pass  # not compressed after all; let the unpickler judge
+    return cls, state
+
+
+def _class_pickle_end(data: bytes) -> int:
+    """Where the class pickle at the start of ``data`` ends."""
+    if data[:3] == b"\x80\x02c":
+        second_newline = data.find(b"\n", data.find(b"\n", 3) + 1)
+        end = second_newline + 1 + len(_CLASS_PICKLE_TAIL)
+        if second_newline > 0 and data[end - 3:end] == _CLASS_PICKLE_TAIL:
+            return end
+    # Any other form: let pickle find the end.
+    stream = BytesIO(data)
+    pickle.Unpickler(stream).load()
+    return stream.tell()
+
+
+def compress_state(pickled: bytes) -> bytes:
+    """The stored form of a state pickle (see the module docstring)."""
+    if len(pickled) < COMPRESS_THRESHOLD:
+        return pickled
+    return zlib.compress(pickled)
+
+
+class _StatePickler(pickle.Pickler):
+    """A pickler that writes persistent objects as ``(oid, class)`` ids.
+
+    Instance attributes:
+
+    - ``writer``: the ObjectWriter whose connection assigns new oids.
+    """
+
+    def __init__(self, file: BytesIO, writer: ObjectWriter) -> None:
+        super().__init__(file, PICKLE_PROTOCOL)
+        self.writer = writer
+
+    def persistent_id(self, obj: Any) -> tuple[bytes, type] | None:
+        if isinstance(obj, PersistentObject):
+            return self.writer.reference(obj)
+        return None
+
+
+class ObjectWriter:
+    """Turns objects into record data for one connection's commits.
+
+    Instance attributes:
+
+    - ``connection``: the Connection whose ``new_oid`` names new objects.
+    - ``new_objects``: persistent objects first met (and given an oid) while
+      pickling; the commit must store them too.
+    - ``refs``: oids referred to by the state being pickled.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.new_objects: list[PersistentObject] = []
+        self.refs: set[bytes] = set()
+        self._buffer = BytesIO()
+        self._pickler = _StatePickler(self._buffer, self)
+
+    def reference(self, obj: PersistentObject) -> tuple[bytes, type]:
+        """The persistent id of ``obj``, giving it an oid if it is new."""
+        oid = obj._p_oid
+        if oid is None:
+            oid = self.connection.new_oid()
+            object.__setattr__(obj, "_p_oid", oid)
+            object.__setattr__(obj, "_p_connection", self.connection)
+            self.new_objects.append(obj)
+        elif obj._p_connection is not self.connection:
+            raise ValueError(
+                f"{obj!r} belongs to another connection; an object can be stored "
+                "through one connection only"
+            )
+        self.refs.add(oid)
+        return oid, real_class(type(obj))
+
+    def get_state(self, obj: PersistentObject) -> tuple[bytes, bytes]:
+        """``(data, refs)`` of the record for ``obj``."""
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        self._pickler.clear_memo()
+        refs = self.refs
+        refs.clear()
+        cls = real_class(type(obj))
+        self._pickler.dump(cls.__getstate__(obj))
+        data = class_pickle(cls) + compress_state(buffer.getvalue())
+        refs.discard(obj._p_oid)
+        return data, b"".join(sorted(refs))
+
+    def get_record(self, obj: PersistentObject) -> bytes:
+        data, refs = self.get_state(obj)
+        return pack_record(obj._p_oid, data, refs)
+
+
+class ObjectReader:
+    """Turns record data into states, making ghosts for the references.
+
+    Instance attributes:
+
+    - ``connection``: the Connection whose cache supplies referenced objects.
+    - ``load_count``: how many states this reader has unpickled.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.load_count = 0
+
+    def get_class(self, data: bytes) -> type:
+        return split_data(data)[0]
+
+    def get_state(self, data: bytes) -> Any:
+        """The state in ``data``, its references resolved through the cache."""
+        cls, state = split_data(data)
+        self.load_count += 1
+        unpickler = pickle.Unpickler(BytesIO(state))
+        unpickler.persistent_load = self._persistent_load
+        # Durus 4.3 pickles class and state with one pickler, so its state
+        # pickles may refer back to the class as memo entry 0.
+        unpickler.memo = {0: cls}
+        return unpickler.load()
+
+    def get_state_pickle(self, data: bytes) -> bytes:
+        """The decompressed state pickle, unpickled by no one."""
+        return split_data(data)[1]
+
+    def _persistent_load(self, pid: Any) -> PersistentObject:
+        if isinstance(pid, tuple):
+            oid, cls = pid
+            return self.connection.get_instance(oid, cls)
+        return self.connection.get(pid)
