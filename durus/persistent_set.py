@@ -1,0 +1,214 @@
+"""PersistentSet: a set whose changes are noticed by its connection.
+
+The stored state is ``{'s': set}``, as Durus 4.3 writes it.  Methods that
+change the set call ``_p_note_change()`` before changing it; ``add``,
+``discard``, ``remove`` and ``pop`` mark the object only when they do change
+it.  Operators take any ``collections.abc.Set`` (``set``, ``frozenset``,
+another PersistentSet, dict key views) on either side, and the methods any
+iterables, as ``set`` does; results are new, unsaved PersistentSets.
+"""
+
+from __future__ import annotations
+
+import reprlib
+from collections.abc import Iterable, MutableSet, Set
+from typing import Any
+
+from durus.persistent import PersistentObject
+
+
+def _plain(other: Any) -> Any:
+    """The set behind ``other`` if it is a PersistentSet, else ``other``."""
+    return other.s if isinstance(other, PersistentSet) else other
+
+
+def _plain_all(others: tuple[Any, ...]) -> list[Any]:
+    return [_plain(other) for other in others]
+
+
+def _comparable(other: Any) -> Any:
+    """``other`` as a set or frozenset, or None if it is not a Set at all."""
+    other = _plain(other)
+    if isinstance(other, (set, frozenset)):
+        return other
+    if isinstance(other, Set):
+        return frozenset(other)
+    return None
+
+
+class PersistentSet(PersistentObject, MutableSet):
+    """A persistent set with the whole ``set`` API.
+
+    Instance attributes:
+
+    - ``s``: the plain ``set`` holding the members.
+    """
+
+    __slots__ = ("s",)
+
+    def __init__(self, iterable: Iterable[Any] = ()) -> None:
+        self.s = set(_plain(iterable))
+
+    # -- reading ------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.s)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.s
+
+    def __iter__(self):
+        return iter(self.s)
+
+    def isdisjoint(self, other: Iterable[Any]) -> bool:
+        return self.s.isdisjoint(_plain(other))
+
+    def issubset(self, other: Iterable[Any]) -> bool:
+        return self.s.issubset(_plain(other))
+
+    def issuperset(self, other: Iterable[Any]) -> bool:
+        return self.s.issuperset(_plain(other))
+
+    def __eq__(self, other: object) -> bool:
+        other = _comparable(other)
+        return NotImplemented if other is None else self.s == other
+
+    def __le__(self, other: Any) -> bool:
+        other = _comparable(other)
+        return NotImplemented if other is None else self.s <= other
+
+    def __lt__(self, other: Any) -> bool:
+        other = _comparable(other)
+        return NotImplemented if other is None else self.s < other
+
+    def __ge__(self, other: Any) -> bool:
+        other = _comparable(other)
+        return NotImplemented if other is None else self.s >= other
+
+    def __gt__(self, other: Any) -> bool:
+        other = _comparable(other)
+        return NotImplemented if other is None else self.s > other
+
+    def __repr__(self) -> str:
+        identifier = f"@{id(self):x}" if self._p_oid is None else self._p_format_oid()
+        return f"<{self.__class__.__name__} {identifier} {reprlib.repr(self.s)}>"
+
+    # -- new sets -----------------------------------------------------------
+
+    def copy(self) -> PersistentSet:
+        """A new, unsaved set of the same class with the same members."""
+        return self.__class__(self.s)
+
+    __copy__ = copy
+
+    def union(self, *others: Iterable[Any]) -> PersistentSet:
+        return self.__class__(self.s.union(*_plain_all(others)))
+
+    def intersection(self, *others: Iterable[Any]) -> PersistentSet:
+        return self.__class__(self.s.intersection(*_plain_all(others)))
+
+    def difference(self, *others: Iterable[Any]) -> PersistentSet:
+        return self.__class__(self.s.difference(*_plain_all(others)))
+
+    def symmetric_difference(self, other: Iterable[Any]) -> PersistentSet:
+        return self.__class__(self.s.symmetric_difference(_plain(other)))
+
+    def __or__(self, other: Any) -> Any:
+        other = _comparable(other)
+        return NotImplemented if other is None else self.__class__(self.s | other)
+
+    def __and__(self, other: Any) -> Any:
+        other = _comparable(other)
+        return NotImplemented if other is None else self.__class__(self.s & other)
+
+    def __sub__(self, other: Any) -> Any:
+        other = _comparable(other)
+        return NotImplemented if other is None else self.__class__(self.s - other)
+
+    def __xor__(self, other: Any) -> Any:
+        other = _comparable(other)
+        return NotImplemented if other is None else self.__class__(self.s ^ other)
+
+    __ror__ = __or__
+    __rand__ = __and__
+    __rxor__ = __xor__
+
+    def __rsub__(self, other: Any) -> Any:
+        other = _comparable(other)
+        return NotImplemented if other is None else self.__class__(other - self.s)
+
+    # -- changing -----------------------------------------------------------
+
+    def add(self, item: Any) -> None:
+        s = self.s
+        if item not in s:
+            self._p_note_change()
+            s.add(item)
+
+    def discard(self, item: Any) -> None:
+        s = self.s
+        if item in s:
+            self._p_note_change()
+            s.discard(item)
+
+    def remove(self, item: Any) -> None:
+        s = self.s
+        if item not in s:
+            raise KeyError(item)
+        self._p_note_change()
+        s.remove(item)
+
+    def pop(self) -> Any:
+        if not self.s:
+            raise KeyError("pop from an empty set")
+        self._p_note_change()
+        return self.s.pop()
+
+    def clear(self) -> None:
+        if self.s:
+            self._p_note_change()
+            self.s.clear()
+
+    def update(self, *others: Iterable[Any]) -> None:
+        self._p_note_change()
+        self.s.update(*_plain_all(others))
+
+    def intersection_update(self, *others: Iterable[Any]) -> None:
+        self._p_note_change()
+        self.s.intersection_update(*_plain_all(others))
+
+    def difference_update(self, *others: Iterable[Any]) -> None:
+        self._p_note_change()
+        self.s.difference_update(*_plain_all(others))
+
+    def symmetric_difference_update(self, other: Iterable[Any]) -> None:
+        self._p_note_change()
+        self.s.symmetric_difference_update(_plain(other))
+
+    def __ior__(self, other: Any) -> Any:
+        other = _comparable(other)
+        if other is None:
+            return NotImplemented
+        self.update(other)
+        return self
+
+    def __iand__(self, other: Any) -> Any:
+        other = _comparable(other)
+        if other is None:
+            return NotImplemented
+        self.intersection_update(other)
+        return self
+
+    def __isub__(self, other: Any) -> Any:
+        other = _comparable(other)
+        if other is None:
+            return NotImplemented
+        self.difference_update(other)
+        return self
+
+    def __ixor__(self, other: Any) -> Any:
+        other = _comparable(other)
+        if other is None:
+            return NotImplemented
+        self.symmetric_difference_update(other)
+        return self
