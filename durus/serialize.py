@@ -40,6 +40,7 @@ _CLASS_PICKLE_TAIL = b"q\x00."  # BINPUT 0, STOP: how a protocol-2 class pickle 
 
 _class_pickles: dict[type, bytes] = {}
 _classes_by_pickle: dict[bytes, type] = {}
+_class_memos: dict[type, Any] = {}
 
 
 def class_pickle(cls: type) -> bytes:
@@ -49,6 +50,22 @@ def class_pickle(cls: type) -> bytes:
     except KeyError:
         _class_pickles[cls] = pickled = pickle.dumps(cls, PICKLE_PROTOCOL)
         return pickled
+
+
+def class_memo(cls: type) -> Any:
+    """An unpickler memo holding ``cls`` at index 0, to assign to ``Unpickler.memo``.
+
+    Assigning a dict to the C unpickler's memo loses its entries in Python
+    3.11 (the entries go to the memo being replaced); assigning another
+    unpickler's memo proxy copies them correctly.
+    """
+    try:
+        return _class_memos[cls]
+    except KeyError:
+        unpickler = pickle.Unpickler(BytesIO(class_pickle(cls)))
+        unpickler.load()
+        _class_memos[cls] = memo = unpickler.memo
+        return memo
 
 
 def split_data(data: bytes) -> tuple[type, bytes]:
@@ -186,7 +203,7 @@ class ObjectReader:
         unpickler.persistent_load = self._persistent_load
         # Durus 4.3 pickles class and state with one pickler, so its state
         # pickles may refer back to the class as memo entry 0.
-        unpickler.memo = {0: cls}
+        unpickler.memo = class_memo(cls)
         return unpickler.load()
 
     def get_state_pickle(self, data: bytes) -> bytes:
