@@ -124,18 +124,18 @@ class FileStorage(Storage):
         return self.filename
 
     def load(self, oid: bytes) -> bytes:
-        position = self.shelf.get_position(oid)
-        if position is None:
+        record = self.shelf.load(oid)
+        if record is None:
             raise DurusKeyError(oid)
-        return self.shelf.read_record(oid, position)
+        return record
 
     def bulk_load(self, oids: Iterable[bytes]) -> Iterator[bytes]:
-        shelf = self.shelf
+        load = self.shelf.load
         for oid in oids:
-            position = shelf.get_position(oid)
-            if position is None:
+            record = load(oid)
+            if record is None:
                 raise DurusKeyError(oid)
-            yield shelf.read_record(oid, position)
+            yield record
 
     def begin(self) -> None:
         self._check_writable("commit")

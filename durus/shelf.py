@@ -43,6 +43,7 @@ import sys
 from array import array
 from collections.abc import Iterable, Iterator
 from struct import Struct
+from struct import error as struct_error
 
 from durus.error import DurusError
 from durus.record import int_to_oid
@@ -51,10 +52,11 @@ PREFIX = b"SHELF-1\n"
 
 _int4 = Struct(">I")
 _int8 = Struct(">Q")
+_unpack_int8 = _int8.unpack
 _LINK_BASE = len(PREFIX) + 8  # offset map start of a shelf with an empty initial transaction
 
 # Bytes a load reads at once: most records fit, so most loads take one pread.
-_LOAD_CHUNK = 4096
+_LOAD_CHUNK = 1024
 # Smallest entry length: an 8-byte oid, then a record of oid(8) + int4 + no data.
 _MIN_ENTRY_LENGTH = 8 + 12
 
@@ -318,20 +320,28 @@ class Shelf:
     def get_position(self, oid: bytes) -> int | None:
         """The offset of the entry holding ``oid``'s newest record, if any."""
         position = self.recent.get(oid)
-        if position is None and len(oid) == 8:
-            index = int.from_bytes(oid, "big")
-            if index < len(self.map_words):
-                word = self.map_words[index]
-                if word < self.map_start:
-                    return word
+        if position is None:
+            try:
+                word = self.map_words[_unpack_int8(oid)[0]]
+            except (IndexError, struct_error):
+                return None
+            if word < self.map_start:
+                return word
         return position
+
+    def load(self, oid: bytes) -> bytes | None:
+        """``oid``'s newest record, or None if it has none."""
+        position = self.get_position(oid)
+        if position is None:
+            return None
+        return self.read_record(oid, position)
 
     def read_record(self, oid: bytes, position: int) -> bytes:
         """The record of the entry at ``position``, which must hold ``oid``."""
         chunk = os.pread(self.fd, _LOAD_CHUNK, position)
-        if len(chunk) < 16 or chunk[8:16] != oid:
+        if chunk[8:16] != oid:
             raise ShelfError(self.path, position, f"no entry for oid {int.from_bytes(oid, 'big')} where the index says")
-        end = 8 + _int8.unpack_from(chunk)[0]
+        end = 8 + _unpack_int8(chunk[:8])[0]
         if end <= len(chunk):
             return chunk[16:end]
         rest = os.pread(self.fd, end - len(chunk), position + len(chunk))
