@@ -33,7 +33,7 @@ from durus.persistent import (
     settle_instance_dict,
     tracking_class,
 )
-from durus.record import ROOT_OID, int_to_oid, unpack_record
+from durus.record import ROOT_OID, int_to_oid, pack_record, unpack_record
 from durus.serialize import ObjectReader, ObjectWriter
 from durus.storage import Storage
 
@@ -41,6 +41,13 @@ _setattribute = object.__setattr__
 
 # How long a connection waits for another client to finish creating the root.
 ROOT_CREATION_TIMEOUT = 10.0
+# How many times one commit merges fresh conflicts before giving up.
+MAX_RESOLUTION_ROUNDS = 3
+
+
+def resolves_conflicts(cls: type) -> bool:
+    """Whether instances of ``cls`` can merge concurrent changes."""
+    return getattr(cls, "_p_resolve_conflict", None) is not None
 
 
 class ObjectCache:
@@ -109,6 +116,9 @@ class Connection:
         self._used: list[PersistentObject] = []
         # Oids found conflicting; loading them fails until abort().
         self._invalid_oids: set[bytes] = set()
+        # For objects whose class resolves conflicts: the record data their
+        # current transaction started from (the "old" state of a merge).
+        self._base_data: dict[bytes, bytes] = {}
         self._reader = ObjectReader(self)
         self._writer = ObjectWriter(self)
         self.root = self._open_root(root_class)
@@ -214,7 +224,7 @@ class Connection:
             oid, obj = loaded.popitem(last=False)
             excess -= 1
             if obj._p_status == SAVED:
-                obj._p_set_status_ghost()
+                self._ghost(obj)
             elif obj._p_status == UNSAVED:
                 loaded[oid] = obj  # changed objects stay
 
@@ -310,24 +320,43 @@ class Connection:
             _setattribute(obj, "_p_status", GHOST)
             raise
         _setattribute(obj, "_p_status", SAVED)
-        self._loaded[obj._p_oid] = obj
+        oid = obj._p_oid
+        self._loaded[oid] = obj
+        if resolves_conflicts(obj.__class__):
+            self._base_data[oid] = data
 
     def _ghost(self, obj: PersistentObject) -> None:
         obj._p_set_status_ghost()
-        self._loaded.pop(obj._p_oid, None)
+        oid = obj._p_oid
+        self._loaded.pop(oid, None)
+        self._base_data.pop(oid, None)
 
     def _store_changes(self) -> None:
+        """Commit the changes, merging conflicts where every class can."""
+        rounds = 0
+        while True:
+            try:
+                self._write_changes()
+                return
+            except WriteConflictError as conflict:
+                if rounds == MAX_RESOLUTION_ROUNDS or not self._resolve_conflicts(conflict.oids or []):
+                    raise
+                rounds += 1
+
+    def _write_changes(self) -> None:
         writer = self._writer
         writer.new_objects.clear()
-        stored: list[PersistentObject] = []
+        stored: list[tuple[PersistentObject, bytes]] = []
         self.storage.begin()
         try:
             todo = list(self._changed.values())
             seen = set(self._changed)
             while todo:
                 obj = todo.pop()
-                self.storage.store(obj._p_oid, writer.get_record(obj))
-                stored.append(obj)
+                oid = obj._p_oid
+                data, refs = writer.get_state(obj)
+                self.storage.store(oid, pack_record(oid, data, refs))
+                stored.append((obj, data))
                 for new in writer.new_objects:
                     if new._p_oid not in seen:
                         seen.add(new._p_oid)
@@ -337,18 +366,52 @@ class Connection:
                 writer.new_objects.clear()
             self.storage.end(self._handle_invalidations)
         except BaseException:
-            for obj in stored:
+            for obj, _ in stored:
                 if obj._p_oid not in self._changed:
                     # A new object: it was not stored after all.
                     self._cache.discard(obj._p_oid)
                     _setattribute(obj, "_p_oid", None)
                     _setattribute(obj, "_p_connection", None)
             raise
-        for obj in stored:
+        for obj, data in stored:
             _setattribute(obj, "_p_status", SAVED)
-            self._loaded[obj._p_oid] = obj
-        self._used.extend(stored)
+            oid = obj._p_oid
+            self._loaded[oid] = obj
+            if resolves_conflicts(obj.__class__):
+                self._base_data[oid] = data
+            self._used.append(obj)
         self._changed.clear()
+
+    def _resolve_conflicts(self, oids: list[bytes]) -> bool:
+        """Merge others' committed changes into ours; False if any can't be.
+
+        Only objects this transaction changed, whose class resolves and whose
+        starting state is known, can merge: an object that was only read
+        keeps conflicting, or read-set validation would be weakened.
+        """
+        changed, base_data, reader = self._changed, self._base_data, self._reader
+        if not oids or any(oid not in changed or oid not in base_data for oid in oids):
+            return False
+        merges = []
+        try:
+            for oid in oids:
+                obj = changed[oid]
+                committed_data = unpack_record(self.storage.load(oid))[1]
+                mine = obj.__class__.__getstate__(obj)
+                if isinstance(mine, dict):
+                    mine = dict(mine)  # Persistent's state is its live __dict__
+                merged = obj._p_resolve_conflict(
+                    reader.get_state(base_data[oid]), reader.get_state(committed_data), mine
+                )
+                merges.append((obj, merged, committed_data))
+        except (ConflictError, DurusKeyError):
+            return False
+        for obj, merged, committed_data in merges:
+            obj.__class__.__setstate__(obj, merged)
+            oid = obj._p_oid
+            base_data[oid] = committed_data
+            self._invalid_oids.discard(oid)
+        return True
 
     def _handle_invalidations(self, oids: list[bytes], read_oid: bytes | None = None) -> None:
         """Ghost what others changed; raise if this transaction used any of it."""
