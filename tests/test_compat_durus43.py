@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from durus43 import SCRIPTS, Durus43, durus43  # noqa: F401  (the fixture)
+from durus43 import SCRIPTS, Durus43, ReferenceEnvError, durus43  # noqa: F401  (the fixture)
 
 sys.path.insert(0, str(SCRIPTS))
 
@@ -50,22 +50,8 @@ class Side:
         if self.durus43 is not None:
             stdin = None if input is None else json.dumps(input)
             return self.durus43.run_json(script=DRIVER, args=[command, *args], input=stdin)
-        pack = "--pack" in args
-        args = [arg for arg in args if arg != "--pack"]
-        if command == "build":
-            result = compat_driver.build(args[0], pack)
-        elif command == "mutate":
-            result = compat_driver.mutate(args[0], int(args[1]), pack)
-        elif command == "dump":
-            result = compat_driver.dump(args[0])
-        elif command == "records":
-            result = compat_driver.small_graph_records()
-        elif command == "load-records":
-            result = compat_driver.load_records(input)
-        else:
-            raise ValueError(command)
         # The same trip through JSON as the other side's output takes.
-        return json.loads(json.dumps(result))
+        return json.loads(json.dumps(compat_driver.run_command(command, args, input)))
 
 
 @pytest.fixture
@@ -105,17 +91,21 @@ def shelf_transactions(path: Path) -> list[list[bytes]]:
     return transactions
 
 
-def check_summary(result: dict[str, Any]) -> None:
+def check_summary(result: dict[str, Any], btrees: bool = True) -> None:
     assert result["problems"] == []
-    assert result["tree_depth"] >= 3  # deep enough for splits and merges
-    assert result["tree_len"] == len(find_tree_items(result["root"]))
+    if btrees:
+        assert result["tree_depth"] >= 3  # deep enough for splits and merges
+        assert result["tree_len"] == len(root_item(result, "tree")["items"])
+    else:
+        assert "tree_len" not in result
 
 
-def find_tree_items(root_dump: dict[str, Any]) -> list:
-    for key, value in root_dump["state"]["dict"][0][1]["dict"]:
-        if key == "tree":
-            return value["items"]
-    raise KeyError("tree")
+def root_item(result: dict[str, Any], name: str) -> Any:
+    """The dump of ``root[name]``."""
+    for key, value in result["root"]["state"]["dict"][0][1]["dict"]:
+        if key == name:
+            return value
+    raise KeyError(name)
 
 
 def check_packed(path: Path, result: dict[str, Any]) -> None:
@@ -128,31 +118,69 @@ def check_packed(path: Path, result: dict[str, Any]) -> None:
 @pytest.mark.parametrize("pack", [False, True], ids=["unpacked", "packed"])
 @pytest.mark.parametrize("writer", ["durus43", "ours"])
 def test_files_round_trip(sides: dict[str, Side], tmp_path: Path, writer: str, pack: bool) -> None:
-    """Each writes, the other reads and changes, back and forth."""
+    """Each writes, the other reads and changes, back and forth (no BTrees: see below)."""
     reader = "ours" if writer == "durus43" else "durus43"
     first, second = sides[writer], sides[reader]
     path = tmp_path / "data.durus"
-    pack_flag = ["--pack"] if pack else []
+    flags = ["--pack"] if pack else []
 
-    built = first("build", path, *pack_flag)
-    check_summary(built)
+    built = first("build", path, "--no-btree", *flags)
+    check_summary(built, btrees=False)
     if pack:
         check_packed(path, built)
     assert second("dump", path) == built
 
-    changed = second("mutate", path, 1, *pack_flag)
-    check_summary(changed)
+    changed = second("mutate", path, 1, *flags)
+    check_summary(changed, btrees=False)
     assert changed != built
     if pack:
         check_packed(path, changed)
     assert first("dump", path) == changed
 
-    changed_again = first("mutate", path, 2, *pack_flag)
-    check_summary(changed_again)
+    changed_again = first("mutate", path, 2, *flags)
+    check_summary(changed_again, btrees=False)
     assert changed_again != changed
     if pack:
         check_packed(path, changed_again)
     assert second("dump", path) == changed_again
+
+
+@pytest.mark.parametrize("pack", [False, True], ids=["unpacked", "packed"])
+def test_ours_changes_durus43_btrees_as_durus43_does(sides: dict[str, Side], tmp_path: Path, pack: bool) -> None:
+    """A Durus 4.3 file with deep BTrees: ours reads it, and changes and packs
+    it to the same contents as Durus 4.3 does to a copy."""
+    flags = ["--pack"] if pack else []
+    theirs, ours = tmp_path / "theirs.durus", tmp_path / "ours.durus"
+    built = sides["durus43"]("build", theirs, *flags)
+    check_summary(built)
+    if pack:
+        check_packed(theirs, built)
+    ours.write_bytes(theirs.read_bytes())
+    assert sides["ours"]("dump", ours) == built
+    for step in (1, 2):
+        expected = sides["durus43"]("mutate", theirs, step, *flags)
+        changed = sides["ours"]("mutate", ours, step, *flags)
+        check_summary(changed)
+        assert changed == expected
+        if pack:
+            check_packed(ours, changed)
+        assert sides["ours"]("dump", ours) == expected
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ReferenceEnvError,
+    reason=(
+        "SPEC section 2 stores '_count' in BTree node state; Durus 4.3's BNode "
+        "has __slots__ = ['items', 'nodes'] and no __dict__, so its __setstate__ "
+        "raises AttributeError: 'BNode16' object has no attribute '_count'"
+    ),
+)
+def test_durus43_reads_our_btrees(sides: dict[str, Side], tmp_path: Path) -> None:
+    path = tmp_path / "data.durus"
+    built = sides["ours"]("build", path)
+    check_summary(built)
+    assert sides["durus43"]("dump", path) == built
 
 
 def test_same_changes_same_contents(sides: dict[str, Side], tmp_path: Path) -> None:
@@ -163,6 +191,7 @@ def test_same_changes_same_contents(sides: dict[str, Side], tmp_path: Path) -> N
         side("build", path)
         side("mutate", path, 1, "--pack")
         results[name] = side("mutate", path, 2)
+        check_summary(results[name])
     assert results["ours"] == results["durus43"]
 
 
@@ -186,7 +215,9 @@ def test_len_of_btree_written_by_durus43(sides: dict[str, Side], tmp_path: Path)
         assert len(tree) == built["tree_len"] - 999
     finally:
         storage.close()
-    assert sides["durus43"]("dump", path)["tree_len"] == built["tree_len"] - 999
+    # Durus 4.3 cannot read the nodes we rewrote (see the xfail above), so
+    # ours checks the stored counts, from a cold start.
+    assert sides["ours"]("dump", path)["tree_len"] == built["tree_len"] - 999
 
 
 def class_pickle_length(record: bytes) -> int:
@@ -207,8 +238,12 @@ def decode_by_spec(record_hex: str) -> dict[str, Any]:
     stream = io.BytesIO(data)
     cls = pickle.Unpickler(stream).load()
     state_bytes = data[stream.tell() :]
-    assert state_bytes[:1] == b"x"  # zlib's header: the state is compressed
-    unpickler = pickle.Unpickler(io.BytesIO(zlib.decompress(state_bytes)))
+    if state_bytes[:1] == b"x":  # zlib's header: a compressed state
+        state_bytes = zlib.decompress(state_bytes)
+    # Durus 4.3 pickles class and state with one pickler: the state may
+    # refer to the class through the memo.
+    unpickler = pickle.Unpickler(io.BytesIO(data[: stream.tell()] + state_bytes))
+    unpickler.load()
     unpickler.persistent_load = lambda pid: compat_driver.Reference(*pid)
     state = unpickler.load()
     assert len(refs) % 8 == 0
@@ -256,7 +291,7 @@ def test_durus43_decodes_our_records(sides: dict[str, Side]) -> None:
 def test_records_load_in_the_other(sides: dict[str, Side], writer: str) -> None:
     """Records one writes load, through a Connection, in the other."""
     reader = "ours" if writer == "durus43" else "durus43"
-    records = sides[writer]("records")
+    records = sides[writer]("records", "--no-btree")
     loaded_by_writer = sides[writer]("load-records", input=records)
     assert loaded_by_writer["problems"] == []
     assert loaded_by_writer["reachable"] == len(records)
@@ -268,7 +303,7 @@ def test_ours_reads_uncompressed_state(sides: dict[str, Side]) -> None:
     records = sides["durus43"].durus43.run_json(
         "import json, sys, durus.serialize, compat_driver\n"
         "durus.serialize.WRITE_COMPRESSED_STATE_PICKLES = False\n"
-        "json.dump(compat_driver.small_graph_records(), sys.stdout)\n"
+        "json.dump(compat_driver.small_graph_records(btrees=False), sys.stdout)\n"
     )
     assert all(not decode_plain_state(record).startswith(b"x") for _, record in records)
     assert sides["ours"]("load-records", input=records) == sides["durus43"]("load-records", input=records)

@@ -4,10 +4,10 @@ Run by the compatibility tests with the real Durus 4.3 (as a script, in its
 own virtual environment) and with ours (imported in the pytest process), so
 both sides do exactly the same thing.  Every command prints JSON.
 
-    compat_driver.py build FILE [--pack]
+    compat_driver.py build FILE [--pack] [--no-btree]
     compat_driver.py mutate FILE STEP [--pack]
     compat_driver.py dump FILE
-    compat_driver.py records               (records of a small graph, hex)
+    compat_driver.py records [--no-btree]  (records of a small graph, hex)
     compat_driver.py load-records          (stdin: records; dump the graph)
     compat_driver.py decode-records        (stdin: records; class, state, refs;
                                             Durus 4.3 only: its ObjectReader)
@@ -125,9 +125,9 @@ def open_file(filename: str) -> Connection:
     return Connection(FileStorage(filename))
 
 
-def build(filename: str, pack: bool = False) -> dict[str, Any]:
+def build(filename: str, pack: bool = False, btrees: bool = True) -> dict[str, Any]:
     connection = open_file(filename)
-    compat_models.populate(connection.get_root(), connection.commit)
+    compat_models.populate(connection.get_root(), connection.commit, btrees)
     if pack:
         connection.pack()
     result = summary(connection)
@@ -152,10 +152,10 @@ def dump(filename: str) -> dict[str, Any]:
     return result
 
 
-def small_graph_records() -> list[list[str]]:
+def small_graph_records(btrees: bool = True) -> list[list[str]]:
     """Commit a small graph of every kind into memory; its records as hex."""
     connection = Connection(MemoryStorage())
-    compat_models.populate_small(connection.get_root())
+    compat_models.populate_small(connection.get_root(), btrees)
     connection.commit()
     return [[oid.hex(), record.hex()] for oid, record in connection.get_storage().gen_oid_record(ROOT_OID)]
 
@@ -200,25 +200,30 @@ def decode_records(records: list[list[str]]) -> list[dict[str, Any]]:
     return result
 
 
+def run_command(command: str, args: list[str], records: list[list[str]] | None = None) -> Any:
+    """Run one command of the module docstring; ``records`` stand for stdin."""
+    pack = "--pack" in args
+    btrees = "--no-btree" not in args
+    args = [arg for arg in args if not arg.startswith("--")]
+    if command == "build":
+        return build(args[0], pack, btrees)
+    if command == "mutate":
+        return mutate(args[0], int(args[1]), pack)
+    if command == "dump":
+        return dump(args[0])
+    if command == "records":
+        return small_graph_records(btrees)
+    if command == "load-records":
+        return load_records(records)
+    if command == "decode-records":
+        return decode_records(records)
+    raise SystemExit(f"unknown command {command!r}")
+
+
 def main(argv: list[str]) -> None:
     command, *args = argv
-    pack = "--pack" in args
-    args = [arg for arg in args if arg != "--pack"]
-    if command == "build":
-        result = build(args[0], pack)
-    elif command == "mutate":
-        result = mutate(args[0], int(args[1]), pack)
-    elif command == "dump":
-        result = dump(args[0])
-    elif command == "records":
-        result = small_graph_records()
-    elif command == "load-records":
-        result = load_records(json.load(sys.stdin))
-    elif command == "decode-records":
-        result = decode_records(json.load(sys.stdin))
-    else:
-        raise SystemExit(f"unknown command {command!r}")
-    json.dump(result, sys.stdout)
+    records = json.load(sys.stdin) if command.endswith("-records") else None
+    json.dump(run_command(command, args, records), sys.stdout)
 
 
 if __name__ == "__main__":

@@ -55,11 +55,11 @@ def tree_value(i: int) -> Any:
     return f"value {i}"
 
 
-def populate(root: Any, commit: Any) -> None:
+def populate(root: Any, commit: Any, btrees: bool = True) -> None:
     """Fill ``root`` with every kind of object, over several commits.
 
     Leaves a little garbage behind (a list dropped after it was stored), so
-    that a pack has something to remove.
+    that a pack has something to remove.  Without ``btrees``, no BTree.
     """
     root["garbage"] = PersistentList(range(200))
     commit()
@@ -75,6 +75,8 @@ def populate(root: Any, commit: Any) -> None:
     root["people"] = PersistentDict(alice=alice, bob=bob)
     del root["garbage"]
     commit()
+    if not btrees:
+        return
     tree = root["tree"] = BTree()
     for i in range(TREE_SIZE):
         tree[i] = tree_value(i)
@@ -104,6 +106,8 @@ def mutate(root: Any, step: int, commit: Any) -> None:
     people[carol.name] = carol
     people["bob"].home.label = f"moved {step}"
     commit()
+    if "tree" not in root:
+        return
     tree = root["tree"]
     # Deletions spread over the whole tree make nodes merge and borrow.
     for i in range(step, TREE_SIZE, 3 + step):
@@ -119,7 +123,7 @@ def mutate(root: Any, step: int, commit: Any) -> None:
     commit()
 
 
-def populate_small(root: Any) -> None:
+def populate_small(root: Any, btrees: bool = True) -> None:
     """A small graph of every kind, for tests at the level of records."""
     alice = Person("alice", 30)
     alice.home = Point(1, 2, "home")
@@ -128,6 +132,8 @@ def populate_small(root: Any) -> None:
     root["people"] = PersistentDict(alice=alice)
     root["list"] = PersistentList([1, "x", (2, 3.5), b"\x00\xff", None, True])
     root["set"] = PersistentSet({1, "two", (3, 4)})
+    if not btrees:
+        return
     tree = root["tree"] = BTree(BNode4)
     for i in range(40):
         tree[i] = alice if i == 7 else f"v{i}"
