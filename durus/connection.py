@@ -30,6 +30,7 @@ from durus.persistent import (
     UNSAVED,
     PersistentObject,
     is_tracking_class,
+    real_class,
     settle_instance_dict,
     tracking_class,
 )
@@ -174,7 +175,7 @@ class Connection:
         ref = self._cache._refs.get(oid)
         if ref is not None:
             obj = ref()
-            if obj is not None and obj.__class__ is cls:
+            if obj is not None and real_class(type(obj)) is cls:
                 return obj
         tracker = tracking_class(cls)
         obj = cls.__new__(tracker)
