@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from struct import Struct
 
 from durus.error import DurusError, DurusKeyError
-from durus.record import ROOT_OID, int_to_oid, record_refs
+from durus.record import int_to_oid, record_refs
 from durus.shelf import PREFIX, Shelf, encode_offset_map, write_all
 from durus.storage import InvalidationHandler, Storage, gen_reachable_records
 
@@ -77,7 +77,10 @@ class FileStorage(Storage):
         try:
             fd = self._open_file()
             try:
+                created = os.fstat(fd).st_size == 0
                 self.shelf = Shelf(fd, self.filename, repair=repair, sync=not self._temporary)
+                if created and not self._temporary:
+                    _sync_directory(self.filename)
             except BaseException:
                 os.close(fd)
                 raise
@@ -171,11 +174,10 @@ class FileStorage(Storage):
 
     def new_oid(self) -> bytes:
         self._check_writable("allocate oids")
-        for oid in self._unused_oids:
-            if oid not in self.allocated and oid not in self.freed:
-                self.allocated.add(oid)
-                return oid
-        raise AssertionError("the oid generator is endless")  # pragma: no cover
+        allocated, freed = self.allocated, self.freed
+        oid = next(oid for oid in self._unused_oids if oid not in allocated and oid not in freed)
+        allocated.add(oid)
+        return oid
 
     def gen_oid_record(
         self, start_oid: bytes | None = None, batch_size: int = 100
