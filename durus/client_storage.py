@@ -1,0 +1,478 @@
+"""ClientStorage: the Storage interface over a socket to a storage server.
+
+It speaks wire protocol version 1 (:mod:`durus.protocol`), so it works with
+this package's server and with a Durus 4.3 server alike.
+
+Loading many objects one by one would cost one network round trip each.
+When a record arrives, the client therefore asks, in one bulk request sent
+ahead, for the records it refers to that this client has not loaded yet; the
+answers wait in a small buffer.  A buffered record is as good as a fresh
+load: the server answers ``I`` for an oid committed by another client since
+this one last synced, and every invalidation the server reports drops the
+oid from the buffer.
+
+When the connection breaks (the server restarted), the transaction underway
+fails with :class:`DisconnectedError`, a ConflictError: abort and retry.
+The next transaction boundary (``sync``, called by ``abort()``) reconnects
+and reports every oid this client has loaded as invalid, so the Connection
+drops every cached state.  If the commit data had already gone out, nobody
+knows whether the commit happened: :class:`CommitInDoubtError` says so.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+from durus import protocol
+from durus.error import ConflictError, DurusError, DurusKeyError, ProtocolError, WriteConflictError
+from durus.protocol import DEFAULT_HOST, DEFAULT_PORT
+from durus.record import int4, record_refs
+from durus.storage import InvalidationHandler, Storage
+from durus.storage_server import DEFAULT_MAX_TRANSACTION_SIZE, SocketAddress
+
+DEFAULT_TIMEOUT = 30.0
+_OID_BATCH = 32
+_PREFETCH_RECORDS = 2000
+_PREFETCH_BATCH = 250
+# Beyond this many, loaded oids are forgotten (see _note_known).
+_MAX_KNOWN_OIDS = 4_000_000
+
+
+class ServerUnavailableError(DurusError):
+    """No storage server answers at the address, or it stopped answering.
+
+    Nothing is lost on this side; the next transaction tries again.
+    """
+
+
+class CommitInDoubtError(ServerUnavailableError):
+    """The connection broke after the commit data was sent: the commit may or
+    may not be stored.  Do not replay it blindly; check, then retry.
+    """
+
+
+class DisconnectedError(ConflictError):
+    """The connection to the server broke before this transaction sent any
+    commit data, so nothing of it was stored.  Call ``abort()``, which
+    reconnects, and retry the transaction, as after any conflict.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(None)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class AuthenticationError(DurusError):
+    """The server and this client do not share the same key."""
+
+
+class TransactionTooLargeError(DurusError):
+    """A commit is larger than the server accepts; nothing was sent."""
+
+
+class ClientStorage(Storage):
+    """A Storage served by a storage server.  Not thread-safe: give each
+    thread its own Connection and ClientStorage.
+
+    Instance attributes:
+
+    - ``address``: the server's :class:`~durus.storage_server.SocketAddress`.
+    - ``timeout``: seconds any socket operation may take.
+    - ``prefetch``: whether records referred to by loaded ones are fetched ahead.
+    - ``max_transaction_size``: the largest commit, in bytes, this client sends
+      (the server's limit; by default the server's default).
+    - ``records``: the commit being collected by ``store``.
+    """
+
+    def __init__(
+        self,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        address: SocketAddress | tuple[str, int] | str | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        secret: bytes | None = None,
+        keyfile: str | None = None,
+        prefetch: bool = True,
+        max_transaction_size: int = DEFAULT_MAX_TRANSACTION_SIZE,
+    ) -> None:
+        self.address = SocketAddress.new(address, host, port)
+        self.timeout = timeout
+        self._secret = protocol.read_secret(keyfile) if keyfile is not None else secret
+        self.prefetch = prefetch
+        self.max_transaction_size = max_transaction_size
+        self.records: dict[bytes, bytes] = {}
+        self._pid = os.getpid()
+        self._sock = None
+        self._reader = None
+        self._oid_pool: list[bytes] = []
+        self._unused_oids: set[bytes] = set()
+        # Oids whose state the application may hold: reported invalid after
+        # a reconnect.  Also what prefetching skips.
+        self._known: set[bytes] = set()
+        self._known_overflowed = False
+        self._lost = False
+        self._prefetched: dict[bytes, bytes] = {}
+        self._inflight: list[bytes] = []
+        self._inflight_set: set[bytes] = set()
+        self._wanted: deque[bytes] = deque()
+        self._connect()
+
+    def __str__(self) -> str:
+        return f"ClientStorage({self.address})"
+
+    # -- the connection --------------------------------------------------------
+
+    def _connect(self) -> None:
+        try:
+            sock = self.address.connect(self.timeout)
+        except OSError as error:
+            raise ServerUnavailableError(
+                f"no storage server answers at {self.address} ({error.strerror or error}); "
+                "start one with: durus -s (or flask durus serve)") from None
+        self._sock = sock
+        self._reader = sock.makefile("rb", buffering=1 << 16)
+        try:
+            sock.sendall(protocol.version_request())
+            version = protocol.read_version(self._read)
+            if version != protocol.PROTOCOL_VERSION:
+                raise ProtocolError(
+                    f"the server at {self.address} speaks protocol {version}, this client "
+                    f"{protocol.PROTOCOL_VERSION}")
+            if self._secret is not None:
+                self._authenticate()
+        except BaseException as error:
+            self._disconnect()
+            if isinstance(error, OSError):
+                raise ServerUnavailableError(
+                    f"the storage server at {self.address} broke off the handshake ({error})") from None
+            raise
+
+    def _authenticate(self) -> None:
+        client_nonce = secrets.token_bytes(protocol.NONCE_SIZE)
+        self._sock.sendall(protocol.AUTHENTICATE + client_nonce)
+        if self._read(1) != protocol.STATUS_OKAY:
+            raise AuthenticationError(
+                f"a key was given, but the server at {self.address} has none configured; "
+                "start it with --keyfile, or connect without a key")
+        server_nonce = self._read(protocol.NONCE_SIZE)
+        self._sock.sendall(protocol.authentication_proof(self._secret, False, server_nonce, client_nonce))
+        try:
+            status = self._read(1)
+        except ConnectionError:
+            status = b""
+        if status != protocol.STATUS_OKAY:
+            raise AuthenticationError(
+                f"the server at {self.address} rejected this client's key: "
+                "both must use the same key file")
+        expected = protocol.authentication_proof(self._secret, True, server_nonce, client_nonce)
+        if not protocol.proofs_match(expected, self._read(protocol.PROOF_SIZE)):
+            raise AuthenticationError(
+                f"the server at {self.address} could not prove it holds the key: "
+                "it is not the server you meant to reach")
+
+    def _disconnect(self) -> None:
+        reader, sock = self._reader, self._sock
+        self._reader = self._sock = None
+        if reader is not None:
+            reader.close()
+        if sock is not None:
+            sock.close()
+
+    def _read(self, size: int) -> bytes:
+        data = self._reader.read(size)
+        if len(data) != size:
+            raise ConnectionResetError("the storage server closed the connection")
+        return data
+
+    def _check_usable(self) -> None:
+        if os.getpid() != self._pid:
+            raise DurusError(
+                "this ClientStorage was opened before a fork: open a new one in "
+                "each process (a shared socket would mix their sessions)")
+        if self._lost:
+            raise DisconnectedError(
+                f"the connection to the storage server at {self.address} was lost "
+                "during this transaction: call abort() and retry")
+        if self._sock is None:
+            raise DurusError(f"{self} is closed")
+
+    def _lose(self, error: Exception, commit_sent: bool = False) -> DurusError:
+        """Forget the broken connection; the error to raise for ``error``."""
+        self._disconnect()
+        self._lost = True
+        self._oid_pool.clear()
+        self._unused_oids.clear()
+        self._clear_prefetch()
+        self.records = {}
+        if commit_sent:
+            return CommitInDoubtError(
+                f"the connection to the storage server at {self.address} broke ({error}) "
+                "after the commit was sent: it may or may not be stored")
+        if isinstance(error, TimeoutError):
+            return ServerUnavailableError(
+                f"the storage server at {self.address} did not answer within {self.timeout}s")
+        return DisconnectedError(
+            f"the connection to the storage server at {self.address} was lost ({error}): "
+            "nothing of this transaction was stored; call abort() and retry")
+
+    def _reconnect(self) -> list[bytes]:
+        """Connect anew; every oid whose state the application may hold."""
+        self._connect()
+        self._lost = False
+        invalid = list(self._known)
+        self._known.clear()
+        if self._known_overflowed:
+            self._known_overflowed = False
+            raise DisconnectedError(
+                "reconnected to the storage server, but this client loaded too many "
+                "objects to say which are stale: open a new Connection")
+        return invalid
+
+    # -- loading -----------------------------------------------------------------
+
+    def load(self, oid: bytes) -> bytes:
+        self._check_usable()
+        record = self._prefetched.pop(oid, None)
+        try:
+            if record is None and oid in self._inflight_set:
+                self._receive_prefetched()
+                record = self._prefetched.pop(oid, None)
+            if record is None:
+                self._sock.sendall(protocol.load_request(oid))
+                self._receive_prefetched()
+                record = protocol.read_load_reply(self._read, oid)
+            self._note_loaded(oid, record)
+            self._send_prefetch()
+        except (OSError, ProtocolError) as error:
+            raise self._lose(error) from None
+        return record
+
+    def bulk_load(self, oids: Iterable[bytes]) -> Iterator[bytes]:
+        self._check_usable()
+        oids = list(oids)
+        records: dict[bytes, bytes] = {}
+        missing = []
+        try:
+            self._receive_prefetched()
+            for oid in oids:
+                record = self._prefetched.pop(oid, None)
+                if record is None:
+                    missing.append(oid)
+                else:
+                    records[oid] = record
+            if missing:
+                self._sock.sendall(protocol.bulk_load_request(missing))
+                error = None
+                for oid in missing:
+                    try:
+                        records[oid] = protocol.read_load_reply(self._read, oid)
+                    except (ConflictError, DurusKeyError) as problem:
+                        error = error or problem  # read every reply first
+                if error is not None:
+                    raise error
+        except (OSError, ProtocolError) as error:
+            raise self._lose(error) from None
+        for oid in oids:
+            self._note_known(oid)
+        return iter([records[oid] for oid in oids])
+
+    def _note_known(self, oid: bytes) -> None:
+        known = self._known
+        if len(known) >= _MAX_KNOWN_OIDS and oid not in known:
+            # Memory stays bounded; a reconnect then cannot say what is stale.
+            known.clear()
+            self._known_overflowed = True
+        known.add(oid)
+
+    def _note_loaded(self, oid: bytes, record: bytes) -> None:
+        self._note_known(oid)
+        if not self.prefetch:
+            return
+        refs = record_refs(record)
+        known = self._known
+        wanted = self._wanted
+        for start in range(0, len(refs), 8):
+            ref = refs[start:start + 8]
+            if ref not in known and ref not in self._prefetched and ref not in self._inflight_set:
+                wanted.append(ref)
+        while len(wanted) > 4 * _PREFETCH_RECORDS:
+            wanted.popleft()
+
+    def _send_prefetch(self) -> None:
+        """Ask ahead for wanted records, one bulk load at a time."""
+        if self._inflight or not self._wanted:
+            return
+        room = min(_PREFETCH_BATCH, _PREFETCH_RECORDS - len(self._prefetched))
+        batch = []
+        chosen = set()
+        wanted = self._wanted
+        while wanted and len(batch) < room:
+            oid = wanted.popleft()
+            if oid not in self._known and oid not in self._prefetched and oid not in chosen:
+                chosen.add(oid)
+                batch.append(oid)
+        if batch:
+            self._sock.sendall(protocol.bulk_load_request(batch))
+            self._inflight = batch
+            self._inflight_set = chosen
+
+    def _receive_prefetched(self) -> None:
+        """Read the replies to the bulk load sent ahead, if any."""
+        if not self._inflight:
+            return
+        inflight, self._inflight, self._inflight_set = self._inflight, [], set()
+        for oid in inflight:
+            try:
+                self._prefetched[oid] = protocol.read_load_reply(self._read, oid)
+            except (ConflictError, DurusKeyError):
+                pass  # a load of it will get the same answer, then
+
+    def _forget(self, oids: Iterable[bytes]) -> None:
+        """Drop buffered records of oids that changed (others' or our commits)."""
+        prefetched = self._prefetched
+        known = self._known
+        for oid in oids:
+            prefetched.pop(oid, None)
+            known.discard(oid)
+
+    def _clear_prefetch(self) -> None:
+        self._prefetched.clear()
+        self._inflight = []
+        self._inflight_set = set()
+        self._wanted.clear()
+
+    # -- oids --------------------------------------------------------------------
+
+    def new_oid(self) -> bytes:
+        self._check_usable()
+        if not self._oid_pool:
+            try:
+                self._sock.sendall(protocol.new_oids_request(_OID_BATCH))
+                self._receive_prefetched()
+                oids = protocol.split_oids(self._read(8 * _OID_BATCH))
+            except (OSError, ProtocolError) as error:
+                raise self._lose(error) from None
+            self._unused_oids.update(oids)
+            oids.reverse()
+            self._oid_pool = oids
+        return self._oid_pool.pop()
+
+    # -- committing --------------------------------------------------------------
+
+    def begin(self) -> None:
+        self.records = {}
+
+    def store(self, oid: bytes, record: bytes) -> None:
+        if len(oid) != 8 or record[:8] != oid:
+            raise ValueError(f"a record for oid {oid!r} must start with that 8-byte oid")
+        self.records[oid] = record
+
+    def end(self, handle_invalidations: InvalidationHandler | None = None) -> None:
+        """Commit: learn what others committed (``handle_invalidations`` may
+        raise ConflictError to abandon), then send the records and wait until
+        the server has them on disk.
+        """
+        self._check_usable()
+        records, self.records = self.records, {}
+        frame = protocol.commit_data(records.items())
+        if len(frame) - 4 > self.max_transaction_size:
+            raise TransactionTooLargeError(
+                f"this commit is {len(frame) - 4} bytes, over the limit of "
+                f"{self.max_transaction_size} bytes (the server's --max-transaction-size): "
+                "commit in smaller steps, or raise the limit on both sides")
+        try:
+            self._sock.sendall(protocol.COMMIT)
+            self._receive_prefetched()
+            invalid = protocol.read_oids(self._read)
+        except (OSError, ProtocolError) as error:
+            raise self._lose(error) from None
+        self._forget(invalid)
+        try:
+            if invalid and handle_invalidations is not None:
+                handle_invalidations(invalid)
+        except BaseException:
+            self._recycle_oids(records)
+            try:
+                self._sock.sendall(int4(0))  # abandon the commit
+            except (OSError, ProtocolError) as error:
+                raise self._lose(error) from None
+            raise
+        try:
+            self._sock.sendall(frame)
+        except (OSError, ProtocolError) as error:
+            raise self._lose(error, commit_sent=bool(records)) from None
+        if not records:
+            return
+        try:
+            status = protocol.read_status(self._read, protocol.COMMIT)
+        except (OSError, ProtocolError) as error:
+            raise self._lose(error, commit_sent=True) from None
+        if status != protocol.STATUS_OKAY:
+            self._recycle_oids(records)
+            raise WriteConflictError(list(records))
+        self._unused_oids.difference_update(records)
+        self._forget(records)
+        for oid in records:
+            self._note_known(oid)
+
+    def _recycle_oids(self, records: dict[bytes, bytes]) -> None:
+        """Offer again the oids of new objects whose commit failed."""
+        self._oid_pool.extend(oid for oid in records if oid in self._unused_oids)
+
+    def sync(self) -> list[bytes]:
+        """Oids others committed since the last sync; after a lost
+        connection, reconnect and report every oid loaded before.
+        """
+        if self._lost and os.getpid() == self._pid:
+            return self._reconnect()
+        self._check_usable()
+        try:
+            self._sock.sendall(protocol.SYNC)
+            self._receive_prefetched()
+            invalid = protocol.read_oids(self._read)
+        except (OSError, ProtocolError) as error:
+            raise self._lose(error) from None
+        self._forget(invalid)
+        return invalid
+
+    def pack(self) -> None:
+        """Ask the server to pack; it answers at once and packs in the background."""
+        self._check_usable()
+        try:
+            self._sock.sendall(protocol.PACK)
+            self._receive_prefetched()
+            status = protocol.read_status(self._read, protocol.PACK)
+        except (OSError, ProtocolError) as error:
+            raise self._lose(error) from None
+        if status != protocol.STATUS_OKAY:
+            raise ProtocolError(f"the server answered a pack request with {status!r}")
+
+    def stop_server(self) -> None:
+        """Ask the server to stop gracefully (it refuses clients that have not
+        authenticated when it has a key); this connection ends with it.
+        """
+        self._check_usable()
+        try:
+            self._sock.sendall(protocol.QUIT)
+            self._reader.read(1)  # returns when the server closes the connection
+        except OSError:
+            pass
+        self._disconnect()
+
+    def close(self) -> None:
+        """Say goodbye and close the socket (in a forked child, close only
+        this process's copy: the parent's session goes on).
+        """
+        if self._sock is not None and os.getpid() == self._pid:
+            try:
+                self._sock.sendall(protocol.CLOSE)
+            except OSError:
+                pass
+        self._disconnect()

@@ -1,0 +1,483 @@
+"""One storage shared by many sessions: the rules of a multi-client database.
+
+A :class:`SharedStorage` wraps one underlying storage (memory or file) and
+hands out :class:`StorageSession` objects, each the view of one client.  The
+storage server gives every socket a session; an application with several
+threads on one embedded file gives every Connection a session, and the
+connections then see each other's commits and conflicts exactly as over a
+server.  There is one implementation of the rules, here:
+
+- Each session has its own set of pending invalidations: the oids other
+  sessions committed since it last synced or committed.  A load of one of
+  them is refused (ReadConflictError), so a transaction never mixes states
+  from before and after another's commit.
+- A commit first delivers the session's pending invalidations (the Connection
+  raises ConflictError if it used any of them), then writes.  A record for an
+  oid in that set is a conflict.  Commits take turns: between the delivery
+  and the write no other commit may land, or the delivered set would be
+  stale.  A turn can be revoked from a session that is slow to send its
+  records; its commit then succeeds only if nothing was committed meanwhile.
+- Oids: no oid is handed to two sessions; each session's unused oids are
+  remembered, a commit with a record for a new oid the session was not given
+  is refused, and a closed session's unused oids are handed out again (so
+  the first oid of an empty storage, the root's, is 0 even if the client that
+  first received it went away).
+- Durability: a commit returns once it is on disk.  With a storage that can
+  defer its disk sync, commits written while a sync is underway share the
+  next one (group commit).
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+from durus.error import ConflictError, DurusError, DurusKeyError, ReadConflictError, WriteConflictError
+from durus.record import oid_to_int
+from durus.storage import InvalidationHandler, Storage
+
+log = logging.getLogger("durus.storage_server")
+
+DEFAULT_MAX_GIVEN_OIDS = 1_000_000
+
+
+class RequestRefusedError(DurusError):
+    """A session asked for something the rules forbid: a record for an oid it
+    was never given, a commit to a read-only storage, too many unused oids.
+
+    Nothing of a refused commit is written; the server drops such a client.
+    """
+
+
+class GroupSync:
+    """Counts commits written and commits on disk, so that one disk sync can
+    serve every commit written before it started.
+
+    Any thread that needs its commit durable calls :meth:`wait`; the first
+    one in does the sync, the others wait for it or for the next one.
+
+    Instance attributes: ``written`` and ``synced``, serial numbers of the
+    last commit written and the last known to be on disk; ``deferred``: False
+    when the storage syncs inside each write (then written is synced).
+    """
+
+    def __init__(self, sync_to_disk: Callable[[], None] | None) -> None:
+        self._sync_to_disk = sync_to_disk
+        self.deferred = sync_to_disk is not None
+        self._condition = threading.Condition(threading.Lock())
+        self._syncing = False
+        self._closed = False
+        self.written = 0
+        self.synced = 0
+
+    def note_write(self) -> int:
+        """Count one written commit; its serial number, for :meth:`wait`."""
+        with self._condition:
+            self.written += 1
+            if not self.deferred:
+                self.synced = self.written
+            self._condition.notify_all()
+            return self.written
+
+    def wait(self, serial: int) -> None:
+        """Return once commit ``serial`` is on disk, syncing if no one is."""
+        condition = self._condition
+        with condition:
+            while self.synced < serial:
+                if self._syncing:
+                    condition.wait()
+                    continue
+                self._syncing = True
+                target = self.written
+                condition.release()
+                try:
+                    self._sync_to_disk()
+                finally:
+                    condition.acquire()
+                    self._syncing = False
+                    condition.notify_all()
+                self.synced = max(self.synced, target)
+
+    def wait_for_write(self, after: int, timeout: float | None = None) -> int:
+        """Block until a commit later than ``after`` is written (or close())."""
+        with self._condition:
+            self._condition.wait_for(lambda: self.written > after or self._closed, timeout)
+            return self.written
+
+    def close(self) -> None:
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+
+
+class SharedStorage:
+    """One storage, many sessions; see the module docstring for the rules.
+
+    Instance attributes:
+
+    - ``storage``: the underlying Storage; use it only through sessions.
+    - ``readonly``: commits are refused.
+    - ``gcbytes``: start a pack after this many committed bytes (0: never).
+    - ``bytes_since_pack``: bytes committed since the last pack finished.
+    - ``max_given_oids``: how many unused oids one session may hold.
+    - ``group_sync``: the :class:`GroupSync` that makes commits durable.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        readonly: bool | None = None,
+        gcbytes: int = 0,
+        max_given_oids: int = DEFAULT_MAX_GIVEN_OIDS,
+    ) -> None:
+        self.storage = storage
+        self.readonly = bool(getattr(storage, "readonly", False)) if readonly is None else readonly
+        self.gcbytes = gcbytes
+        self.bytes_since_pack = 0
+        self.max_given_oids = max_given_oids
+        self._lock = threading.RLock()
+        self._turn_free = threading.Condition(self._lock)
+        self._committer: StorageSession | None = None
+        self._sessions: set[StorageSession] = set()
+        self._given_to: dict[bytes, StorageSession] = {}
+        self._returned_oids: list[bytes] = []  # a heap: lowest first
+        self._freed_oids: set[bytes] = set()  # packed away; reuse once all know
+        self._packer: Iterator[object] | None = None
+        # A storage that can defer its disk sync says so with sync_to_disk().
+        sync_to_disk = getattr(storage, "sync_to_disk", None)
+        self._defer_sync = callable(sync_to_disk)
+        self.group_sync = GroupSync(sync_to_disk if self._defer_sync else None)
+
+    def session(self) -> StorageSession:
+        """A new session: a Storage for one Connection or one client socket."""
+        session = StorageSession(self)
+        with self._lock:
+            self._sessions.add(session)
+        return session
+
+    def session_count(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def close(self) -> None:
+        """Close every session and the underlying storage."""
+        with self._lock:
+            for session in list(self._sessions):
+                session.close()
+            self.group_sync.close()
+            self.storage.close()
+
+    # -- packing -----------------------------------------------------------
+
+    def start_pack(self) -> bool:
+        """Start a pack unless one is underway; False if one already was.
+
+        A storage without an incremental packer packs at once.
+        """
+        with self._lock:
+            if self._packer is not None:
+                return False
+            log.info("pack started")
+            packer = self.storage.get_packer()
+            if packer is None:
+                self.storage.pack()
+                self._pack_finished()
+            else:
+                self._packer = iter(packer)
+            return True
+
+    def pack_step(self) -> bool:
+        """Do one step of the pack underway; False when there is none left."""
+        with self._lock:
+            if self._packer is None:
+                return False
+            try:
+                next(self._packer)
+            except StopIteration:
+                self._pack_finished()
+                return False
+            except Exception:
+                log.exception("pack failed; the storage is unchanged and keeps serving")
+                self._packer = None
+                return False
+            return True
+
+    def is_packing(self) -> bool:
+        return self._packer is not None
+
+    def pack(self) -> None:
+        """Pack to the end, letting commits in between steps."""
+        self.start_pack()
+        while self.pack_step():
+            pass
+
+    def _pack_finished(self) -> None:
+        self._packer = None
+        self.bytes_since_pack = 0
+        self._gather_storage_invalidations()
+        log.info("pack finished")
+
+    # -- internals, called with self._lock held --------------------------------
+
+    def _gather_storage_invalidations(self) -> None:
+        """Pass on what the storage itself reports (oids a pack removed)."""
+        oids = self.storage.sync()
+        if oids:
+            self._freed_oids.update(oids)
+            for session in self._sessions:
+                session.invalid.update(oids)
+
+    def _allocate_oid(self, session: StorageSession) -> bytes:
+        while True:
+            if self._returned_oids:
+                oid = heapq.heappop(self._returned_oids)
+            else:
+                oid = self.storage.new_oid()
+            if oid in self._given_to:
+                continue
+            if oid in self._freed_oids:
+                # A reused oid must not meet a stale copy some session holds.
+                if any(oid in other.invalid for other in self._sessions):
+                    continue
+                self._freed_oids.discard(oid)
+            self._given_to[oid] = session
+            session.given.add(oid)
+            return oid
+
+    def _check_records(self, session: StorageSession, records: dict[bytes, bytes]) -> None:
+        if self.readonly:
+            raise RequestRefusedError("commit refused: the storage is read-only")
+        for oid in records:
+            owner = self._given_to.get(oid)
+            if owner is session:
+                continue
+            if owner is not None:
+                raise RequestRefusedError(
+                    f"commit refused: oid {oid_to_int(oid)} was given to another client")
+            try:
+                self.storage.load(oid)
+            except DurusKeyError:
+                raise RequestRefusedError(
+                    f"commit refused: record for oid {oid_to_int(oid)}, which is not stored "
+                    "and which this client was never given") from None
+
+    def _write(self, session: StorageSession, records: dict[bytes, bytes]) -> int:
+        storage = self.storage
+        storage.begin()
+        for oid, record in records.items():
+            storage.store(oid, record)
+        if self._defer_sync:
+            storage.end(None, sync=False)
+        else:
+            storage.end(None)
+        oids = list(records)
+        for other in self._sessions:
+            if other is not session:
+                other.invalid.update(oids)
+        for oid in oids:
+            if self._given_to.pop(oid, None) is not None:
+                session.given.discard(oid)
+        self.bytes_since_pack += sum(len(record) for record in records.values()) + 12 * len(records)
+        serial = self.group_sync.note_write()
+        if self._packer is None and 0 < self.gcbytes <= self.bytes_since_pack:
+            self.start_pack()
+        return serial
+
+
+class StorageSession(Storage):
+    """One client's view of a :class:`SharedStorage`; a Storage itself.
+
+    The storage server drives it through the split commit methods
+    (:meth:`claim_commit`, :meth:`take_invalidations`, :meth:`apply_commit`,
+    :meth:`release_commit`) because a commit spans two network round trips;
+    a Connection in the same process just calls :meth:`end`.
+
+    Instance attributes:
+
+    - ``shared``: the SharedStorage.
+    - ``invalid``: pending invalidations, the oids others committed since this
+      session last synced or committed.
+    - ``given``: oids handed to this session and not yet committed.
+    - ``records``: the commit being collected by :meth:`store`, or None.
+    - ``closed``: True after :meth:`close`.
+    """
+
+    def __init__(self, shared: SharedStorage) -> None:
+        self.shared = shared
+        self.invalid: set[bytes] = set()
+        self.given: set[bytes] = set()
+        self.records: dict[bytes, bytes] | None = None
+        self.closed = False
+        # Oids of new objects whose commit failed: offered again first.
+        self._spare_oids: list[bytes] = []
+        self._delivered: set[bytes] = set()
+
+    def __repr__(self) -> str:
+        return f"<StorageSession of {self.shared.storage}>"
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise DurusError("this storage session is closed; open a new one")
+
+    # -- reading -----------------------------------------------------------
+
+    def load(self, oid: bytes) -> bytes:
+        with self.shared._lock:
+            self._check_open()
+            if oid in self.invalid:
+                raise ReadConflictError([oid])
+            return self.shared.storage.load(oid)
+
+    def sync(self) -> list[bytes]:
+        with self.shared._lock:
+            self._check_open()
+            self.shared._gather_storage_invalidations()
+            oids = list(self.invalid)
+            self.invalid.clear()
+            return oids
+
+    # -- oids ----------------------------------------------------------------
+
+    def new_oid(self) -> bytes:
+        return self.new_oids(1)[0]
+
+    def new_oids(self, count: int) -> list[bytes]:
+        """``count`` oids that no other session has or will be given."""
+        shared = self.shared
+        with shared._lock:
+            self._check_open()
+            oids = []
+            while self._spare_oids and len(oids) < count:
+                oids.append(self._spare_oids.pop())
+            if len(self.given) + count - len(oids) > shared.max_given_oids:
+                raise RequestRefusedError(
+                    f"a client may hold at most {shared.max_given_oids} unused oids; "
+                    "commit the new objects before asking for more")
+            while len(oids) < count:
+                oids.append(shared._allocate_oid(self))
+            return oids
+
+    # -- committing, in one call (in-process use) ---------------------------
+
+    def begin(self) -> None:
+        self._check_open()
+        self.records = {}
+
+    def store(self, oid: bytes, record: bytes) -> None:
+        if self.records is None:
+            raise RuntimeError("store() outside a commit: call begin() first")
+        self.records[oid] = record
+
+    def end(self, handle_invalidations: InvalidationHandler | None = None) -> None:
+        """Deliver pending invalidations, then write the records durably.
+
+        ``handle_invalidations`` may raise ConflictError to abandon the
+        commit; a record for a delivered oid raises WriteConflictError.
+        """
+        records, self.records = self.records, None
+        if records is None:
+            raise RuntimeError("end() outside a commit: call begin() first")
+        serial = None
+        self.claim_commit(wait=True)
+        try:
+            invalid = self.take_invalidations()
+            if invalid and handle_invalidations is not None:
+                handle_invalidations(invalid)
+            if records:
+                serial = self.apply_commit(records)
+        except ConflictError:
+            self._spare_oids.extend(oid for oid in records if oid in self.given)
+            raise
+        finally:
+            self.release_commit()
+        if serial is not None:
+            self.shared.group_sync.wait(serial)
+            self.shared.pack_step()
+
+    # -- committing, step by step (the server) --------------------------------
+
+    def claim_commit(self, wait: bool) -> bool:
+        """Take the commit turn; with ``wait`` False, return False if busy."""
+        shared = self.shared
+        with shared._lock:
+            self._check_open()
+            while shared._committer is not None and shared._committer is not self:
+                if not wait:
+                    return False
+                shared._turn_free.wait()
+            shared._committer = self
+            return True
+
+    def holds_commit(self) -> bool:
+        return self.shared._committer is self
+
+    def take_invalidations(self) -> list[bytes]:
+        """Pop the pending invalidations: the first step of a commit."""
+        with self.shared._lock:
+            self.shared._gather_storage_invalidations()
+            oids = list(self.invalid)
+            self.invalid.clear()
+            self._delivered = set(oids)
+            return oids
+
+    def apply_commit(self, records: dict[bytes, bytes]) -> int:
+        """Write ``records`` after :meth:`take_invalidations`; the commit's
+        serial number for ``shared.group_sync.wait``.
+
+        Raises RequestRefusedError (nothing written) for a broken commit, and
+        WriteConflictError for a record of a delivered oid, or, when this
+        session lost its turn, if anything was committed meanwhile.
+        """
+        shared = self.shared
+        with shared._lock:
+            self._check_open()
+            if shared._committer is not self:
+                raise RuntimeError("apply_commit() without the commit turn: claim_commit() first")
+            shared._check_records(self, records)
+            conflicts = [oid for oid in records if oid in self._delivered]
+            if self.invalid:
+                # Others committed after the delivery: what this client read
+                # may be stale, and only it knows what it read.
+                conflicts.extend(self.invalid)
+            if conflicts:
+                raise WriteConflictError(conflicts)
+            return shared._write(self, records)
+
+    def release_commit(self) -> None:
+        """Give up the commit turn (if held), letting the next commit in."""
+        shared = self.shared
+        with shared._lock:
+            if shared._committer is self:
+                shared._committer = None
+                shared._turn_free.notify_all()
+
+    # -- the rest of the Storage interface ----------------------------------
+
+    def pack(self) -> None:
+        self._check_open()
+        self.shared.pack()
+
+    def get_packer(self) -> Iterator[None]:
+        self._check_open()
+        if self.shared.start_pack():
+            while self.shared.pack_step():
+                yield None
+
+    def close(self) -> None:
+        """End the session; its unused oids go back to be handed out again."""
+        shared = self.shared
+        with shared._lock:
+            if self.closed:
+                return
+            self.release_commit()
+            self.closed = True
+            shared._sessions.discard(self)
+            for oid in self.given:
+                if shared._given_to.get(oid) is self:
+                    del shared._given_to[oid]
+                    heapq.heappush(shared._returned_oids, oid)
+            self.given.clear()
+            self._spare_oids.clear()
+            self.invalid.clear()

@@ -1,0 +1,132 @@
+"""Storage server subprocesses for tests: a free port, start, stop, kill -9.
+
+    with ServerProcess(tmp_path / "data.durus") as server:
+        storage = ClientStorage(address=server.address)
+        ...
+        server.kill()      # SIGKILL, as a crash would
+        server.start()     # the same file and port again
+
+The server's log goes to ``server.log_path``; a server that fails to come up
+raises with the log in the message.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from durus.storage_server import SocketAddress
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def durus43_python() -> str | None:
+    """The interpreter with the real Durus 4.3 installed, or None if absent."""
+    python = os.environ.get("DURUS43_PYTHON", "/tmp/venv-durus43/bin/python")
+    return python if os.path.exists(python) else None
+
+
+class ServerProcess:
+    """``durus -s`` in a subprocess, on a free port or a unix socket.
+
+    Instance attributes: ``file`` (the storage file; None for a temporary
+    one); ``address`` (``(host, port)`` or the socket path, what
+    ClientStorage's ``address`` takes); ``args`` (more ``durus -s``
+    options); ``python`` (the interpreter: ours, or Durus 4.3's for its
+    server); ``log_path``; ``process`` (the Popen, while running).
+    """
+
+    def __init__(
+        self,
+        file: str | os.PathLike | None = None,
+        *,
+        address: tuple[str, int] | str | None = None,
+        args: tuple[str, ...] | list[str] = (),
+        python: str | None = None,
+        log_path: str | os.PathLike | None = None,
+    ) -> None:
+        self.file = None if file is None else os.fspath(file)
+        self.address = address if address is not None else ("127.0.0.1", free_port())
+        self.args = list(args)
+        self.python = python or sys.executable
+        if log_path is None:
+            base = self.file if self.file is not None else f"/tmp/durus-test-server-{os.getpid()}"
+            log_path = f"{base}.{id(self)}.log"
+        self.log_path = Path(log_path)
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        command = [self.python, "-m", "durus", "-s"]
+        if isinstance(self.address, tuple):
+            command += ["--host", self.address[0], "--port", str(self.address[1])]
+        else:
+            command += ["--address", self.address]
+        if self.file is not None:
+            command += ["--file", self.file]
+        return command + self.args
+
+    def start(self, timeout: float = 15.0) -> ServerProcess:
+        """Start the server and wait until it accepts connections."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        target = SocketAddress.new(self.address)
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                target.connect(timeout=1.0).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"server did not come up in {timeout}s:\n{self.log()}") from None
+                time.sleep(0.02)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Stop gracefully (SIGTERM); kill if it takes too long.  Exit status."""
+        process = self.process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.process = None
+        return process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash or a power cut would end it."""
+        process = self.process
+        if process is not None:
+            process.kill()
+            process.wait()
+            self.process = None
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
