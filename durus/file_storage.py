@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from struct import Struct
 
 from durus.error import DurusError, DurusKeyError
-from durus.record import int_to_oid, record_refs
+from durus.record import ROOT_OID, int_to_oid, record_refs
 from durus.shelf import PREFIX, Shelf, encode_offset_map, write_all
 from durus.storage import InvalidationHandler, Storage, gen_reachable_records
 
@@ -208,6 +208,10 @@ class FileStorage(Storage):
         self._check_writable("pack")
         if self.pending is not None or self.pack_extra is not None:
             return iter(())
+        if ROOT_OID not in self.shelf and next(self.shelf.gen_positions(), None) is not None:
+            raise DurusError(
+                f"{self.filename} holds records but no root object (oid 0): "
+                "packing would drop them all, so it was not started")
         return self._gen_pack_steps()
 
     def _gen_pack_steps(self) -> Iterator[str]:

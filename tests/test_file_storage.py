@@ -463,6 +463,15 @@ def test_pack_of_a_new_file(path: str) -> None:
     storage.close()
 
 
+def test_pack_refuses_a_file_without_a_root(path: str) -> None:
+    storage = FileStorage(path)
+    commit(storage, {1: (b"orphan", [])})
+    with pytest.raises(DurusError, match="no root"):
+        storage.pack()
+    assert storage.load(oid(1)) == record(1, b"orphan")
+    storage.close()
+
+
 def random_graph_commit(rng: random.Random, storage: FileStorage, model: dict) -> None:
     """Change a few objects: new ones, changed refs, references dropped."""
     changes = {}
