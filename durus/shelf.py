@@ -53,7 +53,7 @@ PREFIX = b"SHELF-1\n"
 _int4 = Struct(">I")
 _int8 = Struct(">Q")
 _unpack_int8 = _int8.unpack
-_LINK_BASE = len(PREFIX) + 8  # offset map start of a shelf with an empty initial transaction
+_EMPTY_MAP_START = len(PREFIX) + 8  # S of a file whose initial transaction is empty
 
 # Bytes a load reads at once: most records fit, so most loads take one pread.
 _LOAD_CHUNK = 1024
@@ -146,7 +146,7 @@ def _widen_words(narrow: bytes, width: int, count: int) -> array:
 
 def empty_shelf() -> bytes:
     """The bytes of a new file: prefix, empty initial transaction, empty map."""
-    return PREFIX + _int8.pack(0) + encode_offset_map(_LINK_BASE, 0, {})
+    return PREFIX + _int8.pack(0) + encode_offset_map(_EMPTY_MAP_START, 0, {})
 
 
 def encode_transaction(
