@@ -21,10 +21,10 @@ from durus.error import DurusError, DurusKeyError
 from durus.file_storage import FileLockedError, FileStorage, ReadOnlyError, TempFileStorage
 from durus.record import int_to_oid, pack_record, record_refs, split_oids
 from durus.shelf import ShelfError, TornTransactionError
+from tests.durus43 import durus43_python
 
 # The real Durus 4.3 lives in its own virtual environment; a later fixture
 # shared by all test modules will build it, until then this finds one.
-DURUS43_PYTHON = os.environ.get("DURUS43_PYTHON", "/tmp/venv-durus43/bin/python")
 
 
 def oid(n: int) -> bytes:
@@ -55,10 +55,8 @@ def run_durus43(tmp_path: Path, code: str, *args: str) -> str:
     """Run ``code`` in the real Durus 4.3 (outside this repo, so its ``durus``
     is the one imported); its stdout.
     """
-    if not os.path.exists(DURUS43_PYTHON):
-        pytest.skip(f"no Durus 4.3 interpreter at {DURUS43_PYTHON} (set DURUS43_PYTHON)")
     result = subprocess.run(
-        [DURUS43_PYTHON, "-I", "-c", code, *args],
+        [str(durus43_python()), "-I", "-c", code, *args],
         cwd=tmp_path, capture_output=True, text=True, timeout=60,
     )
     if result.returncode:
