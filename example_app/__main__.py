@@ -1,0 +1,150 @@
+"""``python -m example_app``: the wiki deployed, a storage server plus gunicorn.
+
+Starts ``flask durus serve`` (the data file in the instance folder), waits
+until it accepts connections, then starts gunicorn with
+``example_app/gunicorn.conf.py`` (4 workers on http://127.0.0.1:8000) whose
+workers reach the data through that server.  Ctrl-C or SIGTERM stops
+gunicorn first (its workers finish their requests, so their commits reach
+the server), then the storage server; if either child dies, the other is
+stopped too.  The children run in their own sessions, so a terminal's
+Ctrl-C reaches only this process, which stops them in that order; and on
+Linux each child is told to stop if this process dies without cleaning up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from flask_durus.settings import DurusSettings
+from flask_durus.storage_uri import SERVER
+
+from example_app import create_app
+
+GUNICORN_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn.conf.py")
+STOP_TIMEOUT = 20.0
+
+
+class Stop(Exception):
+    """A signal asked the deployment to stop."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def _die_with_parent() -> None:
+    """In a child: get SIGTERM when this process (its parent) dies (Linux)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _start(command: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def _wait_for_port(host: str, port: int, process: subprocess.Popen, timeout: float) -> None:
+    """Return once ``host:port`` accepts connections; SystemExit if it never does."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"The storage server exited (status {process.returncode}); see its error above.")
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"The storage server did not listen on {host}:{port} within {timeout:.0f} s.")
+
+
+def _stop(process: subprocess.Popen | None, first_signal: int) -> None:
+    """Ask ``process`` to stop, then insist: the signal, SIGTERM, SIGKILL."""
+    if process is None or process.poll() is not None:
+        return
+    for sig in (first_signal, signal.SIGTERM, signal.SIGKILL):
+        try:
+            process.send_signal(sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(STOP_TIMEOUT if sig != signal.SIGKILL else None)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m example_app",
+        description="Run the wiki: a Durus storage server and gunicorn, until Ctrl-C.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address gunicorn listens on (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port gunicorn listens on (8000)")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes (4)")
+    parser.add_argument("--storage-port", type=int, default=2972,
+                        help="port of the storage server on 127.0.0.1, unless "
+                             "FLASK_DURUS_STORAGE names a server (2972)")
+    parser.add_argument("--instance", help="instance folder (data file, secret key); "
+                                           "default: Flask's, ./instance in a checkout")
+    args = parser.parse_args(argv)
+
+    app = create_app(instance_path=os.path.abspath(args.instance) if args.instance else None)
+    settings = DurusSettings.from_config(app.config, app.instance_path)
+    if settings.location.kind == SERVER:
+        storage_uri = app.config["DURUS_STORAGE"]
+    else:
+        storage_uri = f"durus://127.0.0.1:{args.storage_port}"
+    server_location = DurusSettings.from_config(
+        {**app.config, "DURUS_STORAGE": storage_uri}, app.instance_path
+    ).location
+
+    app_spec = f"example_app:create_app(instance_path={app.instance_path!r})"
+    env = {**os.environ, "FLASK_DURUS_STORAGE": storage_uri, "PYTHONUNBUFFERED": "1"}
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    storage_server = web_server = None
+    status = 0
+    try:
+        storage_server = _start([sys.executable, "-m", "flask", "--app", app_spec, "durus", "serve"], env)
+        if server_location.socket_path is None:
+            _wait_for_port(server_location.host, server_location.port, storage_server, 30.0)
+        web_server = _start(
+            [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONF, "--bind", f"{args.host}:{args.port}",
+             "--workers", str(args.workers), app_spec],
+            env,
+        )
+        print(
+            f"The wiki is at http://{args.host}:{args.port}/ ({args.workers} gunicorn workers, "
+            f"storage server {storage_uri}, data {settings.server_file}). Ctrl-C stops both.",
+            flush=True,
+        )
+        while True:
+            for name, process in (("storage server", storage_server), ("gunicorn", web_server)):
+                if process.poll() is not None:
+                    print(f"The {name} exited (status {process.returncode}); stopping.", file=sys.stderr)
+                    status = 1
+                    raise Stop(name)
+            time.sleep(0.2)
+    except Stop:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop(web_server, signal.SIGTERM)
+        _stop(storage_server, signal.SIGINT)
+    if status == 0:
+        print("Stopped the wiki and its storage server.", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
