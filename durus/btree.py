@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator, ItemsView, MutableMapping, Value
 from operator import itemgetter
 from typing import Any
 
+from durus.merge import merge_bnode
 from durus.persistent import UNSAVED, PersistentObject
 
 _setattribute = object.__setattr__
@@ -124,6 +125,16 @@ class BNode(PersistentObject):
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         return _ascending(self, _MISSING, True)
+
+    def _p_resolve_conflict(
+        self, old_state: dict[str, Any], committed_state: dict[str, Any], my_state: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merge concurrent changes to different keys of a node that kept its shape.
+
+        Every change passes through the root and updates the counts on its
+        path, so without this two inserts far apart would always conflict.
+        """
+        return merge_bnode(self.minimum_degree, old_state, committed_state, my_state)
 
     def __reversed__(self) -> Iterator[tuple[Any, Any]]:
         return _descending(self, _MISSING, True)
@@ -260,34 +271,29 @@ def _split_child(parent: BNode, i: int, child: BNode) -> None:
         _set_count(child, middle)
 
 
-def _merge_children(parent: BNode, i: int) -> BNode:
+def _merge_children(parent: BNode, i: int, is_root: bool) -> None:
     """Merge ``nodes[i]``, ``items[i]`` and ``nodes[i + 1]`` of ``parent``.
 
-    Returns the merged node.  When that would leave the (root) parent with no
-    items, the parent itself takes the merged contents and is returned, so
-    the tree keeps its root object.
+    A root left with no items takes the merged contents itself, so the tree
+    keeps its root object (and the BTree object is not changed).
     """
     nodes = parent.nodes
     left = nodes[i]
     right = nodes[i + 1]
     count = _plus(_known_count(left), 1, _known_count(right))
     parent._p_note_change()
-    if len(parent.items) == 1:
-        # Only the root gets here: the delete leaves every other node it
-        # enters with at least t >= 2 items.
-        merged = parent
-        merged.items = left.items + parent.items + right.items
-        merged.nodes = None if left.nodes is None else left.nodes + right.nodes
-    else:
-        merged = left
-        left._p_note_change()
-        left.items.append(parent.items.pop(i))
-        left.items.extend(right.items)
-        if left.nodes is not None:
-            left.nodes.extend(right.nodes)
-        del nodes[i + 1]
-    _set_count(merged, count)
-    return merged
+    if is_root and len(parent.items) == 1:
+        parent.items = left.items + parent.items + right.items
+        parent.nodes = None if left.nodes is None else left.nodes + right.nodes
+        _set_count(parent, count)
+        return
+    left._p_note_change()
+    left.items.append(parent.items.pop(i))
+    left.items.extend(right.items)
+    if left.nodes is not None:
+        left.nodes.extend(right.nodes)
+    del nodes[i + 1]
+    _set_count(left, count)
 
 
 def _borrow(parent: BNode, i: int, donor_index: int) -> None:
@@ -325,66 +331,61 @@ def _borrow(parent: BNode, i: int, donor_index: int) -> None:
         _set_count(donor, _plus(donor_count, -moved))
 
 
-def _roomy_child(parent: BNode, i: int) -> BNode:
-    """``parent.nodes[i]`` made to hold at least t items, ready for a delete.
+def _refill(parent: BNode, i: int, is_root: bool) -> None:
+    """Bring ``parent.nodes[i]``, one item short, back to its minimum size.
 
-    Borrows an item from a sibling that can spare one, or else merges with a
-    sibling.  Returns the node to descend into for the keys of ``nodes[i]``.
+    Borrows from a sibling that can spare an item, or else merges with a
+    sibling, which takes an item from ``parent``.
     """
     nodes = parent.nodes
-    child = nodes[i]
-    t = child.minimum_degree
-    if len(child.items) >= t:
-        return child
+    t = parent.minimum_degree
     if i > 0 and len(nodes[i - 1].items) >= t:
         _borrow(parent, i, i - 1)
-        return child
-    if i + 1 < len(nodes) and len(nodes[i + 1].items) >= t:
+    elif i + 1 < len(nodes) and len(nodes[i + 1].items) >= t:
         _borrow(parent, i, i + 1)
-        return child
-    if i > 0:
-        return _merge_children(parent, i - 1)
-    return _merge_children(parent, i)
+    else:
+        _merge_children(parent, i - 1 if i > 0 else i, is_root)
 
 
 def _delete(root: BNode, key: Any) -> tuple[Any, Any]:
-    """Remove the item with ``key``, which must be present; return it.
+    """Remove the item with ``key`` and return it; KeyError if there is none.
 
-    One pass from the root down (Cormen et al., "B-trees", deletion): before
-    descending into a child, make sure it can lose an item.  Every node passed
-    on the way loses one item from its subtree.
+    The item leaves from a leaf (an inner node's item is replaced by its
+    predecessor, taken from a leaf).  Then, going back up, a node left below
+    its minimum size borrows from a sibling or merges with one.  Only nodes
+    that must change do, which keeps concurrent deletes mergeable.
     """
-    removed = None
+    path = []  # (node, index of the child taken) from the root down
     node = root
     while True:
         items = node.items
         i = bisect_left(items, key, key=_item_key)
-        nodes = node.nodes
-        if nodes is None:
-            node._p_note_change()
-            item = items.pop(i)
-            _set_count(node, len(items))
-            return item if removed is None else removed
-        if not (i < len(items) and items[i][0] == key):
-            child = _roomy_child(node, i)
-        elif len(nodes[i].items) >= node.minimum_degree:
-            # Put the predecessor in the key's place, then delete it below.
-            removed = items[i]
-            node._p_note_change()
-            child = nodes[i]
-            items[i] = child.get_max_item()
-            key = items[i][0]
-        elif len(nodes[i + 1].items) >= node.minimum_degree:
-            removed = items[i]
-            node._p_note_change()
-            child = nodes[i + 1]
-            items[i] = child.get_min_item()
-            key = items[i][0]
-        else:
-            child = _merge_children(node, i)
-        if child is not node:
-            _add_counts((node,), -1)
-        node = child
+        if i < len(items) and items[i][0] == key:
+            break
+        if node.nodes is None:
+            raise KeyError(key)
+        path.append((node, i))
+        node = node.nodes[i]
+    removed = items[i]
+    node._p_note_change()
+    if node.nodes is None:
+        del items[i]
+    else:
+        holder = node
+        path.append((holder, i))
+        node = holder.nodes[i]
+        while node.nodes is not None:
+            path.append((node, len(node.items)))
+            node = node.nodes[-1]
+        node._p_note_change()
+        holder.items[i] = node.items.pop()
+    _set_count(node, len(node.items))
+    _add_counts([parent for parent, _ in path], -1)
+    minimum = node.minimum_degree - 1
+    while path and len(node.items) < minimum:
+        node, i = path.pop()
+        _refill(node, i, not path)
+    return removed
 
 
 # -- ordered iteration ------------------------------------------------------
@@ -622,18 +623,15 @@ class BTree(PersistentObject, MutableMapping):
     __setitem__ = add
 
     def __delitem__(self, key: Any) -> None:
-        if self.root.search(key) is None:
-            raise KeyError(key)
         _delete(self.root, key)
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
-        item = self.root.search(key)
-        if item is None:
+        try:
+            return _delete(self.root, key)[1]
+        except KeyError:
             if default is _MISSING:
-                raise KeyError(key)
+                raise
             return default
-        _delete(self.root, key)
-        return item[1]
 
     def popitem(self) -> tuple[Any, Any]:
         """Remove and return the item with the smallest key."""

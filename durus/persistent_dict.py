@@ -14,6 +14,7 @@ import reprlib
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
+from durus.merge import merge_mapping
 from durus.persistent import PersistentObject
 
 _MISSING = object()
@@ -161,3 +162,17 @@ class PersistentDict(PersistentObject, MutableMapping):
             raise KeyError("popitem(): dictionary is empty")
         self._p_note_change()
         return self.data.popitem()
+
+    # -- conflict resolution ------------------------------------------------
+
+    def _p_resolve_conflict(
+        self, old_state: dict[str, Any], committed_state: dict[str, Any], my_state: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merge concurrent changes to different keys; the same key is a conflict.
+
+        Other attributes of a subclass merge the same way, by name.
+        """
+        states = [old_state, committed_state, my_state]
+        merged = merge_mapping(*({**state, "data": None} for state in states))
+        merged["data"] = merge_mapping(*(state["data"] for state in states))
+        return merged

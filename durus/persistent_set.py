@@ -14,6 +14,7 @@ import reprlib
 from collections.abc import Iterable, MutableSet, Set
 from typing import Any
 
+from durus.merge import merge_mapping, merge_set
 from durus.persistent import PersistentObject
 
 
@@ -212,3 +213,18 @@ class PersistentSet(PersistentObject, MutableSet):
             return NotImplemented
         self.symmetric_difference_update(other)
         return self
+
+    # -- conflict resolution ------------------------------------------------
+
+    def _p_resolve_conflict(
+        self, old_state: dict[str, Any], committed_state: dict[str, Any], my_state: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merge concurrent adds and removes of different members.
+
+        A member added or removed on both sides is a conflict.  Other
+        attributes of a subclass merge by name, like a mapping's keys.
+        """
+        states = [old_state, committed_state, my_state]
+        merged = merge_mapping(*({**state, "s": None} for state in states))
+        merged["s"] = merge_set(*(state["s"] for state in states))
+        return merged

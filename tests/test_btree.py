@@ -336,3 +336,54 @@ def test_len_of_untouched_durus43_nodes_marks_nothing_changed() -> None:
     assert all(node._p_is_saved() for node in all_nodes(tree.root))
     connection.commit()
     assert len(tree) == 500
+
+
+# -- conflict resolution --------------------------------------------------------
+
+
+def two_sessions(size: int) -> tuple[Connection, Connection]:
+    from durus.shared_storage import SharedStorage
+
+    shared = SharedStorage(MemoryStorage())
+    first = Connection(shared.session())
+    tree = first.root["tree"] = BTree(BNode4)
+    for key in range(0, size * 10, 10):
+        tree[key] = key
+    first.commit()
+    second = Connection(shared.session())
+    return first, second
+
+
+def test_changes_far_apart_merge_through_the_shared_path() -> None:
+    first, second = two_sessions(200)
+    first.root["tree"][11] = "first"  # leaves with room: no split
+    first.root["tree"][12] = "first"
+    del first.root["tree"][11]
+    second.root["tree"][1991] = "second"
+    first.commit()
+    second.commit()
+    first.abort()
+    for connection in (first, second):
+        tree = connection.root["tree"]
+        assert len(tree) == 202 and tree[12] == "first" and tree[1991] == "second" and 11 not in tree
+        check_invariants(tree)
+
+
+def test_same_key_or_a_reshaped_node_conflicts() -> None:
+    from durus.error import WriteConflictError
+
+    first, second = two_sessions(200)
+    first.root["tree"][11] = "first"
+    second.root["tree"][11] = "second"
+    first.commit()
+    with pytest.raises(WriteConflictError):
+        second.commit()
+    second.abort()
+    assert second.root["tree"][11] == "first"
+    # Sequential inserts left the nodes at their minimum: a delete borrows
+    # or merges, which changes the shape of the nodes on its path.
+    del first.root["tree"][500]
+    second.root["tree"][1991] = "second"
+    first.commit()
+    with pytest.raises(WriteConflictError):
+        second.commit()

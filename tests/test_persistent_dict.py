@@ -239,3 +239,41 @@ def test_abort_restores_the_stored_items() -> None:
     connection.abort()
     assert pd == {"a": 1}
     assert pd._p_is_ghost() or pd._p_is_saved()
+
+
+# -- conflict resolution --------------------------------------------------------
+
+
+def two_sessions() -> tuple[Connection, Connection]:
+    from durus.shared_storage import SharedStorage
+
+    shared = SharedStorage(MemoryStorage())
+    first = Connection(shared.session())
+    first.root["d"] = PersistentDict(a=1, b=2)
+    first.commit()
+    second = Connection(shared.session())
+    return first, second
+
+
+def test_changes_to_different_keys_merge() -> None:
+    first, second = two_sessions()
+    first.root["d"]["a"] = 10
+    del first.root["d"]["b"]
+    second.root["d"]["c"] = 3
+    first.commit()
+    second.commit()
+    first.abort()
+    assert first.root["d"] == second.root["d"] == {"a": 10, "c": 3}
+
+
+def test_the_same_key_changed_on_both_sides_conflicts() -> None:
+    from durus.error import WriteConflictError
+
+    first, second = two_sessions()
+    first.root["d"]["a"] = 10
+    second.root["d"]["a"] = 20
+    first.commit()
+    with pytest.raises(WriteConflictError):
+        second.commit()
+    second.abort()
+    assert second.root["d"] == {"a": 10, "b": 2}

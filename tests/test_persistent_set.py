@@ -195,3 +195,39 @@ def test_round_trip_through_a_file(tmp_path: Path) -> None:
     reopened = Connection(FileStorage(str(path)))
     assert reopened.root["set"] == {"two", (3, 4)}
     reopened.get_storage().close()
+
+
+# -- conflict resolution --------------------------------------------------------
+
+
+def two_sessions() -> tuple[Connection, Connection]:
+    from durus.shared_storage import SharedStorage
+
+    shared = SharedStorage(MemoryStorage())
+    first = Connection(shared.session())
+    first.root["s"] = PersistentSet({1, 2})
+    first.commit()
+    second = Connection(shared.session())
+    return first, second
+
+
+def test_changes_to_different_members_merge() -> None:
+    first, second = two_sessions()
+    first.root["s"].add(3)
+    second.root["s"].discard(1)
+    second.root["s"].add(4)
+    first.commit()
+    second.commit()
+    first.abort()
+    assert first.root["s"] == second.root["s"] == {2, 3, 4}
+
+
+def test_the_same_member_changed_on_both_sides_conflicts() -> None:
+    from durus.error import WriteConflictError
+
+    first, second = two_sessions()
+    first.root["s"].add(3)
+    second.root["s"].add(3)
+    first.commit()
+    with pytest.raises(WriteConflictError):
+        second.commit()
