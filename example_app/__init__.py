@@ -42,6 +42,7 @@ def create_app(config: Mapping[str, Any] | None = None, instance_path: str | Non
     app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
     app.config.update(
         WIKI_TITLE="Durus Wiki",
+        PASSWORD_HASH_METHOD="scrypt",
         SESSION_COOKIE_SAMESITE="Lax",
         MAX_CONTENT_LENGTH=1 << 20,
     )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, flash, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
 
 from example_app.csrf import csrf_token
 from example_app.forms import LoginForm, SignupForm
@@ -61,7 +61,9 @@ def signup() -> Any:
     if request.method == "POST":
         wiki = current_wiki()
         if form.validate(name_taken=lambda name: wiki.find_user(name) is not None):
-            user = wiki.add_user(form.values["name"], form.values["password"])
+            user = wiki.add_user(
+                form.values["name"], form.values["password"], current_app.config["PASSWORD_HASH_METHOD"]
+            )
             log_in(user.name)
             flash(f"Welcome, {user.name}! You can now create and edit pages.")
             return redirect(url_for("wiki.index"))

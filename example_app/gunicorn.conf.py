@@ -22,3 +22,6 @@ timeout = 30
 graceful_timeout = 10
 proc_name = "durus-wiki"
 errorlog = "-"
+# gunicorn 23+ opens a control socket at one path per user, shared by every
+# gunicorn on the machine; this deployment does not use it.
+control_socket_disable = True

@@ -55,9 +55,9 @@ class User(Persistent):
     - ``created``: when the account was made (seconds since the epoch).
     """
 
-    def __init__(self, name: str, password: str) -> None:
+    def __init__(self, name: str, password: str, method: str = "scrypt") -> None:
         self.name = name
-        self.password_hash = generate_password_hash(password)
+        self.password_hash = generate_password_hash(password, method=method)
         self.created = time.time()
 
     def check_password(self, password: str) -> bool:
@@ -154,9 +154,12 @@ class Wiki(Persistent):
     def find_user(self, name: str) -> User | None:
         return self.users.get(name.lower())
 
-    def add_user(self, name: str, password: str) -> User:
-        """A new account; the caller checked that the name is free."""
-        user = User(name, password)
+    def add_user(self, name: str, password: str, method: str = "scrypt") -> User:
+        """A new account; the caller checked that the name is free.
+
+        ``method`` is the werkzeug hash method for the password.
+        """
+        user = User(name, password, method)
         self.users[name.lower()] = user
         return user
 

@@ -42,6 +42,7 @@ def create_app(config: Mapping[str, Any] | None = None, instance_path: str | Non
     os.makedirs(app.instance_path, exist_ok=True)
     app.config.update(
         WIKI_TITLE="SQLite Wiki",
+        PASSWORD_HASH_METHOD="scrypt",
         SESSION_COOKIE_SAMESITE="Lax",
         MAX_CONTENT_LENGTH=1 << 20,
         SQLALCHEMY_DATABASE_URI="sqlite:///" + os.path.join(app.instance_path, "wiki.sqlite3"),

@@ -31,8 +31,10 @@ class User(db.Model):
     password_hash: Mapped[str] = mapped_column(String(200))
     created: Mapped[float] = mapped_column(Float, default=time.time)
 
-    def __init__(self, name: str, password: str) -> None:
-        super().__init__(name=name, name_key=name.lower(), password_hash=generate_password_hash(password))
+    def __init__(self, name: str, password: str, method: str) -> None:
+        super().__init__(
+            name=name, name_key=name.lower(), password_hash=generate_password_hash(password, method=method)
+        )
 
     def check_password(self, password: str) -> bool:
         return check_password_hash(self.password_hash, password)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for
 from sqlalchemy import delete, func, select
 
 from example_app.auth import log_in, login_required, safe_next
@@ -33,7 +33,7 @@ def signup() -> Any:
     form = SignupForm(request.form)
     if request.method == "POST":
         if form.validate(name_taken=lambda name: find_user(name) is not None):
-            user = User(form.values["name"], form.values["password"])
+            user = User(form.values["name"], form.values["password"], current_app.config["PASSWORD_HASH_METHOD"])
             db.session.add(user)
             db.session.commit()
             log_in(user.name)
