@@ -1,0 +1,615 @@
+"""The storage server over real sockets, byte by byte, and the shared-storage
+rules it applies (which in-process sessions share).
+
+Every bad-input test checks that the offending client is dropped, that
+nothing it sent was written, and that another client, connected all along,
+is still served at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from durus import protocol
+from durus.error import ReadConflictError, WriteConflictError
+from durus.record import ROOT_OID, int4, int_to_oid, oid_to_int, pack_record
+from durus.shared_storage import RequestRefusedError, SharedStorage
+from durus.storage import MemoryStorage
+from server_process import ServerProcess
+
+PROMPT = 0.5  # seconds within which a healthy client must be answered
+
+
+class RawClient:
+    """A client that speaks the protocol by hand, to send anything at all."""
+
+    def __init__(self, address, handshake: bool = True) -> None:
+        if isinstance(address, tuple):
+            self.sock = socket.create_connection(address, timeout=5)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(5)
+            self.sock.connect(address)
+        if handshake:
+            self.send(b"V" + int4(1))
+            assert self.read(4) == int4(1)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                raise ConnectionResetError(f"closed after {len(data)} of {size} bytes")
+            data += chunk
+        return data
+
+    def new_oids(self, count: int) -> list[bytes]:
+        self.send(b"M" + bytes((count,)))
+        data = self.read(8 * count)
+        return [data[i:i + 8] for i in range(0, len(data), 8)]
+
+    def load(self, oid: bytes) -> tuple[bytes, bytes | None]:
+        self.send(b"L" + oid)
+        status = self.read(1)
+        if status != b"O":
+            return status, None
+        return status, self.read(int.from_bytes(self.read(4), "big"))
+
+    def read_oids(self) -> list[bytes]:
+        count = int.from_bytes(self.read(4), "big")
+        data = self.read(8 * count)
+        return sorted(data[i:i + 8] for i in range(0, len(data), 8))
+
+    def sync(self) -> list[bytes]:
+        self.send(b"S")
+        return self.read_oids()
+
+    def commit(self, records: dict[bytes, bytes]) -> tuple[list[bytes], bytes | None]:
+        self.send(b"C")
+        invalid = self.read_oids()
+        self.send(protocol.commit_data(records.items()))
+        return invalid, (self.read(1) if records else None)
+
+    def is_dropped(self, timeout: float = 5.0) -> bool:
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def record(oid: bytes, data: bytes = b"state", refs: bytes = b"") -> bytes:
+    return pack_record(oid, data, refs)
+
+
+def assert_served_promptly(client: RawClient) -> None:
+    start = time.monotonic()
+    status, _ = client.load(ROOT_OID)
+    assert status == b"O"
+    oid = client.new_oids(1)[0]
+    root = record(ROOT_OID, b"root", oid)
+    assert client.commit({oid: record(oid), ROOT_OID: root})[1] == b"O"
+    assert time.monotonic() - start < PROMPT
+
+
+@pytest.fixture
+def server(tmp_path):
+    with ServerProcess(tmp_path / "data.durus", args=["--logginglevel", "10"]) as server:
+        setup = RawClient(server.address)
+        assert setup.new_oids(1) == [ROOT_OID]
+        assert setup.commit({ROOT_OID: record(ROOT_OID, b"root")}) == ([], b"O")
+        setup.close()
+        yield server
+    assert server.process is None
+
+
+# -- every command, byte by byte ---------------------------------------------------
+
+
+def test_every_command(server):
+    client = RawClient(server.address)
+    client.send(b"N")
+    first = client.read(8)
+    oids = client.new_oids(3)
+    assert len({first, *oids}) == 4 and ROOT_OID not in oids
+    client.send(b"M\x00")  # zero oids: an empty answer, then the next command
+    assert client.load(int_to_oid(999)) == (b"K", None)
+    status, root = client.load(ROOT_OID)
+    assert status == b"O" and root == record(ROOT_OID, b"root")
+    new = {oid: record(oid, b"x" * 10) for oid in oids}
+    assert client.commit(new) == ([], b"O")
+    # Bulk load: one reply per oid, in order, K for a missing one.
+    client.send(protocol.bulk_load_request([oids[2], int_to_oid(999), oids[0]]))
+    assert client.read(1) == b"O" and client.read(4) == int4(len(new[oids[2]])) and client.read(len(new[oids[2]]))
+    assert client.read(1) == b"K"
+    assert client.read(1) == b"O"
+    client.read(int.from_bytes(client.read(4), "big"))
+    assert client.sync() == []
+    # An empty commit (int4(0)) gets no status byte.
+    assert client.commit({}) == ([], None)
+    client.send(b"P")
+    assert client.read(1) == b"O"
+    client.send(b".")
+    assert client.is_dropped()
+
+
+def test_invalidations_reach_other_clients(server):
+    one, two = RawClient(server.address), RawClient(server.address)
+    assert two.load(ROOT_OID)[0] == b"O"
+    oid = one.new_oids(1)[0]
+    assert one.commit({oid: record(oid), ROOT_OID: record(ROOT_OID, b"root2", oid)}) == ([], b"O")
+    # Until two syncs, a load of what one committed answers I.
+    assert two.load(ROOT_OID) == (b"I", None)
+    assert two.sync() == [ROOT_OID, oid]
+    assert two.load(ROOT_OID) == (b"O", record(ROOT_OID, b"root2", oid))
+    # The committer itself is not told about its own commit.
+    assert one.sync() == []
+    # The first reply to C carries the invalidations.
+    assert one.commit({oid: record(oid, b"v2")}) == ([], b"O")
+    assert two.commit({ROOT_OID: record(ROOT_OID, b"root3", oid)}) == ([oid], b"O")
+    assert one.sync() == [ROOT_OID]
+
+
+def test_record_for_a_delivered_invalidation_is_a_conflict(server):
+    one, two = RawClient(server.address), RawClient(server.address)
+    assert one.commit({ROOT_OID: record(ROOT_OID, b"one")}) == ([], b"O")
+    invalid, status = two.commit({ROOT_OID: record(ROOT_OID, b"two")})
+    assert (invalid, status) == ([ROOT_OID], b"I")
+    assert two.load(ROOT_OID) == (b"O", record(ROOT_OID, b"one"))
+    assert_served_promptly(two)
+
+
+def test_abandoned_commit(server):
+    one, two = RawClient(server.address), RawClient(server.address)
+    assert one.commit({ROOT_OID: record(ROOT_OID, b"one")})[1] == b"O"
+    two.send(b"C")
+    assert two.read_oids() == [ROOT_OID]
+    two.send(int4(0))  # saw the conflict; gives up
+    assert two.load(ROOT_OID) == (b"O", record(ROOT_OID, b"one"))
+
+
+def test_oids_are_never_shared(server):
+    clients = [RawClient(server.address) for _ in range(3)]
+    handed = [oid for client in clients for oid in client.new_oids(255)]
+    assert len(set(handed)) == len(handed) == 765
+    assert ROOT_OID not in handed
+
+
+def test_unused_oids_come_back_when_a_client_leaves(tmp_path):
+    with ServerProcess(tmp_path / "empty.durus") as server:
+        first = RawClient(server.address)
+        assert first.new_oids(2) == [ROOT_OID, int_to_oid(1)]
+        first.send(b".")
+        assert first.is_dropped()
+        # The root's oid goes to the next client: it creates the root.
+        second = RawClient(server.address)
+        assert second.new_oids(1) == [ROOT_OID]
+
+
+def test_version_mismatch_drops_only_that_client(server):
+    other = RawClient(server.address)
+    bad = RawClient(server.address, handshake=False)
+    bad.send(b"V" + int4(2))
+    assert bad.read(4) == int4(1)
+    assert bad.is_dropped()
+    assert_served_promptly(other)
+
+
+# -- bad input: drop that client, write nothing, serve the others -------------
+
+
+def _commit_bytes(records: dict[bytes, bytes]) -> bytes:
+    return protocol.commit_data(records.items())
+
+
+def _frame(tdata: bytes) -> bytes:
+    return int4(len(tdata)) + tdata
+
+
+def _bad_inputs(client: RawClient, other: RawClient) -> dict[str, bytes]:
+    given = client.new_oids(1)[0]
+    others = other.new_oids(1)[0]
+    good = record(given)
+    return {
+        "unknown command": b"Z",
+        "truncated commit data": b"C" + _frame(int4(8 + len(good) + 50) + given + good),
+        "record of another oid": b"C" + _commit_bytes({given: record(int_to_oid(77))}),
+        "inconsistent record": b"C" + _frame(int4(8 + 12 + 4) + given + given + int4(9) + b"abcd"),
+        "oid never given": b"C" + _commit_bytes({int_to_oid(5000): record(int_to_oid(5000))}),
+        "oid given to another": b"C" + _commit_bytes({others: record(others)}),
+        "huge length prefix": b"C" + int4(0xFFFFFFF0),
+        "huge bulk load": b"B" + int4(0xFFFFFFF0),
+    }
+
+
+@pytest.mark.parametrize("kind", [
+    "unknown command", "truncated commit data", "record of another oid", "inconsistent record",
+    "oid never given", "oid given to another", "huge length prefix", "huge bulk load",
+])
+def test_bad_input_drops_that_client_only(server, kind):
+    other = RawClient(server.address)
+    bad = RawClient(server.address)
+    assert other.load(ROOT_OID)[0] == b"O"
+    size = os.path.getsize(server.file)
+    data = _bad_inputs(bad, other)[kind]
+    bad.send(data)
+    assert bad.is_dropped()
+    assert os.path.getsize(server.file) == size  # nothing of it written
+    assert_served_promptly(other)
+    assert "dropping client" in server.log()
+
+
+def test_commit_to_a_readonly_server_drops_the_client(server):
+    server.stop()
+    with ServerProcess(server.file, args=["--readonly"]) as readonly:
+        other = RawClient(readonly.address)
+        bad = RawClient(readonly.address)
+        size = os.path.getsize(server.file)
+        bad.send(b"C")
+        assert bad.read_oids() == []
+        bad.send(_commit_bytes({ROOT_OID: record(ROOT_OID, b"changed")}))
+        assert bad.is_dropped()
+        assert os.path.getsize(server.file) == size
+        start = time.monotonic()
+        assert other.load(ROOT_OID) == (b"O", record(ROOT_OID, b"root"))
+        assert time.monotonic() - start < PROMPT
+        assert "read-only" in readonly.log()
+
+
+# -- stalls: a slow or silent client waits only for itself -------------------------
+
+
+def test_half_a_request_stalls_nobody(server):
+    other = RawClient(server.address)
+    half = RawClient(server.address)
+    half.send(b"L\0\0\0")
+    silent = RawClient(server.address, handshake=False)
+    assert silent
+    assert_served_promptly(other)
+    half.send(b"\0\0\0\0\0")
+    assert half.read(1) == b"I"  # completed: other committed the root meanwhile
+
+
+def test_client_holding_the_commit_turn_loses_it(server):
+    other = RawClient(server.address)
+    stuck = RawClient(server.address)
+    stuck.send(b"C")
+    assert stuck.read_oids() == []
+    stuck.send(int4(1000) + b"partial")  # and then nothing
+    start = time.monotonic()
+    assert other.commit({ROOT_OID: record(ROOT_OID, b"other")}) == ([], b"O")
+    assert time.monotonic() - start < 2.0  # the turn timeout (0.5 s), not forever
+    assert other.load(ROOT_OID)[0] == b"O"
+
+
+def test_slow_committer_commits_when_nothing_changed_meanwhile(server):
+    slow = RawClient(server.address)
+    other = RawClient(server.address)
+    oid = slow.new_oids(1)[0]
+    slow.send(b"C")
+    assert slow.read_oids() == []
+    other_oid = other.new_oids(1)[0]
+    other.send(b"C")  # waits for the turn behind slow
+    time.sleep(1.0)  # slow loses its turn; other gets its invalidations
+    assert other.read_oids() == []
+    # other commits; then slow's data arrives: something changed meanwhile,
+    # so slow cannot know its reads are current, and gets a conflict.
+    other.send(_commit_bytes({other_oid: record(other_oid)}))
+    assert other.read(1) == b"O"
+    slow.send(_commit_bytes({oid: record(oid)}))
+    assert slow.read(1) == b"I"
+    # Retried promptly, it succeeds.
+    assert slow.commit({oid: record(oid)}) == ([other_oid], b"O")
+
+
+def test_client_that_does_not_read_replies_stalls_nobody(server):
+    other = RawClient(server.address)
+    greedy = RawClient(server.address)
+    oids = greedy.new_oids(200)
+    big = {oid: record(oid, b"x" * 50_000) for oid in oids}
+    assert greedy.commit(big)[1] == b"O"
+    # Ask for ~1 GB of replies and never read them.
+    request = protocol.bulk_load_request(oids * 100)
+    greedy.send(request)
+    for _ in range(3):
+        assert_served_promptly(other)
+    greedy.close()
+
+
+def test_many_commits_from_several_clients(server):
+    clients = [RawClient(server.address) for _ in range(4)]
+    oids = [client.new_oids(1)[0] for client in clients]
+    for client, oid in zip(clients, oids):
+        assert client.commit({oid: record(oid, b"0")})[1] == b"O"
+    errors = []
+
+    def work(client, oid):
+        try:
+            for step in range(50):
+                invalid, status = client.commit({oid: record(oid, str(step).encode())})
+                assert status == b"O" and oid not in invalid
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=pair) for pair in zip(clients, oids)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    check = RawClient(server.address)
+    for oid in oids:
+        assert check.load(oid) == (b"O", record(oid, b"49"))
+
+
+# -- packing -------------------------------------------------------------------
+
+
+def test_pack_while_others_commit(server):
+    client = RawClient(server.address)
+    kept, garbage = client.new_oids(2)
+    root = record(ROOT_OID, b"root", kept)
+    assert client.commit({ROOT_OID: root, kept: record(kept), garbage: record(garbage)})[1] == b"O"
+    other = RawClient(server.address)
+    client.send(b"P")
+    assert client.read(1) == b"O"
+    for step in range(20):
+        assert other.commit({kept: record(kept, str(step).encode())})[1] == b"O"
+    deadline = time.monotonic() + 5
+    while client.load(garbage)[0] != b"K":
+        assert time.monotonic() < deadline, "the pack did not finish"
+        client.sync()
+        time.sleep(0.05)
+    assert client.load(kept) == (b"O", record(kept, b"19"))
+    assert client.load(ROOT_OID) == (b"O", root)
+
+
+def test_gcbytes_packs_by_itself(tmp_path):
+    with ServerProcess(tmp_path / "gc.durus", args=["--gcbytes", "20000"]) as server:
+        client = RawClient(server.address)
+        root_oid, garbage = client.new_oids(2)
+        assert client.commit({root_oid: record(root_oid), garbage: record(garbage)})[1] == b"O"
+        for step in range(100):
+            assert client.commit({root_oid: record(root_oid, b"x" * 400)})[1] == b"O"
+        deadline = time.monotonic() + 5
+        while client.load(garbage)[0] != b"K":
+            assert time.monotonic() < deadline, "gcbytes did not start a pack"
+            client.sync()
+            time.sleep(0.05)
+        assert "pack finished" in server.log()
+
+
+# -- quitting, addresses, authentication ------------------------------------------
+
+
+def test_quit_stops_the_server_gracefully(server):
+    client = RawClient(server.address)
+    client.send(b"Q")
+    assert client.is_dropped()
+    assert server.process.wait(10) == 0
+    server.process = None
+
+
+def test_unix_socket_with_umask(tmp_path):
+    path = str(tmp_path / "durus.sock")
+    with ServerProcess(tmp_path / "unix.durus", address=path, args=["--umask", "077"]) as server:
+        assert os.stat(path).st_mode & 0o077 == 0
+        client = RawClient(path)
+        assert client.new_oids(1) == [ROOT_OID]
+        client.send(b"Q")
+        assert server.process.wait(10) == 0
+        server.process = None
+    assert not os.path.exists(path)
+
+
+def test_stale_unix_socket_file_is_replaced(tmp_path):
+    path = str(tmp_path / "stale.sock")
+    leftover = socket.socket(socket.AF_UNIX)
+    leftover.bind(path)
+    leftover.close()
+    with ServerProcess(tmp_path / "unix.durus", address=path) as server:
+        assert RawClient(server.address).new_oids(1) == [ROOT_OID]
+
+
+def test_abstract_socket(tmp_path):
+    name = f"@durus-test-{os.getpid()}-{time.monotonic_ns()}"
+    with ServerProcess(tmp_path / "abstract.durus", address=name):
+        client = RawClient("\0" + name[1:])
+        assert client.new_oids(1) == [ROOT_OID]
+
+
+def _ipv6_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback")
+def test_ipv6(tmp_path):
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]
+    with ServerProcess(tmp_path / "v6.durus", address=("::1", port)):
+        sock = socket.create_connection(("::1", port), timeout=5)
+        sock.sendall(b"V" + int4(1) + b"N")
+        assert sock.recv(12) == int4(1) + ROOT_OID or sock.recv(8) == ROOT_OID
+        sock.close()
+
+
+@pytest.fixture
+def keyed_server(tmp_path):
+    keyfile = tmp_path / "key"
+    keyfile.write_text("correct horse battery staple\n")
+    with ServerProcess(tmp_path / "auth.durus", args=["--keyfile", str(keyfile)]) as server:
+        server.keyfile = str(keyfile)
+        yield server
+
+
+def _authenticate(client: RawClient, secret: bytes) -> bytes:
+    client_nonce = b"c" * 32
+    client.send(b"A" + client_nonce)
+    assert client.read(1) == b"O"
+    server_nonce = client.read(32)
+    client.send(protocol.authentication_proof(secret, False, server_nonce, client_nonce))
+    status = client.read(1)
+    if status == b"O":
+        assert client.read(32) == protocol.authentication_proof(secret, True, server_nonce, client_nonce)
+    return status
+
+
+def test_authentication_handshake(keyed_server):
+    client = RawClient(keyed_server.address)
+    assert _authenticate(client, b"correct horse battery staple") == b"O"
+    assert client.new_oids(1) == [ROOT_OID]
+
+
+def test_wrong_key_is_refused(keyed_server):
+    client = RawClient(keyed_server.address)
+    assert _authenticate(client, b"wrong") == b"I"
+    assert client.is_dropped()
+
+
+@pytest.mark.parametrize("command", [b"N", b"L" + ROOT_OID, b"S", b"C", b"P", b"Q"])
+def test_unauthenticated_commands_are_refused(keyed_server, command):
+    client = RawClient(keyed_server.address)  # the Durus 4.3 handshake only
+    client.send(command)
+    assert client.is_dropped()
+    assert keyed_server.is_running()
+    good = RawClient(keyed_server.address)
+    assert _authenticate(good, b"correct horse battery staple") == b"O"
+    start = time.monotonic()
+    assert good.load(ROOT_OID)[0] == b"K"
+    assert time.monotonic() - start < PROMPT
+
+
+def test_authentication_without_a_server_key(server):
+    client = RawClient(server.address)
+    client.send(b"A" + b"c" * 32)
+    assert client.read(1) == b"K"
+    assert client.load(ROOT_OID)[0] == b"O"  # still served, as any Durus 4.3 client
+
+
+# -- the shared storage, in process ------------------------------------------------
+
+
+def test_sessions_in_process_follow_the_same_rules():
+    shared = SharedStorage(MemoryStorage())
+    one, two = shared.session(), shared.session()
+    assert one.new_oid() == ROOT_OID
+    one.begin()
+    one.store(ROOT_OID, record(ROOT_OID, b"one"))
+    one.end()
+    assert two.sync() == [ROOT_OID]
+    assert two.load(ROOT_OID) == record(ROOT_OID, b"one")
+    one.begin()
+    one.store(ROOT_OID, record(ROOT_OID, b"one again"))
+    one.end()
+    with pytest.raises(ReadConflictError):
+        two.load(ROOT_OID)
+    seen = []
+
+    def refuse(oids):
+        seen.extend(oids)
+        raise WriteConflictError(oids)
+
+    two.begin()
+    two.store(ROOT_OID, record(ROOT_OID, b"two"))
+    with pytest.raises(WriteConflictError):
+        two.end(refuse)
+    assert seen == [ROOT_OID]
+    assert two.load(ROOT_OID) == record(ROOT_OID, b"one again")
+    # A record for an oid delivered at the commit conflicts without a handler.
+    one.begin()
+    one.store(ROOT_OID, record(ROOT_OID, b"three"))
+    one.end()
+    two.begin()
+    two.store(ROOT_OID, record(ROOT_OID, b"two"))
+    with pytest.raises(WriteConflictError):
+        two.end()
+
+
+def test_sessions_refuse_oids_never_given_and_readonly_commits():
+    shared = SharedStorage(MemoryStorage())
+    one, two = shared.session(), shared.session()
+    oid = one.new_oid()
+    two.begin()
+    two.store(oid, record(oid))
+    with pytest.raises(RequestRefusedError, match="another client"):
+        two.end()
+    two.begin()
+    two.store(int_to_oid(50), record(int_to_oid(50)))
+    with pytest.raises(RequestRefusedError, match="never given"):
+        two.end()
+    readonly = SharedStorage(MemoryStorage(), readonly=True).session()
+    readonly.begin()
+    readonly.store(ROOT_OID, record(ROOT_OID))
+    with pytest.raises(RequestRefusedError, match="read-only"):
+        readonly.end()
+
+
+def test_sessions_hold_bounded_unused_oids():
+    shared = SharedStorage(MemoryStorage(), max_given_oids=10)
+    session = shared.session()
+    session.new_oids(10)
+    with pytest.raises(RequestRefusedError, match="at most 10"):
+        session.new_oid()
+
+
+def test_closed_session_oids_are_handed_out_again_lowest_first():
+    shared = SharedStorage(MemoryStorage())
+    first = shared.session()
+    assert [oid_to_int(oid) for oid in first.new_oids(3)] == [0, 1, 2]
+    second = shared.session()
+    assert oid_to_int(second.new_oid()) == 3
+    first.close()
+    assert [oid_to_int(oid) for oid in shared.session().new_oids(4)] == [0, 1, 2, 4]
+
+
+def test_threads_commit_in_turns():
+    shared = SharedStorage(MemoryStorage())
+    setup = shared.session()
+    oids = setup.new_oids(4)
+    setup.begin()
+    for oid in oids:
+        setup.store(oid, record(oid, b"0"))
+    setup.end()
+    errors = []
+
+    def work(oid):
+        session = shared.session()
+        try:
+            for step in range(200):
+                session.begin()
+                session.store(oid, record(oid, str(step).encode()))
+                session.end(lambda invalid: None)
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(oid,)) for oid in oids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert sorted(setup.sync()) == sorted(oids)
+    assert all(setup.load(oid) == record(oid, b"199") for oid in oids)
