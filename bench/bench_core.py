@@ -7,7 +7,7 @@ and prints one line per workload with the figures, the ratio ours/theirs
 (oriented so that above 1 means ours is better, except for attribute reads
 where it is a slowdown factor) and the target.  See ``bench/README.md``.
 
-    python bench/bench_core.py [--quick] [--only NAME ...] [--profile NAME]
+    python bench/bench_core.py [--quick] [--only NAME ...] [--repeat N] [--profile]
 """
 
 from __future__ import annotations
@@ -74,6 +74,8 @@ class Benchmark:
     size: int
     quick_size: int
     report: Callable[[dict[str, dict[str, Any]]], str]
+    # Of repeated runs, the one with the least of this figure is reported.
+    best_by: str = "seconds"
 
 
 def report_attribute_read(results: dict[str, dict[str, Any]]) -> str:
@@ -127,12 +129,24 @@ def report_pack(results: dict[str, dict[str, Any]]) -> str:
 
 
 BENCHMARKS = [
-    Benchmark("attribute_read", "attribute_read", (OURS, DURUS43, ZODB), 2_000_000, 500_000, report_attribute_read),
-    Benchmark("build_btree_100k", "build_btree", (OURS, DURUS43), 100_000, 10_000, report_build_btree),
-    Benchmark("cold_load_100k", "cold_load", (OURS, DURUS43), 100_000, 10_000, report_cold_load),
-    Benchmark("small_commits_2k", "small_commits", (OURS, ZODB, DURUS43), 2_000, 200, report_small_commits),
+    Benchmark(
+        "attribute_read", "attribute_read", (OURS, DURUS43, ZODB), 2_000_000, 500_000,
+        report_attribute_read, best_by="ratio",
+    ),
+    Benchmark("build_btree", "build_btree", (OURS, DURUS43), 100_000, 10_000, report_build_btree),
+    Benchmark("cold_load", "cold_load", (OURS, DURUS43), 100_000, 10_000, report_cold_load),
+    Benchmark("small_commits", "small_commits", (OURS, ZODB, DURUS43), 2_000, 200, report_small_commits),
     Benchmark("pack_half_garbage", "pack", (OURS, DURUS43), 100_000, 10_000, report_pack),
 ]
+
+
+def label(benchmark: Benchmark, size: int) -> str:
+    """The name shown for a run: the benchmark's name with its size."""
+    if benchmark.name == "attribute_read":
+        return benchmark.name
+    if size >= 1000 and size % 1000 == 0:
+        return f"{benchmark.name}_{size // 1000}k"
+    return f"{benchmark.name}_{size}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", action="append", metavar="NAME", choices=[b.name for b in BENCHMARKS],
         help="run only this benchmark (repeatable)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, metavar="N",
+        help="run each workload N times, each in a fresh process, and report the best (the machine is shared)",
     )
     parser.add_argument("--profile", action="store_true", help="profile ours; print where the time goes")
     parser.add_argument("--dir", type=Path, help="where to put the files (default: a temporary directory)")
@@ -157,17 +175,20 @@ def main(argv: list[str] | None = None) -> int:
                     directory = root / implementation.name
                     if benchmark.workload == "cold_load" and not (directory / "btree.durus").exists():
                         run(implementation, "build_btree", size, directory)
-                    profile = None
+                    runs = [
+                        run(implementation, benchmark.workload, size, directory)
+                        for _ in range(max(options.repeat, 1))
+                    ]
+                    results[implementation.name] = min(runs, key=lambda r: r[benchmark.best_by])
                     if options.profile and implementation is OURS:
                         profile = root / f"{benchmark.name}.prof"
-                    results[implementation.name] = run(implementation, benchmark.workload, size, directory, profile)
-                    if profile:
+                        run(implementation, benchmark.workload, size, directory, profile)
                         print_profile(benchmark.name, profile)
             except reference.ReferenceEnvError as error:
                 failed = True
-                print(f"{benchmark.name:<20} FAILED: {error}", flush=True)
+                print(f"{label(benchmark, size):<22} FAILED: {error}", flush=True)
                 continue
-            print(f"{benchmark.name:<20} {benchmark.report(results)}", flush=True)
+            print(f"{label(benchmark, size):<22} {benchmark.report(results)}", flush=True)
     return 1 if failed else 0
 
 

@@ -15,6 +15,7 @@ import gc
 import json
 import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,18 @@ from typing import Any, Callable
 
 
 def peak_rss_mb() -> float:
-    """The process's peak resident set size so far (Linux reports KiB)."""
+    """This process's peak resident set size so far, in MiB.
+
+    Linux's ``VmHWM`` when there is one: ``getrusage``'s ``ru_maxrss``
+    survives ``exec``, so in a child it starts at the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -81,6 +93,7 @@ def ns_per_read(obj: Any, reads: int) -> float:
 
 
 def durus_open(path: Path) -> Any:
+    # Imported by main() before anything is timed.
     from durus.connection import Connection
     from durus.file_storage import FileStorage
 
@@ -160,6 +173,7 @@ def durus_small_commits(directory: Path, size: int) -> dict[str, Any]:
     from bench_models import Item
 
     path = directory / "commits.durus"
+    path.unlink(missing_ok=True)
     connection = durus_open(path)
     item = connection.get_root()["item"] = Item(0)
     connection.commit()
@@ -176,7 +190,8 @@ def durus_small_commits(directory: Path, size: int) -> dict[str, Any]:
 
 def durus_pack(directory: Path, size: int) -> dict[str, Any]:
     work = directory / "pack"
-    work.mkdir(exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
     path = work / "pack.durus"
     connection = durus_open(path)
     durus_build_tree(connection, size // 2, "keep")
@@ -231,6 +246,8 @@ def zodb_small_commits(directory: Path, size: int) -> dict[str, Any]:
 
     from zodb_models import Item
 
+    for leftover in directory.glob("commits.fs*"):
+        leftover.unlink()
     database, connection = zodb_open(directory / "commits.fs")
     item = connection.root()["item"] = Item(0)
     transaction.commit()
@@ -258,6 +275,13 @@ WORKLOADS = {
 
 def main(argv: list[str]) -> None:
     implementation, workload, size, directory = argv
+    # Import time is not part of any workload.
+    if implementation == "durus":
+        import durus.btree, durus.connection, durus.file_storage  # noqa: F401, E401
+        import bench_models  # noqa: F401
+    else:
+        import ZODB.FileStorage, transaction  # noqa: F401, E401
+        import zodb_models  # noqa: F401
     result = WORKLOADS[implementation, workload](Path(directory), int(size))
     json.dump(result, sys.stdout)
 
