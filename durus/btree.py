@@ -271,11 +271,12 @@ def _split_child(parent: BNode, i: int, child: BNode) -> None:
         _set_count(child, middle)
 
 
-def _merge_children(parent: BNode, i: int, is_root: bool) -> None:
+def _merge_children(parent: BNode, i: int, is_root: bool) -> BNode:
     """Merge ``nodes[i]``, ``items[i]`` and ``nodes[i + 1]`` of ``parent``.
 
-    A root left with no items takes the merged contents itself, so the tree
-    keeps its root object (and the BTree object is not changed).
+    Returns the merged node.  A root left with no items takes the merged
+    contents itself and is returned, so the tree keeps its root object (and
+    the BTree object is not changed).
     """
     nodes = parent.nodes
     left = nodes[i]
@@ -286,7 +287,7 @@ def _merge_children(parent: BNode, i: int, is_root: bool) -> None:
         parent.items = left.items + parent.items + right.items
         parent.nodes = None if left.nodes is None else left.nodes + right.nodes
         _set_count(parent, count)
-        return
+        return parent
     left._p_note_change()
     left.items.append(parent.items.pop(i))
     left.items.extend(right.items)
@@ -294,6 +295,7 @@ def _merge_children(parent: BNode, i: int, is_root: bool) -> None:
         left.nodes.extend(right.nodes)
     del nodes[i + 1]
     _set_count(left, count)
+    return left
 
 
 def _borrow(parent: BNode, i: int, donor_index: int) -> None:
@@ -331,61 +333,65 @@ def _borrow(parent: BNode, i: int, donor_index: int) -> None:
         _set_count(donor, _plus(donor_count, -moved))
 
 
-def _refill(parent: BNode, i: int, is_root: bool) -> None:
-    """Bring ``parent.nodes[i]``, one item short, back to its minimum size.
+def _roomy_child(parent: BNode, i: int, is_root: bool) -> BNode:
+    """``parent.nodes[i]`` made to hold at least t items, ready for a delete.
 
-    Borrows from a sibling that can spare an item, or else merges with a
-    sibling, which takes an item from ``parent``.
+    Borrows an item from a sibling that can spare one (the left one first),
+    or else merges with a sibling.  Returns the node to descend into.
     """
     nodes = parent.nodes
+    child = nodes[i]
     t = parent.minimum_degree
+    if len(child.items) >= t:
+        return child
     if i > 0 and len(nodes[i - 1].items) >= t:
         _borrow(parent, i, i - 1)
-    elif i + 1 < len(nodes) and len(nodes[i + 1].items) >= t:
+        return child
+    if i + 1 < len(nodes) and len(nodes[i + 1].items) >= t:
         _borrow(parent, i, i + 1)
-    else:
-        _merge_children(parent, i - 1 if i > 0 else i, is_root)
+        return child
+    return _merge_children(parent, i - 1 if i > 0 else i, is_root)
 
 
 def _delete(root: BNode, key: Any) -> tuple[Any, Any]:
-    """Remove the item with ``key`` and return it; KeyError if there is none.
+    """Remove the item with ``key``, which must be present; return it.
 
-    The item leaves from a leaf (an inner node's item is replaced by its
-    predecessor, taken from a leaf).  Then, going back up, a node left below
-    its minimum size borrows from a sibling or merges with one.  Only nodes
-    that must change do, which keeps concurrent deletes mergeable.
+    One pass down from the root, as in Cormen et al. ("B-trees", deletion)
+    and in Durus 4.3, so that a tree changes shape exactly as it would under
+    Durus 4.3: before descending into a child, make sure it can lose an item.
+    An inner node's item is replaced by its predecessor or successor, which is
+    then deleted below.  Every node passed loses one item from its subtree.
     """
-    path = []  # (node, index of the child taken) from the root down
+    removed = None
     node = root
     while True:
         items = node.items
         i = bisect_left(items, key, key=_item_key)
-        if i < len(items) and items[i][0] == key:
-            break
-        if node.nodes is None:
-            raise KeyError(key)
-        path.append((node, i))
-        node = node.nodes[i]
-    removed = items[i]
-    node._p_note_change()
-    if node.nodes is None:
-        del items[i]
-    else:
-        holder = node
-        path.append((holder, i))
-        node = holder.nodes[i]
-        while node.nodes is not None:
-            path.append((node, len(node.items)))
-            node = node.nodes[-1]
-        node._p_note_change()
-        holder.items[i] = node.items.pop()
-    _set_count(node, len(node.items))
-    _add_counts([parent for parent, _ in path], -1)
-    minimum = node.minimum_degree - 1
-    while path and len(node.items) < minimum:
-        node, i = path.pop()
-        _refill(node, i, not path)
-    return removed
+        nodes = node.nodes
+        if nodes is None:
+            node._p_note_change()
+            item = items.pop(i)
+            _set_count(node, len(items))
+            return item if removed is None else removed
+        t = node.minimum_degree
+        if not (i < len(items) and items[i][0] == key):
+            child = _roomy_child(node, i, node is root)
+        elif len(nodes[i].items) >= t or len(nodes[i + 1].items) >= t:
+            if removed is None:
+                removed = items[i]
+            node._p_note_change()
+            if len(nodes[i].items) >= t:
+                child = nodes[i]
+                items[i] = child.get_max_item()
+            else:
+                child = nodes[i + 1]
+                items[i] = child.get_min_item()
+            key = items[i][0]
+        else:
+            child = _merge_children(node, i, node is root)
+        if child is not node:
+            _add_counts((node,), -1)
+        node = child
 
 
 # -- ordered iteration ------------------------------------------------------
@@ -623,15 +629,20 @@ class BTree(PersistentObject, MutableMapping):
     __setitem__ = add
 
     def __delitem__(self, key: Any) -> None:
+        # Look first: a delete reshapes nodes on its way down, which must not
+        # happen (and be stored) for a key that is not there.
+        if self.root.search(key) is None:
+            raise KeyError(key)
         _delete(self.root, key)
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
-        try:
-            return _delete(self.root, key)[1]
-        except KeyError:
+        item = self.root.search(key)
+        if item is None:
             if default is _MISSING:
-                raise
+                raise KeyError(key)
             return default
+        _delete(self.root, key)
+        return item[1]
 
     def popitem(self) -> tuple[Any, Any]:
         """Remove and return the item with the smallest key."""

@@ -357,15 +357,14 @@ def two_sessions(size: int) -> tuple[Connection, Connection]:
 def test_changes_far_apart_merge_through_the_shared_path() -> None:
     first, second = two_sessions(200)
     first.root["tree"][11] = "first"  # leaves with room: no split
-    first.root["tree"][12] = "first"
-    del first.root["tree"][11]
+    first.root["tree"][20] = "replaced"
     second.root["tree"][1991] = "second"
     first.commit()
     second.commit()
     first.abort()
     for connection in (first, second):
         tree = connection.root["tree"]
-        assert len(tree) == 202 and tree[12] == "first" and tree[1991] == "second" and 11 not in tree
+        assert len(tree) == 202 and tree[11] == "first" and tree[20] == "replaced" and tree[1991] == "second"
         check_invariants(tree)
 
 
@@ -381,7 +380,7 @@ def test_same_key_or_a_reshaped_node_conflicts() -> None:
     second.abort()
     assert second.root["tree"][11] == "first"
     # Sequential inserts left the nodes at their minimum: a delete borrows
-    # or merges, which changes the shape of the nodes on its path.
+    # or merges on its way down, which changes the shape of nodes it passes.
     del first.root["tree"][500]
     second.root["tree"][1991] = "second"
     first.commit()
