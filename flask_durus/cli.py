@@ -1,0 +1,195 @@
+"""``flask durus``: serve, pack, stop, inspect and explore the app's database.
+
+Every command reads the app's ``DURUS_*`` settings, so ``flask durus serve``
+listens where ``DURUS_STORAGE`` points and serves ``DURUS_SERVER_FILE``:
+moving from the embedded default to a server is setting one key.
+"""
+
+from __future__ import annotations
+
+import code
+import logging
+import os
+import signal
+import sys
+
+import click
+from durus.client_storage import ClientStorage, ServerUnavailableError
+from durus.error import DurusKeyError
+from durus.file_storage import FileLockedError, FileStorage
+from durus.protocol import DEFAULT_HOST, DEFAULT_PORT, read_secret
+from durus.record import ROOT_OID
+from durus.storage import Storage
+from durus.storage_server import SocketAddress, StorageServer
+from flask import current_app
+from flask.cli import AppGroup
+
+from flask_durus.settings import DurusSettings
+from flask_durus.storage_uri import MEMORY
+
+durus_group = AppGroup("durus", help="Serve, pack, stop and inspect the app's Durus database.")
+
+
+def _settings() -> DurusSettings:
+    return current_app.extensions["durus"].settings()
+
+
+def _server_address(settings: DurusSettings) -> SocketAddress:
+    """Where the server of ``DURUS_STORAGE`` listens (default: 127.0.0.1:2972)."""
+    if settings.location.is_embedded:
+        return SocketAddress.new(None, DEFAULT_HOST, DEFAULT_PORT)
+    return SocketAddress.new(settings.location.server_address)
+
+
+def _secret(settings: DurusSettings) -> bytes | None:
+    return read_secret(settings.auth_key_file) if settings.auth_key_file else None
+
+
+def _client(settings: DurusSettings) -> ClientStorage:
+    try:
+        return ClientStorage(address=_server_address(settings), timeout=settings.socket_timeout,
+                             keyfile=settings.auth_key_file)
+    except ServerUnavailableError as error:
+        raise click.ClickException(f"{error}") from None
+
+
+def _open_file(path: str, readonly: bool = False) -> FileStorage:
+    try:
+        return FileStorage(path, readonly=readonly)
+    except FileLockedError:
+        raise click.ClickException(
+            f"{path} is in use by another process (a `flask run` on the embedded default, or "
+            "a running `flask durus serve`): stop it first, or work through the server") from None
+    except FileNotFoundError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@durus_group.command("serve")
+@click.option("--host", default=None, help="Listen on this host (default: from DURUS_STORAGE, else 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Listen on this port (default: from DURUS_STORAGE, else 2972).")
+@click.option("--address", default=None, help="Listen on this unix socket path instead of TCP.")
+@click.option("--file", "file_", default=None, help="Serve this file (default: DURUS_SERVER_FILE).")
+@click.option("--gcbytes", type=int, default=None,
+              help="Pack in the background after this many committed bytes (default: DURUS_SERVER_GCBYTES).")
+def serve_command(host: str | None, port: int | None, address: str | None, file_: str | None,
+                  gcbytes: int | None) -> None:
+    """Run the storage server in the foreground (stop it with Ctrl-C or `flask durus stop`)."""
+    settings = _settings()
+    if address is not None:
+        listen = SocketAddress.new(address)
+    elif host is not None or port is not None:
+        default = _server_address(settings)
+        listen = SocketAddress.new((host or default.host or DEFAULT_HOST, port or default.port or DEFAULT_PORT))
+    else:
+        listen = _server_address(settings)
+    path = os.path.abspath(file_ or settings.server_file)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    storage = _open_file(path)
+    server = StorageServer(storage, address=listen,
+                           gcbytes=settings.server_gcbytes if gcbytes is None else gcbytes,
+                           secret=_secret(settings))
+    _log_to_stderr()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: server.stop())
+    if settings.location.is_embedded:
+        click.echo(f"Note: this app's DURUS_STORAGE is embedded ({settings.location}); point it at "
+                   f"this server (durus://{listen}) so the app uses it.", err=True)
+    click.echo(f"Serving {path} on {listen}", err=True)
+    try:
+        server.serve()
+    finally:
+        storage.close()
+
+
+def _log_to_stderr() -> None:
+    logger = logging.getLogger("durus")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+@durus_group.command("pack")
+def pack_command() -> None:
+    """Drop the objects the root no longer reaches."""
+    settings = _settings()
+    location = settings.location
+    if location.kind == MEMORY:
+        raise click.ClickException("DURUS_STORAGE is memory://: there is no file to pack")
+    if location.is_embedded:
+        storage = _open_file(location.file)
+        try:
+            before = os.path.getsize(location.file)
+            storage.pack()
+            click.echo(f"Packed {location.file}: {before} -> {os.path.getsize(location.file)} bytes; finished.")
+        finally:
+            storage.close()
+        return
+    storage = _client(settings)
+    try:
+        storage.pack()
+    finally:
+        storage.close()
+    click.echo(f"Pack started on the server at {location}; it runs in the background.")
+
+
+@durus_group.command("stop")
+def stop_command() -> None:
+    """Stop the storage server that DURUS_STORAGE points at."""
+    from durus.__main__ import stop_server
+
+    settings = _settings()
+    if settings.location.is_embedded:
+        raise click.ClickException(
+            f"DURUS_STORAGE is embedded ({settings.location}): there is no server to stop")
+    if stop_server(_server_address(settings), settings.auth_key_file) != 0:
+        raise click.ClickException(f"could not stop a server at {settings.location}")
+    click.echo(f"Stopped the storage server at {settings.location}.")
+
+
+@durus_group.command("info")
+def info_command() -> None:
+    """Show where the data is, how many objects the root reaches, and the file size."""
+    settings = _settings()
+    location = settings.location
+    click.echo(f"Storage: {location}" + ("" if location.uri else " (the embedded default)"))
+    if location.kind == MEMORY:
+        click.echo("memory:// lives inside each app process: nothing to inspect from here.")
+        return
+    if location.is_embedded:
+        # Read-only opens need no lock: this works beside a running `flask run`.
+        storage: Storage = (_open_file(location.file, readonly=True) if os.path.exists(location.file)
+                            else None)
+        size_file = location.file
+    else:
+        storage = _client(settings)
+        size_file = settings.server_file
+    try:
+        count = 0 if storage is None else _count_reachable(storage)
+    finally:
+        if storage is not None:
+            storage.close()
+    click.echo(f"Objects reachable from the root: {count}")
+    if os.path.exists(size_file):
+        click.echo(f"File: {size_file} ({os.path.getsize(size_file)} bytes)")
+    else:
+        click.echo(f"File: {size_file} (not on this machine, or not created yet)")
+
+
+def _count_reachable(storage: Storage) -> int:
+    try:
+        return sum(1 for _ in storage.gen_oid_record(ROOT_OID))
+    except DurusKeyError:
+        return 0  # no root yet: nothing was ever committed
+
+
+@durus_group.command("shell")
+def shell_command() -> None:
+    """A Python shell with `root` and `connection` (commit with connection.commit())."""
+    durus = current_app.extensions["durus"]
+    namespace = {"app": current_app, "durus": durus, "connection": durus.connection, "root": durus.root}
+    banner = (f"Durus shell on {_settings().location} (app {current_app.name})\n"
+              "    root, connection, durus, app\n"
+              "Changes are kept only after connection.commit().")
+    code.interact(banner=banner, local=namespace, exitmsg="")

@@ -1,0 +1,321 @@
+"""The ``Durus`` extension: a connection per request, committed before the
+response leaves Flask, aborted on errors, replayed on conflicts.
+
+The life of a request:
+
+1. The first use of ``durus.connection`` (or ``durus.root``) checks a
+   connection out of the app's pool in this process; checkout brings it up
+   to date with every commit so far.
+2. After the view and every other after-request hook, the extension's own
+   hook (registered to run last) commits, unless the commit veto rejects the
+   response (by default: status >= 400), in which case it aborts.
+3. A ConflictError met anywhere in the request (raised by the view, by the
+   commit, or caught by the app) aborts, and the whole request is run
+   again (see :mod:`flask_durus.replay`), up to ``DURUS_RETRY_ATTEMPTS``
+   times, after which the client gets a 409.
+4. A storage server that cannot be reached, or does not answer within
+   ``DURUS_SOCKET_TIMEOUT``, gives a 503 with ``Retry-After``; so does one
+   lost after the commit data went out (the outcome is unknown).  A
+   connection lost before that raises DisconnectedError, a ConflictError:
+   the request is replayed, on a new connection.
+5. When the app context ends the connection goes back to the pool; changes
+   that were never committed (outside a request, say) are aborted.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from durus.connection import Connection
+from durus.error import ConflictError
+from durus.persistent import PersistentObject
+from flask import Flask, Response, current_app, g, has_app_context, has_request_context, request
+from werkzeug.exceptions import Conflict
+
+from flask_durus import signals
+from flask_durus.errors import SERVER_ERRORS, EmbeddedStorageError, StorageUnavailable
+from flask_durus.pool import ConnectionPool, PooledConnection, storage_opener
+from flask_durus.replay import ATTEMPT, REPLAY, REPLAYABLE, RequestReplayer
+from flask_durus.settings import CONFIG_DEFAULTS, DurusSettings
+
+log = logging.getLogger("flask_durus")
+
+_G_KEY = "_durus_transaction"
+
+
+@dataclass
+class ContextTransaction:
+    """The extension's state for one app context (kept on ``flask.g``).
+
+    Instance attributes:
+
+    - ``pool``: where the connection comes from and goes back to.
+    - ``connection``: the checked-out connection, once used.
+    - ``conflict``: a ConflictError met with no connection to remember it
+      (a conflict creating the root, or raised by the app itself).
+    - ``lost``: the error that lost the storage server, if one did.
+    - ``finished``: committed or aborted by the request hook.
+    """
+
+    pool: ConnectionPool
+    connection: PooledConnection | None = None
+    conflict: ConflictError | None = None
+    lost: BaseException | None = None
+    finished: bool = False
+
+    def met_conflict(self) -> ConflictError | None:
+        if self.conflict is not None:
+            return self.conflict
+        return None if self.connection is None else self.connection.conflict
+
+
+class Durus:
+    """The Flask extension: ``durus = Durus(app)`` or ``durus.init_app(app)``.
+
+    One instance may serve several apps; the state of each (settings, the
+    connection pool of this process) is kept by app.  ``durus.connection``
+    and ``durus.root`` work in any request or app context.
+    """
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self._settings: weakref.WeakKeyDictionary[Flask, DurusSettings] = weakref.WeakKeyDictionary()
+        self._pools: weakref.WeakKeyDictionary[Flask, ConnectionPool] = weakref.WeakKeyDictionary()
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Read the ``DURUS_*`` settings and hook into the app; opens nothing.
+
+        The storage is opened by the first request (in each worker process),
+        so this is safe before gunicorn forks, ``--preload`` included.
+        """
+        if "durus" in app.extensions:
+            raise RuntimeError(
+                f"Durus is already set up on the app {app.name!r}; call init_app once per app")
+        for key, value in CONFIG_DEFAULTS.items():
+            app.config.setdefault(key, value)
+        settings = DurusSettings.from_config(app.config, app.instance_path)
+        self._settings[app] = settings
+        app.extensions["durus"] = self
+        app.wsgi_app = RequestReplayer(  # type: ignore[method-assign]
+            app.wsgi_app, app, settings.retry_attempts, settings.retry_delay, settings.replay_body_limit)
+        # App-wide after-request hooks run last-registered first: go first in
+        # the list, so the commit sees the response every other hook made.
+        app.after_request_funcs.setdefault(None, []).insert(0, self._finish_request)
+        app.teardown_appcontext(self._end_context)
+        app.register_error_handler(ConflictError, self._handle_conflict)
+        self._watch_for_conflicts(app)
+        for error_class in SERVER_ERRORS:
+            app.register_error_handler(error_class, self._handle_lost_server)
+        app.shell_context_processor(self._shell_context)
+        from flask_durus.cli import durus_group
+
+        app.cli.add_command(durus_group)
+
+    # -- the public face ----------------------------------------------------
+
+    @property
+    def connection(self) -> Connection:
+        """The current app context's connection, checked out on first use."""
+        transaction = self._transaction()
+        if transaction.connection is None:
+            app = current_app._get_current_object()
+            try:
+                connection = transaction.pool.checkout()
+            except ConflictError as error:  # another client was creating the root
+                transaction.conflict = error
+                raise
+            except SERVER_ERRORS as error:
+                raise self._unavailable(app, error) from error
+            transaction.connection = connection
+            signals.connection_checked_out.send(app, connection=connection)
+        return transaction.connection
+
+    @property
+    def root(self) -> PersistentObject:
+        """The root object of the current app context's connection."""
+        return self.connection.get_root()
+
+    def settings(self, app: Flask | None = None) -> DurusSettings:
+        """The settings read from ``app``'s config (default: the current app)."""
+        app = _resolve_app(app)
+        try:
+            return self._settings[app]
+        except KeyError:
+            raise RuntimeError(
+                f"The app {app.name!r} is not set up with this Durus: call durus.init_app(app) "
+                "in the app factory"
+            ) from None
+
+    def get_pool(self, app: Flask | None = None) -> ConnectionPool:
+        """``app``'s connection pool in this process, made on first use."""
+        app = _resolve_app(app)
+        pool = self._pools.get(app)
+        if pool is None:
+            settings = self.settings(app)
+            pool = ConnectionPool(storage_opener(settings), settings.cache_size, settings.pool_size)
+            # setdefault: of two threads racing here, both use the first pool.
+            pool = self._pools.setdefault(app, pool)
+        return pool
+
+    def close(self, app: Flask | None = None) -> None:
+        """Close ``app``'s pool in this process (its embedded storage too).
+
+        For tests and orderly shutdowns; a later request opens a new pool.
+        """
+        pool = self._pools.pop(_resolve_app(app), None)
+        if pool is not None:
+            pool.close()
+
+    # -- the request's transaction -------------------------------------------
+
+    def _transaction(self) -> ContextTransaction:
+        app = _current_app()
+        transaction = g.get(_G_KEY)
+        if transaction is None:
+            transaction = ContextTransaction(self.get_pool(app))
+            setattr(g, _G_KEY, transaction)
+        return transaction
+
+    def _finish_request(self, response: Response) -> Response:
+        """Commit, abort or replay: the last after-request hook."""
+        transaction = g.get(_G_KEY)
+        if transaction is None or transaction.finished:
+            return response
+        transaction.finished = True
+        app = current_app._get_current_object()
+        connection = transaction.connection
+        conflict = transaction.met_conflict()
+        if connection is not None and conflict is None and transaction.lost is None:
+            if self._settings[app].commit_veto(request, response):
+                self._abort(app, connection, "vetoed")
+                return response
+            try:
+                connection.commit()
+            except ConflictError as error:
+                conflict = error
+            except SERVER_ERRORS as error:
+                transaction.lost = error
+                connection.broken = True
+            else:
+                signals.transaction_committed.send(app, connection=connection)
+                return response
+        if conflict is not None:
+            return self._after_conflict(app, transaction, conflict, response)
+        if transaction.lost is not None:
+            return self._after_lost_server(app, transaction, response)
+        return response
+
+    def _after_conflict(
+        self, app: Flask, transaction: ContextTransaction, error: ConflictError, response: Response
+    ) -> Response:
+        if transaction.connection is not None and not transaction.connection.broken:
+            self._abort(app, transaction.connection, "conflict")
+        environ = request.environ
+        attempt = environ.get(ATTEMPT, 1)
+        will_retry = bool(environ.get(REPLAYABLE))
+        signals.conflict_detected.send(app, error=error, attempt=attempt, will_retry=will_retry)
+        if will_retry:
+            log.info("%s %s: conflict on run %d (%s); replaying the request",
+                     request.method, request.path, attempt, error)
+            environ[REPLAY] = True
+            return response
+        log.warning("%s %s: conflict on run %d (%s); giving up with 409",
+                    request.method, request.path, attempt, error)
+        return _error_response(app, Conflict(
+            "The data changed while this request ran, again and again; please try again."))
+
+    def _after_lost_server(self, app: Flask, transaction: ContextTransaction, response: Response) -> Response:
+        error = transaction.lost
+        log.warning("%s %s: lost the storage server (%s); answering 503",
+                    request.method, request.path, error)
+        return _error_response(app, self._unavailable(app, error))
+
+    def _abort(self, app: Flask, connection: PooledConnection, reason: str) -> None:
+        try:
+            connection.abort()
+        except SERVER_ERRORS:
+            connection.broken = True
+        signals.transaction_aborted.send(app, connection=connection, reason=reason)
+
+    def _end_context(self, exception: BaseException | None) -> None:
+        transaction = g.pop(_G_KEY, None)
+        if transaction is None or transaction.connection is None:
+            return
+        connection = transaction.connection
+        if not transaction.finished and not connection.broken:
+            self._abort(current_app._get_current_object(), connection, "context ended")
+        transaction.pool.checkin(connection)
+
+    # -- error handlers ----------------------------------------------------------
+
+    def _watch_for_conflicts(self, app: Flask) -> None:
+        """Note every ConflictError the hooks or the view raise, before any
+        error handler sees it: an app's own handler may turn it into an
+        ordinary response, and the request must be replayed all the same.
+        """
+        handle_user_exception = app.handle_user_exception
+
+        def noting_conflicts(error: Exception) -> Any:
+            if isinstance(error, ConflictError):
+                transaction = self._transaction()
+                if transaction.met_conflict() is None:
+                    transaction.conflict = error
+            return handle_user_exception(error)
+
+        app.handle_user_exception = noting_conflicts  # type: ignore[method-assign]
+
+    def _handle_conflict(self, error: ConflictError) -> Any:
+        """A stand-in answer: the request hook replays, or answers 409."""
+        return Conflict()
+
+    def _handle_lost_server(self, error: BaseException) -> Any:
+        """The server went away mid-request: a 503 (and no commit)."""
+        transaction = self._transaction()
+        transaction.lost = error
+        if transaction.connection is not None:
+            transaction.connection.broken = True
+        return self._unavailable(current_app._get_current_object(), error)
+
+    def _unavailable(self, app: Flask, error: BaseException) -> StorageUnavailable:
+        return StorageUnavailable(
+            f"The database is not reachable ({error}). Please try again shortly.",
+            retry_after=self._settings[app].retry_after,
+        )
+
+    def _shell_context(self) -> dict[str, object]:
+        context: dict[str, object] = {"durus": self}
+        try:
+            context["connection"] = self.connection
+            context["root"] = self.root
+        except (StorageUnavailable, EmbeddedStorageError) as error:
+            log.warning("durus: no connection in this shell: %s", error)
+        return context
+
+
+def _resolve_app(app: Flask | None) -> Flask:
+    """``app``, or the current app if None (``current_app`` itself works too)."""
+    if app is None:
+        return _current_app()
+    unwrap = getattr(app, "_get_current_object", None)
+    return app if unwrap is None else unwrap()
+
+
+def _current_app() -> Flask:
+    if not has_app_context():
+        raise RuntimeError(
+            "Working outside of an application context: durus.connection and durus.root "
+            "need a request, or an app context pushed with `with app.app_context():` "
+            "(as CLI commands, tests and scripts do)."
+        )
+    return current_app._get_current_object()  # type: ignore[attr-defined]
+
+
+def _error_response(app: Flask, error: Any) -> Response:
+    """The response the app's own error handlers give for an HTTP error."""
+    if has_request_context():
+        return app.make_response(app.handle_http_exception(error))
+    return app.make_response(error)
