@@ -18,7 +18,11 @@ memory without marking the node changed, since the stored state is still
 valid.  Changes keep a known count exact and leave an unknown one unknown, so
 a first insert into a large Durus 4.3 tree loads one path, not the tree.  A
 leaf's count is always known (it is ``len(items)``), so leaves and the nodes
-above them gain a stored ``_count`` as they change.
+above them gain a stored ``_count`` as they change.  Every insert or delete
+marks every node on its path changed, count known or not, so a count that
+another connection keeps in memory is invalidated whenever its subtree
+changes.  (A Durus 4.3 client writing the same tree at the same time would
+not do that; it cannot read nodes that have a ``_count`` anyway.)
 
 The node class fixes the minimum degree ``t``: every node but the root holds
 between ``t - 1`` and ``2t - 1`` items.  ``BNode`` itself (t = 2) is kept
@@ -223,14 +227,19 @@ def _set_count(node: BNode, count: int | None) -> None:
 
 
 def _add_counts(nodes: Iterable[BNode], delta: int) -> None:
+    """Add ``delta`` to the counts of ``nodes``, whose subtrees gained items.
+
+    A node whose count is unknown is marked changed all the same: another
+    connection may hold a count it computed for it, and only the invalidation
+    this change causes there tells it to compute again.
+    """
     for node in nodes:
-        try:
-            count = node._count
-        except AttributeError:
-            continue
         if node._p_status != UNSAVED:
             node._p_note_change()
-        _setattribute(node, "_count", count + delta)
+        try:
+            _setattribute(node, "_count", node._count + delta)
+        except AttributeError:
+            pass
 
 
 def _plus(*counts: int | None) -> int | None:

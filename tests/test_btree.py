@@ -386,3 +386,29 @@ def test_same_key_or_a_reshaped_node_conflicts() -> None:
     first.commit()
     with pytest.raises(WriteConflictError):
         second.commit()
+
+
+def test_counts_cached_from_durus43_nodes_follow_other_clients_changes() -> None:
+    """A count computed in memory must not go stale when another client
+    changes the subtree: every change marks the whole path it passes."""
+    from durus.shared_storage import SharedStorage
+
+    shared = SharedStorage(MemoryStorage())
+    first = Connection(shared.session())
+    tree = first.root["tree"] = BTree(BNode4)
+    for key in range(0, 3000, 3):
+        tree[key] = key
+    for node in all_nodes(tree.root):
+        object.__delattr__(node, "_count")
+    first.commit()
+    second = Connection(shared.session())  # never asks for len()
+    assert len(first.root["tree"]) == 1000
+    first.abort()
+
+    second.root["tree"][1] = "new"
+    del second.root["tree"][2997]
+    second.root["tree"][3001] = "new"
+    second.commit()
+    first.abort()
+    assert len(first.root["tree"]) == 1001
+    check_invariants(first.root["tree"], counts_required=False)
