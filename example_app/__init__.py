@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from flask import Flask, render_template
+from flask import Flask, Response, make_response, render_template
 from werkzeug.exceptions import HTTPException
 
 from example_app.csrf import init_csrf
@@ -95,6 +95,14 @@ def format_time(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def render_error(error: HTTPException) -> tuple[str, int]:
-    """Every HTTP error as a page of the site, with the reason it gives."""
-    return render_template("error.html", error=error), error.code or 500
+def render_error(error: HTTPException) -> Response:
+    """Every HTTP error as a page of the site, with the reason and headers it gives.
+
+    The headers matter: a 503 from the storage extension carries
+    ``Retry-After``, a 405 its ``Allow``.
+    """
+    response = make_response(render_template("error.html", error=error), error.code or 500)
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response

@@ -17,14 +17,13 @@ import argparse
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 
-from flask_durus.settings import DurusSettings
-from flask_durus.storage_uri import SERVER
+from durus.storage_server import SocketAddress
+from flask_durus.storage_uri import parse_storage_uri
 
 from example_app import create_app
 
@@ -52,25 +51,25 @@ def _start(command: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent)
 
 
-def _wait_for_port(host: str, port: int, process: subprocess.Popen, timeout: float) -> None:
-    """Return once ``host:port`` accepts connections; SystemExit if it never does."""
+def _wait_for_server(address: SocketAddress, process: subprocess.Popen, timeout: float) -> None:
+    """Return once the storage server accepts connections; SystemExit if it never does."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"The storage server exited (status {process.returncode}); see its error above.")
         try:
-            socket.create_connection((host, port), timeout=0.5).close()
+            address.connect(timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.1)
-    raise SystemExit(f"The storage server did not listen on {host}:{port} within {timeout:.0f} s.")
+    raise SystemExit(f"The storage server did not listen on {address} within {timeout:.0f} s.")
 
 
-def _stop(process: subprocess.Popen | None, first_signal: int) -> None:
-    """Ask ``process`` to stop, then insist: the signal, SIGTERM, SIGKILL."""
+def _stop(process: subprocess.Popen | None) -> None:
+    """Ask ``process`` to stop with SIGTERM (both servers stop cleanly on it), then SIGKILL."""
     if process is None or process.poll() is not None:
         return
-    for sig in (first_signal, signal.SIGTERM, signal.SIGKILL):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             process.send_signal(sig)
         except ProcessLookupError:
@@ -98,14 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     app = create_app(instance_path=os.path.abspath(args.instance) if args.instance else None)
-    settings = DurusSettings.from_config(app.config, app.instance_path)
-    if settings.location.kind == SERVER:
-        storage_uri = app.config["DURUS_STORAGE"]
-    else:
+    settings = app.extensions["durus"].settings(app)
+    if settings.location.is_embedded:
         storage_uri = f"durus://127.0.0.1:{args.storage_port}"
-    server_location = DurusSettings.from_config(
-        {**app.config, "DURUS_STORAGE": storage_uri}, app.instance_path
-    ).location
+    else:
+        storage_uri = app.config["DURUS_STORAGE"]
+    server_address = SocketAddress.new(parse_storage_uri(storage_uri, app.instance_path).server_address)
 
     app_spec = f"example_app:create_app(instance_path={app.instance_path!r})"
     env = {**os.environ, "FLASK_DURUS_STORAGE": storage_uri, "PYTHONUNBUFFERED": "1"}
@@ -115,8 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 0
     try:
         storage_server = _start([sys.executable, "-m", "flask", "--app", app_spec, "durus", "serve"], env)
-        if server_location.socket_path is None:
-            _wait_for_port(server_location.host, server_location.port, storage_server, 30.0)
+        _wait_for_server(server_address, storage_server, 30.0)
         web_server = _start(
             [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONF, "--bind", f"{args.host}:{args.port}",
              "--workers", str(args.workers), app_spec],
@@ -139,8 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _stop(web_server, signal.SIGTERM)
-        _stop(storage_server, signal.SIGINT)
+        _stop(web_server)
+        _stop(storage_server)
     if status == 0:
         print("Stopped the wiki and its storage server.", flush=True)
     return status

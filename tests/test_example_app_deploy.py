@@ -1,0 +1,335 @@
+"""The example wiki deployed: gunicorn -w 4 against a real storage server.
+
+Several HTTP clients sign up, create and edit pages at once; edits of one
+page race and each must end saved or reported, never lost; the storage
+server restarts mid-session; ``python -m example_app`` starts both servers
+and stops both on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from durus.connection import Connection
+from durus.file_storage import FileStorage
+from server_process import ServerProcess, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN_CONF = ROOT / "example_app" / "gunicorn.conf.py"
+FAST_HASH = "pbkdf2:sha256:1000"
+
+
+@dataclass
+class Response:
+    status: int
+    headers: http.client.HTTPMessage
+    text: str
+
+
+class Client:
+    """One visitor: a cookie jar and plain HTTP requests (redirects not followed)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, data: dict[str, str] | None = None) -> Response:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        headers = {}
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+        body = None
+        if data is not None:
+            body = urlencode(data)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            connection.request(method, path, body, headers)
+            reply = connection.getresponse()
+            text = reply.read().decode()
+        finally:
+            connection.close()
+        for header in reply.headers.get_all("Set-Cookie") or ():
+            for name, morsel in SimpleCookie(header).items():
+                if morsel.value:
+                    self.cookies[name] = morsel.value
+                else:
+                    self.cookies.pop(name, None)
+        return Response(reply.status, reply.headers, text)
+
+    def get(self, path: str) -> Response:
+        return self.request("GET", path)
+
+    def post_form(self, form_path: str, data: dict[str, str], path: str | None = None) -> Response:
+        """Fetch the form (for its CSRF token), then send it."""
+        page = self.get(form_path)
+        found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert found, f"no form at {form_path} ({page.status}): {page.text[:300]}"
+        return self.request("POST", path or form_path, {"csrf_token": found.group(1), **data})
+
+    def signup(self, name: str, password: str = "long password") -> Response:
+        return self.post_form("/signup", {"name": name, "password": password, "confirm": password})
+
+    def edit(self, slug: str, title: str, text: str, base: int, tags: str = "") -> Response:
+        return self.post_form(
+            f"/wiki/{slug}/edit", {"title": title, "text": text, "base": str(base), "tags": tags})
+
+    def current_revision(self, slug: str) -> int:
+        return int(re.search(r'name="base" value="(\d+)"', self.get(f"/wiki/{slug}/edit").text).group(1))
+
+
+def wait_for_http(port: int, process: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if Client(port).get("/").status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"no answer on port {port} in {timeout} s:\n{log.read_text()}")
+
+
+class Gunicorn:
+    """``gunicorn -c example_app/gunicorn.conf.py`` on a free port, 4 workers."""
+
+    def __init__(self, instance: Path, storage_uri: str, workers: int = 4) -> None:
+        self.port = free_port()
+        self.log = instance / "gunicorn.log"
+        env = {**os.environ, "FLASK_DURUS_STORAGE": storage_uri, "FLASK_PASSWORD_HASH_METHOD": FAST_HASH}
+        command = [
+            sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
+            "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
+            f"example_app:create_app(instance_path={str(instance)!r})",
+        ]
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            wait_for_http(self.port, self.process, self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    """A storage server and gunicorn -w 4 on it, for the whole module."""
+    instance = tmp_path_factory.mktemp("wiki")
+    server = ServerProcess(instance / "data.durus", log_path=instance / "server.log").start()
+    try:
+        web = Gunicorn(instance, f"durus://127.0.0.1:{server.address[1]}")
+        try:
+            yield server, web
+        finally:
+            web.stop()
+    finally:
+        server.stop()
+
+
+def run_clients(count: int, work) -> list:
+    """Run ``work(index)`` in ``count`` threads at once; their results, or raise."""
+    results: list = [None] * count
+    errors: list[BaseException] = []
+    start = threading.Barrier(count)
+
+    def run(index: int) -> None:
+        try:
+            start.wait()
+            results[index] = work(index)
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    if errors:
+        raise errors[0]
+    return results
+
+
+def revision_texts(client: Client, slug: str) -> dict[int, str]:
+    """Revision number -> the text it saved, read back through the site."""
+    history = client.get(f"/wiki/{slug}/history?page=1").text
+    total = int(re.search(r"(\d+) revisions", history).group(1))
+    texts = {}
+    for number in range(1, total + 1):
+        page = client.get(f"/wiki/{slug}/rev/{number}").text
+        texts[number] = re.search(r'<div class="text"><p>(.*?)</p>', page).group(1)
+    return texts
+
+
+def test_sign_up_log_in_create_search_and_history(deployment):
+    _, web = deployment
+    client = Client(web.port)
+    assert client.signup("carol").status == 302
+    assert client.post_form("/", {}, path="/logout").status == 302
+    assert client.post_form("/login", {"name": "carol", "password": "long password"}).status == 302
+    created = client.post_form("/new", {"title": "Gunicorn Notes", "text": "Workers share one server.",
+                                        "tags": "deploy"})
+    assert (created.status, created.headers["Location"]) == (302, "/wiki/gunicorn-notes")
+    assert client.edit("gunicorn-notes", "Gunicorn Notes", "Four workers share one storage server.", 1,
+                       tags="deploy").status == 302
+    # Every worker sees the edit (they answer in turn; ask more times than there are workers).
+    for _ in range(8):
+        assert "Four workers share" in Client(web.port).get("/wiki/gunicorn-notes").text
+        assert 'href="/wiki/gunicorn-notes"' in Client(web.port).get("/search?q=storage+workers").text
+    assert revision_texts(client, "gunicorn-notes") == {
+        1: "Workers share one server.", 2: "Four workers share one storage server."}
+    assert 'href="/wiki/gunicorn-notes"' in client.get("/tags/deploy").text
+
+
+def test_concurrent_edits_are_saved_or_reported_never_lost(deployment):
+    _, web = deployment
+    clients = [Client(web.port) for _ in range(6)]
+    run_clients(len(clients), lambda i: clients[i].signup(f"editor{i}"))
+    assert clients[0].post_form("/new", {"title": "Shared", "text": "v0"}).status == 302
+    run_clients(
+        len(clients),
+        lambda i: clients[i].post_form("/new", {"title": f"Own {i}", "text": f"own {i} v0"}).status,
+    )
+
+    def edit_loop(i: int) -> tuple[list[str], list[str], int]:
+        """Edit this client's own page and the shared one, six times each."""
+        client = clients[i]
+        saved = {"shared": [], f"own-{i}": []}
+        reported = 0
+        for round in range(6):
+            for slug, title, text, base in (
+                (f"own-{i}", f"Own {i}", f"own {i} v{round + 1}", 1 + len(saved[f"own-{i}"])),
+                ("shared", "Shared", f"shared by {i} round {round}", client.current_revision("shared")),
+            ):
+                response = client.edit(slug, title, text, base)
+                assert response.status in (302, 409), response.text[:500]
+                if response.status == 302:
+                    saved[slug].append(text)
+                else:
+                    reported += 1
+        return saved["shared"], saved[f"own-{i}"], reported
+
+    results = run_clients(len(clients), edit_loop)
+    reader = Client(web.port)
+    shared = revision_texts(reader, "shared")
+    saved = [text for saved_shared, _, _ in results for text in saved_shared]
+    assert len(shared) == 1 + len(saved)  # each saved edit is one revision, no more
+    assert sorted(shared.values()) == sorted(["v0", *saved])
+    saved_own = [own for _, own, _ in results]
+    reported = sum(count for _, _, count in results)
+    assert reported + len(saved) + sum(map(len, saved_own)) == 6 * 6 * 2
+    for i, own in enumerate(saved_own):
+        assert list(revision_texts(reader, f"own-{i}").values()) == [f"own {i} v0", *own]
+    # Edits of different pages conflict only in shared indexes, which replays fix.
+    assert sum(map(len, saved_own)) >= 6 * 6 - 2
+
+
+@pytest.mark.parametrize("stop", ["stop", "kill"], ids=["sigterm", "sigkill"])
+def test_a_storage_server_restart_mid_session_recovers(tmp_path, stop):
+    server = ServerProcess(tmp_path / "data.durus", log_path=tmp_path / "server.log").start()
+    web = Gunicorn(tmp_path, f"durus://127.0.0.1:{server.address[1]}")
+    try:
+        client = Client(web.port)
+        assert client.signup("dave").status == 302
+        assert client.post_form("/new", {"title": "Before", "text": "written before the restart"}).status == 302
+        for _ in range(8):  # every worker has a connection to the old server
+            assert client.get("/wiki/before").status == 200
+
+        getattr(server, stop)()
+        down = client.get("/wiki/before")
+        assert down.status == 503
+        assert down.headers["Retry-After"]
+
+        server.start()
+        statuses = [client.get("/wiki/before").status for _ in range(8)]
+        assert statuses == [200] * 8, statuses  # broken connections are replaced, the reads replayed
+        assert '<span class="who">dave</span>' in client.get("/").text  # still logged in
+        assert client.edit("before", "Before", "edited after the restart", 1).status == 302
+        assert revision_texts(client, "before") == {
+            1: "written before the restart", 2: "edited after the restart"}
+    finally:
+        web.stop()
+        server.stop()
+
+
+def children_of(pid: int) -> set[int]:
+    """The pids of every live descendant of ``pid`` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parents[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_python_m_example_app_runs_both_servers_and_stops_both(tmp_path, sig):
+    port, storage_port = free_port(), free_port()
+    log = tmp_path / "run.log"
+    env = {**os.environ, "FLASK_PASSWORD_HASH_METHOD": FAST_HASH}
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "example_app", "--port", str(port), "--storage-port", str(storage_port),
+             "--instance", str(tmp_path / "instance")],
+            env=env, stdout=output, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+    try:
+        wait_for_http(port, process, log, timeout=60)
+        client = Client(port)
+        assert client.signup("erin").status == 302
+        assert client.post_form("/new", {"title": "Deployed", "text": "through python -m"}).status == 302
+        children = children_of(process.pid)
+        assert len(children) >= 6  # the storage server, gunicorn's master and its 4 workers
+        process.send_signal(sig)
+        assert process.wait(60) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not [pid for pid in children if alive(pid)], log.read_text()
+    assert f"The wiki is at http://127.0.0.1:{port}/" in log.read_text()
+    assert "Stopped the wiki and its storage server." in log.read_text()
+    # The data outlives the run: it is in the instance folder's file.
+    storage = FileStorage(str(tmp_path / "instance" / "data.durus"), readonly=True)
+    try:
+        assert Connection(storage).get_root()["wiki"].pages["deployed"].current.text == "through python -m"
+    finally:
+        storage.close()
+    assert (tmp_path / "instance" / "secret_key").exists()
