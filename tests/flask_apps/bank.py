@@ -87,7 +87,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         seen = root.get("slow", 0)
         time.sleep(float(request.args.get("sleep", "0.2")))
         root["slow"] = seen + 1
-        return jsonify(slow=root["slow"])
+        return jsonify(slow=root["slow"], run=request.environ["flask_durus.attempt"])
 
     @app.get("/stream")
     def stream() -> Response:
