@@ -32,7 +32,7 @@ because Durus 4.3 files name it.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterable, Iterator, ItemsView, MutableMapping, ValuesView
+from collections.abc import ItemsView, Iterable, Iterator, MutableMapping, ValuesView
 from operator import itemgetter
 from typing import Any
 
@@ -59,7 +59,7 @@ class BNode(PersistentObject):
     Class attribute ``minimum_degree``: ``t``, as explained above.
     """
 
-    __slots__ = ("items", "nodes", "_count")
+    __slots__ = ("_count", "items", "nodes")
 
     minimum_degree = 2
 
@@ -131,7 +131,10 @@ class BNode(PersistentObject):
         return _ascending(self, _MISSING, True)
 
     def _p_resolve_conflict(
-        self, old_state: dict[str, Any], committed_state: dict[str, Any], my_state: dict[str, Any]
+        self,
+        old_state: dict[str, Any],
+        committed_state: dict[str, Any],
+        my_state: dict[str, Any],
     ) -> dict[str, Any]:
         """Merge concurrent changes to different keys of a node that kept its shape.
 
@@ -260,9 +263,9 @@ def _split_child(parent: BNode, i: int, child: BNode) -> None:
     old_count = _known_count(child)
     items = child.items
     bigger = child.__class__()
-    bigger.items = items[middle + 1:]
+    bigger.items = items[middle + 1 :]
     if child.nodes is not None:
-        bigger.nodes = child.nodes[middle + 1:]
+        bigger.nodes = child.nodes[middle + 1 :]
     bigger_count = _summed_count(bigger)
     _set_count(bigger, bigger_count)
     parent._p_note_change()
@@ -271,7 +274,7 @@ def _split_child(parent: BNode, i: int, child: BNode) -> None:
     parent.nodes.insert(i + 1, bigger)
     del items[middle:]
     if child.nodes is not None:
-        del child.nodes[middle + 1:]
+        del child.nodes[middle + 1 :]
         if old_count is not None and bigger_count is not None:
             _set_count(child, old_count - bigger_count - 1)
         else:
@@ -502,8 +505,12 @@ class BTree(PersistentObject, MutableMapping):
     __slots__ = ("root",)
 
     def __init__(self, node_constructor: type[BNode] = BNode16) -> None:
-        if not (isinstance(node_constructor, type) and issubclass(node_constructor, BNode)):
-            raise TypeError(f"node_constructor must be a BNode subclass, not {node_constructor!r}")
+        if not (
+            isinstance(node_constructor, type) and issubclass(node_constructor, BNode)
+        ):
+            raise TypeError(
+                f"node_constructor must be a BNode subclass, not {node_constructor!r}"
+            )
         self.root = node_constructor()
 
     # -- reading ------------------------------------------------------------
@@ -559,7 +566,9 @@ class BTree(PersistentObject, MutableMapping):
         """Items with keys >= ``key`` (> ``key`` if not ``closed``), ascending."""
         return _ascending(self.root, key, closed)
 
-    def items_backward_from(self, key: Any, closed: bool = False) -> Iterator[tuple[Any, Any]]:
+    def items_backward_from(
+        self, key: Any, closed: bool = False
+    ) -> Iterator[tuple[Any, Any]]:
         """Items with keys < ``key`` (<= ``key`` if ``closed``), descending."""
         return _descending(self.root, key, closed)
 
@@ -679,7 +688,7 @@ class BTree(PersistentObject, MutableMapping):
             if hasattr(other, "items"):
                 other = other.items()
             elif hasattr(other, "keys"):
-                other = ((key, other[key]) for key in other.keys())
+                other = ((key, other[key]) for key in other.keys())  # noqa: SIM118 - keys() is all it has
             for key, value in other:
                 add(key, value)
         for key, value in kwargs.items():
@@ -711,7 +720,9 @@ class BTree(PersistentObject, MutableMapping):
             node_class = _NODE_CLASSES[degree]
         except KeyError:
             choices = ", ".join(str(d) for d in sorted(_NODE_CLASSES))
-            raise ValueError(f"no BNode class has minimum degree {degree!r}; use one of {choices}") from None
+            raise ValueError(
+                f"no BNode class has minimum degree {degree!r}; use one of {choices}"
+            ) from None
         if self.root.minimum_degree == degree:
             return False
         rebuilt = BTree(node_class)

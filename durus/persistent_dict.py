@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import reprlib
 from collections.abc import Iterable, Mapping, MutableMapping
-from typing import Any
+from typing import Any, Self
 
 from durus.merge import merge_mapping
 from durus.persistent import PersistentObject
@@ -134,7 +134,7 @@ class PersistentDict(PersistentObject, MutableMapping):
         self._p_note_change()
         self.data.update(*args, **kwargs)
 
-    def __ior__(self, other: Any) -> PersistentDict:
+    def __ior__(self, other: Any) -> Self:
         self.update(other)
         return self
 
@@ -166,7 +166,10 @@ class PersistentDict(PersistentObject, MutableMapping):
     # -- conflict resolution ------------------------------------------------
 
     def _p_resolve_conflict(
-        self, old_state: dict[str, Any], committed_state: dict[str, Any], my_state: dict[str, Any]
+        self,
+        old_state: dict[str, Any],
+        committed_state: dict[str, Any],
+        my_state: dict[str, Any],
     ) -> dict[str, Any]:
         """Merge concurrent changes to different keys; the same key is a conflict.
 

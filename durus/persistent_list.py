@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import reprlib
 import sys
-from collections.abc import Iterable, MutableSequence
+from collections.abc import Callable, Iterable, MutableSequence
 from operator import index as as_index
-from typing import Any, Callable
+from typing import Any, Self
 
 from durus.persistent import PersistentObject
 
@@ -121,11 +121,11 @@ class PersistentList(PersistentObject, MutableSequence):
         self._p_note_change()
         del self.data[i]
 
-    def __iadd__(self, other: Iterable[Any]) -> PersistentList:
+    def __iadd__(self, other: Iterable[Any]) -> Self:
         self.extend(other)
         return self
 
-    def __imul__(self, n: int) -> PersistentList:
+    def __imul__(self, n: int) -> Self:
         self._p_note_change()
         self.data *= n
         return self
@@ -146,7 +146,9 @@ class PersistentList(PersistentObject, MutableSequence):
         data = self.data
         i = as_index(i)
         if not -len(data) <= i < len(data):
-            raise IndexError("pop from empty list" if not data else "pop index out of range")
+            raise IndexError(
+                "pop from empty list" if not data else "pop index out of range"
+            )
         self._p_note_change()
         return data.pop(i)
 
@@ -155,7 +157,9 @@ class PersistentList(PersistentObject, MutableSequence):
         try:
             position = data.index(item)
         except ValueError:
-            raise ValueError(f"{self.__class__.__name__}.remove(x): x not in list") from None
+            raise ValueError(
+                f"{self.__class__.__name__}.remove(x): x not in list"
+            ) from None
         self._p_note_change()
         del data[position]
 
@@ -168,6 +172,8 @@ class PersistentList(PersistentObject, MutableSequence):
         self._p_note_change()
         self.data.reverse()
 
-    def sort(self, *, key: Callable[[Any], Any] | None = None, reverse: bool = False) -> None:
+    def sort(
+        self, *, key: Callable[[Any], Any] | None = None, reverse: bool = False
+    ) -> None:
         self._p_note_change()
         self.data.sort(key=key, reverse=reverse)

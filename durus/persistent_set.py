@@ -11,7 +11,8 @@ iterables, as ``set`` does; results are new, unsaved PersistentSets.
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Iterable, MutableSet, Set
+from collections.abc import Iterable, MutableSet
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from durus.merge import merge_mapping, merge_set
@@ -32,7 +33,7 @@ def _comparable(other: Any) -> Any:
     other = _plain(other)
     if isinstance(other, (set, frozenset)):
         return other
-    if isinstance(other, Set):
+    if isinstance(other, AbstractSet):
         return frozenset(other)
     return None
 
@@ -217,7 +218,10 @@ class PersistentSet(PersistentObject, MutableSet):
     # -- conflict resolution ------------------------------------------------
 
     def _p_resolve_conflict(
-        self, old_state: dict[str, Any], committed_state: dict[str, Any], my_state: dict[str, Any]
+        self,
+        old_state: dict[str, Any],
+        committed_state: dict[str, Any],
+        my_state: dict[str, Any],
     ) -> dict[str, Any]:
         """Merge concurrent adds and removes of different members.
 

@@ -59,7 +59,9 @@ def check_invariants(tree: BTree, counts_required: bool = True) -> None:
     assert len(tree) == total
 
 
-def random_operations(tree: BTree, model: dict, rng: random.Random, steps: int, key_range: int) -> None:
+def random_operations(
+    tree: BTree, model: dict, rng: random.Random, steps: int, key_range: int
+) -> None:
     for step in range(steps):
         key = rng.randrange(key_range)
         op = rng.random()
@@ -125,7 +127,7 @@ def test_mapping_api() -> None:
     assert list(tree.keys()) == ["a", "b", "c", "d", "e"]
     assert list(tree.values()) == [1, 2, 3, True, None]
     assert list(reversed(tree)) == ["e", "d", "c", "b", "a"]
-    assert list(reversed(tree.items()))[0] == ("e", None)
+    assert next(reversed(tree.items())) == ("e", None)
     assert ("b", 2) in tree.items() and 3 in tree.values()
     with pytest.raises(KeyError):
         tree["z"]
@@ -154,13 +156,19 @@ def test_ordered_queries_match_a_sorted_model() -> None:
     items = [(key, -key) for key in keys]
     assert tree.get_min_item() == items[0] and tree.get_max_item() == items[-1]
     assert list(tree.items_backward()) == items[::-1]
-    for probe in [-5, 0, 1, 3, keys[100], keys[100] + 1, keys[-1], 4000] + rng.sample(range(3000), 30):
+    for probe in [-5, 0, 1, 3, keys[100], keys[100] + 1, keys[-1], 4000] + rng.sample(
+        range(3000), 30
+    ):
         above = [item for item in items if item[0] >= probe]
         below = [item for item in items if item[0] <= probe][::-1]
         assert list(tree.items_from(probe)) == above
-        assert list(tree.items_from(probe, closed=False)) == [i for i in above if i[0] != probe]
+        assert list(tree.items_from(probe, closed=False)) == [
+            i for i in above if i[0] != probe
+        ]
         assert list(tree.items_backward_from(probe, closed=True)) == below
-        assert list(tree.items_backward_from(probe)) == [i for i in below if i[0] != probe]
+        assert list(tree.items_backward_from(probe)) == [
+            i for i in below if i[0] != probe
+        ]
     for _ in range(60):
         start, end = rng.randrange(-10, 3010), rng.randrange(-10, 3010)
         if rng.random() < 0.3:
@@ -175,7 +183,8 @@ def test_ordered_queries_match_a_sorted_model() -> None:
                 else:
                     want = [i for i in items[::-1] if end <= i[0] <= start]
                 want = [
-                    i for i in want
+                    i
+                    for i in want
                     if (closed_start or i[0] != start) and (closed_end or i[0] != end)
                 ]
                 assert got == want, (start, end, closed_start, closed_end)
@@ -197,7 +206,11 @@ def test_set_bnode_minimum_degree_rebuilds_with_another_node_class() -> None:
     check_invariants(tree)
     assert tree.set_bnode_minimum_degree(2) is False
     assert tree.set_bnode_minimum_degree(512) is True
-    assert tree.root.__class__ is BNode512 and tree.get_depth() == 1 and tree.get_node_count() == 1
+    assert (
+        tree.root.__class__ is BNode512
+        and tree.get_depth() == 1
+        and tree.get_node_count() == 1
+    )
     assert dict(tree.items()) == {i: i * i for i in range(500)}
     with pytest.raises(ValueError, match="use one of 2, 4, 8"):
         tree.set_bnode_minimum_degree(3)
@@ -254,12 +267,18 @@ def test_round_trip_through_a_file(tmp_path: Path) -> None:
     reopened = Connection(FileStorage(str(path)))
     tree = reopened.root["tree"]
     assert len(tree) == 500 and tree["k0002"] == [2, "changed"]
-    assert list(tree.items_range("k0100", "k0106")) == [("k0100", [100]), ("k0102", [102]), ("k0104", [104])]
+    assert list(tree.items_range("k0100", "k0106")) == [
+        ("k0100", [100]),
+        ("k0102", [102]),
+        ("k0104", [104]),
+    ]
     check_invariants(tree)
     reopened.get_storage().close()
 
 
-def committed_tree(size: int, node_class: type[BNode] = BNode4) -> tuple[MemoryStorage, BTree]:
+def committed_tree(
+    size: int, node_class: type[BNode] = BNode4
+) -> tuple[MemoryStorage, BTree]:
     storage = MemoryStorage()
     connection = Connection(storage)
     tree = connection.root["tree"] = BTree(node_class)
@@ -270,7 +289,7 @@ def committed_tree(size: int, node_class: type[BNode] = BNode4) -> tuple[MemoryS
 
 
 def test_reads_change_nothing() -> None:
-    storage, tree = committed_tree(300)
+    _, tree = committed_tree(300)
     len(tree), list(tree.items()), list(reversed(tree)), tree.get(5), 7 in tree
     list(tree.items_range(10, 50)), tree.get_min_item(), tree.get_node_count()
     with pytest.raises(KeyError):
@@ -283,7 +302,7 @@ def test_reads_change_nothing() -> None:
 
 
 def test_a_change_marks_one_path() -> None:
-    storage, tree = committed_tree(300)
+    _, tree = committed_tree(300)
     depth = tree.get_depth()
     tree[1000] = "new"
     changed = [node for node in all_nodes(tree.root) if node._p_is_unsaved()]
@@ -301,7 +320,9 @@ def test_nodes_without_counts_from_durus43() -> None:
         object.__delattr__(node, "_count")
     tree._p_connection.commit()
     node_count = tree.get_node_count()
-    assert any(set(node.__getstate__()) == {"items", "nodes"} for node in all_nodes(tree.root))
+    assert any(
+        set(node.__getstate__()) == {"items", "nodes"} for node in all_nodes(tree.root)
+    )
 
     connection = Connection(storage)
     tree = connection.root["tree"]
@@ -364,7 +385,12 @@ def test_changes_far_apart_merge_through_the_shared_path() -> None:
     first.abort()
     for connection in (first, second):
         tree = connection.root["tree"]
-        assert len(tree) == 202 and tree[11] == "first" and tree[20] == "replaced" and tree[1991] == "second"
+        assert (
+            len(tree) == 202
+            and tree[11] == "first"
+            and tree[20] == "replaced"
+            and tree[1991] == "second"
+        )
         check_invariants(tree)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import MutableSequence
+from collections.abc import Callable, MutableSequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -151,7 +151,7 @@ def test_comparisons_with_lists() -> None:
     assert pl < PersistentList([2]) and not pl > PersistentList([2])
     assert pl != (1, 2)
     with pytest.raises(TypeError):
-        pl < (1, 3)
+        assert pl < (1, 3)
     assert 2 in pl and 5 not in pl
     with pytest.raises(TypeError):
         hash(pl)

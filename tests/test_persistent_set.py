@@ -5,9 +5,9 @@ from __future__ import annotations
 import copy
 import operator
 import random
-from collections.abc import MutableSet
+from collections.abc import Callable, MutableSet
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -34,11 +34,19 @@ def test_random_operations_match_a_set() -> None:
     rng = random.Random(3)
     model: set[int] = set()
     ps = PersistentSet()
-    updates = ["update", "intersection_update", "difference_update", "symmetric_difference_update"]
+    updates = [
+        "update",
+        "intersection_update",
+        "difference_update",
+        "symmetric_difference_update",
+    ]
     for _ in range(3000):
         op = rng.randrange(7)
         value = rng.randrange(80)
-        others = [{rng.randrange(80) for _ in range(rng.randrange(12))} for _ in range(rng.randrange(1, 3))]
+        others = [
+            {rng.randrange(80) for _ in range(rng.randrange(12))}
+            for _ in range(rng.randrange(1, 3))
+        ]
         if op == 0:
             ps.add(value)
             model.add(value)
@@ -61,36 +69,61 @@ def test_random_operations_match_a_set() -> None:
         elif op == 5:
             for name in ("union", "intersection", "difference"):
                 result = getattr(ps, name)(*others)
-                assert isinstance(result, PersistentSet) and result == getattr(model, name)(*others)
-            assert ps.symmetric_difference(others[0]) == model.symmetric_difference(others[0])
+                assert isinstance(result, PersistentSet) and result == getattr(
+                    model, name
+                )(*others)
+            assert ps.symmetric_difference(others[0]) == model.symmetric_difference(
+                others[0]
+            )
         else:
             other = others[0]
             assert ps.isdisjoint(other) == model.isdisjoint(other)
             assert ps.issubset(other) == model.issubset(other)
             assert ps.issuperset(other) == model.issuperset(other)
             assert (ps <= other, ps < other, ps >= other, ps > other) == (
-                model <= other, model < other, model >= other, model > other)
+                model <= other,
+                model < other,
+                model >= other,
+                model > other,
+            )
         assert ps == model and len(ps) == len(model)
     assert sorted(ps) == sorted(model)
 
 
 @pytest.mark.parametrize("plain_type", [set, frozenset, PersistentSet])
-@pytest.mark.parametrize("op", [operator.or_, operator.and_, operator.sub, operator.xor])
+@pytest.mark.parametrize(
+    "op", [operator.or_, operator.and_, operator.sub, operator.xor]
+)
 def test_operators_with_sets_on_either_side(plain_type: type, op: Callable) -> None:
     ps = PersistentSet({1, 2, 3})
     other = plain_type({3, 4})
-    for result, expected in [(op(ps, other), op({1, 2, 3}, {3, 4})), (op(other, ps), op({3, 4}, {1, 2, 3}))]:
-        assert isinstance(result, (PersistentSet, set, frozenset)) and result == expected
+    for result, expected in [
+        (op(ps, other), op({1, 2, 3}, {3, 4})),
+        (op(other, ps), op({3, 4}, {1, 2, 3})),
+    ]:
+        assert (
+            isinstance(result, (PersistentSet, set, frozenset)) and result == expected
+        )
     assert isinstance(op(ps, other), PersistentSet)
     assert ps == {1, 2, 3}
 
 
 @pytest.mark.parametrize(
     "op, expected",
-    [(operator.ior, {1, 2, 3, 4}), (operator.iand, {3}), (operator.isub, {1, 2}), (operator.ixor, {1, 2, 4})],
+    [
+        (operator.ior, {1, 2, 3, 4}),
+        (operator.iand, {3}),
+        (operator.isub, {1, 2}),
+        (operator.ixor, {1, 2, 4}),
+    ],
 )
 def test_in_place_operators_keep_the_object(op: Callable, expected: set) -> None:
-    for other in ({3, 4}, frozenset({3, 4}), PersistentSet({3, 4}), {3: 0, 4: 0}.keys()):
+    for other in (
+        {3, 4},
+        frozenset({3, 4}),
+        PersistentSet({3, 4}),
+        {3: 0, 4: 0}.keys(),
+    ):
         ps = PersistentSet({1, 2, 3})
         same = ps
         ps = op(ps, other)
@@ -99,7 +132,14 @@ def test_in_place_operators_keep_the_object(op: Callable, expected: set) -> None
 
 def test_operators_refuse_non_sets() -> None:
     ps = PersistentSet({1})
-    for op in (operator.or_, operator.and_, operator.sub, operator.xor, operator.ior, operator.le):
+    for op in (
+        operator.or_,
+        operator.and_,
+        operator.sub,
+        operator.xor,
+        operator.ior,
+        operator.le,
+    ):
         with pytest.raises(TypeError):
             op(ps, [1])
     assert ps != [1]
@@ -109,7 +149,7 @@ def test_operators_refuse_non_sets() -> None:
 def test_comparisons_with_plain_sets_both_ways() -> None:
     ps = PersistentSet({1, 2})
     assert ps == {1, 2} and {1, 2} == ps and frozenset({1, 2}) == ps
-    assert ps <= {1, 2, 3} and {1} < ps and {1, 2, 3} >= ps and ps > frozenset({2})
+    assert ps <= {1, 2, 3} and {1} < ps and {1, 2, 3} >= ps > frozenset({2})
     assert ps == PersistentSet([2, 1]) and ps < PersistentSet([1, 2, 3])
     with pytest.raises(TypeError):
         hash(ps)
@@ -118,7 +158,9 @@ def test_comparisons_with_plain_sets_both_ways() -> None:
 def test_copy_and_errors() -> None:
     original = saved(PersistentSet({1}))
     for clone in (original.copy(), copy.copy(original)):
-        assert isinstance(clone, PersistentSet) and clone == {1} and clone._p_is_unsaved()
+        assert (
+            isinstance(clone, PersistentSet) and clone == {1} and clone._p_is_unsaved()
+        )
         clone.add(2)
         assert original == {1}
     with pytest.raises(KeyError):
@@ -155,8 +197,25 @@ READS: list[tuple[str, Callable[[PersistentSet], Any]]] = [
     ("discard absent", lambda s: s.discard(9)),
     ("failed remove", lambda s: pytest.raises(KeyError, s.remove, 9)),
     ("operators", lambda s: (s | {9}, s & {1}, s - {1}, s ^ {1}, {9} | s)),
-    ("methods", lambda s: (s.union([9]), s.intersection([1]), s.difference([1]), s.symmetric_difference([1]))),
-    ("predicates", lambda s: (s.isdisjoint([9]), s.issubset([1]), s.issuperset([1]), s <= {1}, s == {1})),
+    (
+        "methods",
+        lambda s: (
+            s.union([9]),
+            s.intersection([1]),
+            s.difference([1]),
+            s.symmetric_difference([1]),
+        ),
+    ),
+    (
+        "predicates",
+        lambda s: (
+            s.isdisjoint([9]),
+            s.issubset([1]),
+            s.issuperset([1]),
+            s <= {1},
+            s == {1},
+        ),
+    ),
     ("copy", lambda s: s.copy()),
     ("repr", repr),
 ]
