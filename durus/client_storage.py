@@ -438,7 +438,9 @@ class ClientStorage(Storage):
             self._receive_prefetched()
             invalid = protocol.read_oids(self._read)
         except (OSError, ProtocolError) as error:
-            raise self._lose(error) from None
+            # A sync is a transaction boundary: reconnect right away.
+            self._lose(error)
+            return self._reconnect()
         self._forget(invalid)
         return invalid
 

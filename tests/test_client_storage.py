@@ -1,0 +1,420 @@
+"""ClientStorage and Connections over a real server process: invalidations,
+conflicts, prefetching, reconnecting, authentication, crash durability and
+serializability under concurrent processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from durus.client_storage import (
+    AuthenticationError, ClientStorage, DisconnectedError, ServerUnavailableError,
+    TransactionTooLargeError,
+)
+from durus.connection import Connection
+from durus.error import ConflictError, ReadConflictError, WriteConflictError
+from durus.persistent_dict import PersistentDict
+from durus.persistent_list import PersistentList
+from durus.storage_server import wait_for_server
+from server_process import ServerProcess, free_port
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def server(tmp_path):
+    with ServerProcess(tmp_path / "data.durus") as server:
+        yield server
+
+
+def connect(server, **options) -> Connection:
+    return Connection(ClientStorage(address=server.address, **options))
+
+
+def test_commits_and_invalidations_between_connections(server):
+    one, two = connect(server), connect(server)
+    one.get_root()["greeting"] = "hello"
+    one.commit()
+    assert "greeting" not in two.get_root()
+    two.abort()
+    assert two.get_root()["greeting"] == "hello"
+    two.get_root()["items"] = PersistentList([PersistentDict(n=n) for n in range(3)])
+    two.commit()
+    one.abort()
+    assert [item["n"] for item in one.get_root()["items"]] == [0, 1, 2]
+
+
+def test_write_conflict(server):
+    one, two = connect(server), connect(server)
+    one.get_root()["counter"] = PersistentDict(value=0)
+    one.commit()
+    two.abort()
+    one.get_root()["counter"]["value"] = 1
+    two.get_root()["counter"]["value"] = 2
+    one.commit()
+    with pytest.raises(WriteConflictError):
+        two.commit()
+    two.abort()
+    assert two.get_root()["counter"]["value"] == 1
+
+
+def test_read_then_write_elsewhere_conflicts(server):
+    """Read-set validation: what a transaction read may not change under it."""
+    one, two = connect(server), connect(server)
+    root = one.get_root()
+    root["a"], root["b"] = PersistentDict(v=1), PersistentDict(v=1)
+    one.commit()
+    two.abort()
+    a_seen = two.get_root()["a"]["v"]  # two reads a ...
+    one.get_root()["a"]["v"] = 5
+    one.commit()
+    two.get_root()["b"]["v"] = a_seen + 1  # ... and writes b from it
+    with pytest.raises(WriteConflictError):
+        two.commit()
+
+
+def _read_a_then_b_after_another_commit(server, prefetch: bool):
+    one, two = connect(server), connect(server, prefetch=prefetch)
+    root = one.get_root()
+    root["a"], root["b"] = PersistentDict(v=1), PersistentDict(v=1)
+    one.commit()
+    two.abort()
+    two_root = two.get_root()
+    assert two_root["a"]["v"] == 1  # two uses a in this transaction
+    one.get_root()["a"]["v"] = 2
+    one.get_root()["b"]["v"] = 2
+    one.commit()
+    return two, two_root
+
+
+def test_read_conflict_when_loading_a_changed_object(server):
+    two, two_root = _read_a_then_b_after_another_commit(server, prefetch=False)
+    # Loading b means catching up, which finds that a, already read, is stale.
+    with pytest.raises(ReadConflictError):
+        two_root["b"]["v"]
+    two.abort()
+    assert (two_root["a"]["v"], two_root["b"]["v"]) == (2, 2)
+
+
+def test_prefetched_reads_are_a_consistent_snapshot(server):
+    two, two_root = _read_a_then_b_after_another_commit(server, prefetch=True)
+    # b came ahead with the root, before the other commit: two sees a and b
+    # as they were together, and its commit fails because they changed.
+    assert two_root["b"]["v"] == 1
+    two_root["c"] = two_root["a"]["v"] + two_root["b"]["v"]
+    with pytest.raises(WriteConflictError):
+        two.commit()
+    two.abort()
+    assert (two_root["a"]["v"], two_root["b"]["v"]) == (2, 2)
+
+
+def test_new_oids_are_recycled_after_a_conflict(server):
+    one, two = connect(server), connect(server)
+    one.get_root()["x"] = 1
+    one.commit()
+    two.get_root()["x"] = PersistentDict()  # the same key: no merge
+    with pytest.raises(WriteConflictError):
+        two.commit()
+    spare = list(two.get_storage()._oid_pool)
+    two.abort()
+    two.get_root()["y"] = PersistentDict(z=1)
+    two.commit()
+    assert two.get_root()["y"]._p_oid == spare[-1]  # the oid handed out before
+    one.abort()
+    assert one.get_root()["y"]["z"] == 1
+
+
+def test_prefetched_records_never_outlive_an_invalidation(server):
+    writer, reader = connect(server), connect(server)
+    writer.get_root()["items"] = PersistentList(PersistentDict(n=n) for n in range(50))
+    writer.commit()
+    reader.abort()
+    items = reader.get_root()["items"]
+    assert len(items) == 50  # loading the list fetches its items ahead
+    storage = reader.get_storage()
+    storage.load(writer.get_root()["items"]._p_oid)  # drain what is in flight
+    assert len(storage._prefetched) > 40
+    for item in writer.get_root()["items"]:
+        item["n"] += 1000
+    writer.commit()
+    reader.abort()  # the invalidations drop the prefetched items
+    assert [item["n"] for item in items] == list(range(1000, 1050))
+
+
+def test_cold_loads_take_few_round_trips(server):
+    writer = connect(server)
+    writer.get_root()["items"] = PersistentList(PersistentDict(n=n) for n in range(2000))
+    writer.commit()
+    reader = connect(server)
+    storage = reader.get_storage()
+    sent = []
+
+    class CountingSocket:
+        def __init__(self, sock):
+            self.sock = sock
+
+        def sendall(self, data):
+            sent.append(data[:1])
+            self.sock.sendall(data)
+
+        def __getattr__(self, name):
+            return getattr(self.sock, name)
+
+    storage._sock = CountingSocket(storage._sock)
+    assert sum(item["n"] for item in reader.get_root()["items"]) == sum(range(2000))
+    assert len(sent) < 50  # bulk loads ahead, not one load per object
+
+
+def test_no_server_is_a_clear_error():
+    with pytest.raises(ServerUnavailableError, match="durus -s"):
+        ClientStorage(port=free_port())
+
+
+def test_socket_operations_time_out():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()  # accepts, and never answers
+    try:
+        start = time.monotonic()
+        with pytest.raises(ServerUnavailableError):
+            ClientStorage(address=listener.getsockname(), timeout=0.5)
+        assert time.monotonic() - start < 3
+    finally:
+        listener.close()
+
+
+def test_reconnect_after_server_restart(server):
+    one, two = connect(server), connect(server)
+    one.get_root()["x"] = PersistentDict(v=1)
+    one.commit()
+    two.abort()
+    x = two.get_root()["x"]
+    assert x["v"] == 1
+    server.stop()
+    server.start()
+    # The transaction underway fails like a conflict ...
+    two.get_root()["y"] = 1
+    with pytest.raises(DisconnectedError) as raised:
+        two.commit()
+    assert isinstance(raised.value, ConflictError)
+    assert "abort()" in str(raised.value)
+    # ... one commits while two is away ...
+    one.abort()
+    one.get_root()["x"]["v"] = 2
+    one.commit()
+    # ... and abort() reconnects, dropping every cached state.
+    two.abort()
+    assert x["v"] == 2
+    two.get_root()["y"] = 2
+    two.commit()
+    one.abort()
+    assert one.get_root()["y"] == 2
+
+
+def test_abort_while_the_server_is_down_says_so(server):
+    connection = connect(server)
+    connection.get_root()["x"] = 1
+    connection.commit()
+    server.kill()
+    with pytest.raises((DisconnectedError, ServerUnavailableError)):
+        connection.get_root()["x"] = 2
+        connection.commit()
+    with pytest.raises(ServerUnavailableError, match="durus -s"):
+        connection.abort()
+    server.start()
+    connection.abort()
+    assert connection.get_root()["x"] == 1
+
+
+def test_transaction_too_large_is_refused_before_sending(server):
+    connection = connect(server, max_transaction_size=1000)
+    connection.get_root()["big"] = os.urandom(5000)
+    with pytest.raises(TransactionTooLargeError, match="max-transaction-size"):
+        connection.commit()
+    connection.abort()
+    connection.get_root()["small"] = 1
+    connection.commit()
+
+
+def test_server_drops_a_commit_over_its_limit(tmp_path):
+    with ServerProcess(tmp_path / "limit.durus", args=["--max-transaction-size", "2000"]) as server:
+        connection = connect(server)
+        connection.get_root()["big"] = os.urandom(5000)
+        with pytest.raises(Exception) as raised:
+            connection.commit()
+        assert isinstance(raised.value, (DisconnectedError, ServerUnavailableError))
+        assert "exceeds the limit" in server.log()
+
+
+@pytest.fixture
+def keyfile(tmp_path):
+    path = tmp_path / "key"
+    path.write_text("s3cret shared by server and clients\n")
+    return str(path)
+
+
+def test_authentication(tmp_path, keyfile):
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not it")
+    with ServerProcess(tmp_path / "auth.durus", args=["--keyfile", keyfile]) as server:
+        connection = connect(server, keyfile=keyfile)
+        connection.get_root()["x"] = 1
+        connection.commit()
+        with pytest.raises(AuthenticationError, match="same key"):
+            ClientStorage(address=server.address, keyfile=str(wrong))
+        # A client without the key (as Durus 4.3) is dropped at its first command.
+        with pytest.raises((DisconnectedError, ServerUnavailableError)):
+            connect(server)
+        # Stopping needs the key too.
+        result = subprocess.run([sys.executable, "-m", "durus", "-s", "--stop", "--port", str(server.address[1])],
+                                capture_output=True, timeout=30)
+        assert server.is_running()
+        result = subprocess.run([sys.executable, "-m", "durus", "-s", "--stop", "--port", str(server.address[1]),
+                                 "--keyfile", keyfile], capture_output=True, timeout=30)
+        assert result.returncode == 0
+        assert server.process.wait(10) == 0
+        server.process = None
+
+
+def test_key_given_but_server_has_none(server, keyfile):
+    with pytest.raises(AuthenticationError, match="none configured"):
+        ClientStorage(address=server.address, keyfile=keyfile)
+
+
+def test_wait_for_server(tmp_path):
+    port = free_port()
+    with pytest.raises(TimeoutError, match="durus -s"):
+        wait_for_server(port=port, maxtries=2, sleeptime=0.05)
+    server = ServerProcess(tmp_path / "w.durus", address=("127.0.0.1", port))
+    starter = threading.Timer(0.3, server.start)
+    starter.start()
+    try:
+        wait_for_server(port=port, maxtries=100, sleeptime=0.1)
+    finally:
+        starter.join()
+        server.stop()
+
+
+def test_unix_socket_client(tmp_path):
+    path = str(tmp_path / "s.sock")
+    with ServerProcess(tmp_path / "u.durus", address=path) as server:
+        connection = Connection(ClientStorage(address=path))
+        connection.get_root()["via"] = "unix"
+        connection.commit()
+        assert Connection(ClientStorage(address=server.address)).get_root()["via"] == "unix"
+
+
+# -- several processes ------------------------------------------------------------
+
+WORKER = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from durus.client_storage import ClientStorage
+from durus.connection import Connection
+from durus.error import ConflictError, DurusError
+from durus.persistent_dict import PersistentDict
+mode, host, port, name = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+connection = Connection(ClientStorage(host, port, timeout=10))
+root = connection.get_root()
+if mode == "count":
+    while True:
+        try:
+            if name not in root:
+                root[name] = PersistentDict(value=0)
+            root[name]["value"] += 1
+            value = root[name]["value"]
+            connection.commit()
+        except ConflictError:
+            try:
+                connection.abort()
+            except DurusError:
+                break
+            continue
+        except (DurusError, OSError):
+            break
+        print(value, flush=True)
+elif mode == "transfer":
+    import random
+    rng = random.Random(name)
+    done = conflicts = 0
+    while done < int(sys.argv[6]):
+        try:
+            accounts = root["accounts"]
+            a, b = rng.sample(range(len(accounts)), 2)
+            amount = rng.randint(1, 20)
+            accounts[a]["balance"] -= amount
+            accounts[a]["ops"] += 1
+            accounts[b]["balance"] += amount
+            accounts[b]["ops"] += 1
+            connection.commit()
+            done += 1
+        except ConflictError:
+            conflicts += 1
+            connection.abort()
+    print(json.dumps({"done": done, "conflicts": conflicts}), flush=True)
+"""
+
+
+def _worker(mode: str, server: ServerProcess, name: str, *extra: str) -> subprocess.Popen:
+    host, port = server.address
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(TESTS), mode, host, str(port), name, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _kill_during_commits(tmp_path, rounds: int) -> None:
+    server = ServerProcess(tmp_path / "crash.durus")
+    acknowledged: dict[str, int] = {}
+    for round_ in range(rounds):
+        server.start()
+        workers = {f"w{n}": _worker("count", server, f"w{n}") for n in range(3)}
+        time.sleep(0.8 + 0.1 * (round_ % 4))
+        server.kill()
+        for name, worker in workers.items():
+            out, err = worker.communicate(timeout=30)
+            values = [int(line) for line in out.split()]
+            if values:
+                acknowledged[name] = values[-1]
+        server.start()
+        check = Connection(ClientStorage(address=server.address))
+        root = check.get_root()
+        for name, value in acknowledged.items():
+            assert root[name]["value"] >= value, f"round {round_}: {name} lost acknowledged commits"
+        check.get_storage().close()
+        server.stop()
+    assert sum(acknowledged.values()) > 0
+
+
+def test_kill_9_keeps_every_acknowledged_commit(tmp_path):
+    _kill_during_commits(tmp_path, rounds=5)
+
+
+@pytest.mark.slow
+def test_kill_9_keeps_every_acknowledged_commit_many_times(tmp_path):
+    _kill_during_commits(tmp_path, rounds=30)
+
+
+def test_transfers_between_accounts_are_serializable(server):
+    setup = connect(server)
+    setup.get_root()["accounts"] = PersistentList(PersistentDict(balance=1000, ops=0) for _ in range(6))
+    setup.commit()
+    workers = [_worker("transfer", server, f"t{n}", "60") for n in range(4)]
+    results = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+        results.append(json.loads(out))
+    setup.abort()
+    accounts = setup.get_root()["accounts"]
+    assert sum(account["balance"] for account in accounts) == 6000
+    # No lost update: every committed transfer touched two accounts.
+    assert sum(account["ops"] for account in accounts) == 2 * sum(r["done"] for r in results) == 2 * 240
