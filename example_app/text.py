@@ -25,6 +25,7 @@ MAX_TAGS = 10
 _WORD = re.compile(r"[^\W_]+")
 _SLUG_JUNK = re.compile(r"[^a-z0-9]+")
 _TAG = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
+_MARKUP = re.compile(r"\[\[|\]\]|\*|`|^#+ |^- ", re.MULTILINE)
 _INLINE = re.compile(
     r"\[\[(?P<link>[^\]\n]{1,100})\]\]"
     r"|\*\*(?P<bold>[^*\n]+)\*\*"
@@ -117,7 +118,8 @@ def diff_lines(old: str, new: str) -> list[tuple[str, str]]:
 
 
 def excerpt(text: str, terms: Iterable[str], width: int = 160) -> Markup:
-    """A short piece of ``text`` around the first search term, terms in ``<mark>``."""
+    """A short piece of ``text`` (markup removed) around the first search term, terms in ``<mark>``."""
+    text = _MARKUP.sub("", text)
     lowered = text.lower()
     positions = [lowered.find(term) for term in terms]
     start = min((p for p in positions if p >= 0), default=0)
