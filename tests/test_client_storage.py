@@ -418,3 +418,119 @@ def test_transfers_between_accounts_are_serializable(server):
     assert sum(account["balance"] for account in accounts) == 6000
     # No lost update: every committed transfer touched two accounts.
     assert sum(account["ops"] for account in accounts) == 2 * sum(r["done"] for r in results) == 2 * 240
+
+
+# -- interoperability with the real Durus 4.3 ---------------------------------------
+
+DURUS43_CLIENT = r"""
+import sys
+from durus.client_storage import ClientStorage
+from durus.connection import Connection
+from durus.error import ConflictError
+from durus.persistent_dict import PersistentDict
+connection = Connection(ClientStorage(port=int(sys.argv[1])))
+root = connection.get_root()
+
+def say(*words):
+    print(*words, flush=True)
+
+for line in sys.stdin:
+    command, _, argument = line.strip().partition(" ")
+    try:
+        if command == "set":
+            key, value = argument.split()
+            if key not in root:
+                root[key] = PersistentDict()
+            root[key]["v"] = int(value)
+        elif command == "get":
+            say(root[argument]["v"] if argument in root else None)
+        elif command == "commit":
+            connection.commit()
+            say("ok")
+        elif command == "abort":
+            connection.abort()
+            say("ok")
+    except ConflictError as error:
+        say("conflict", type(error).__name__)
+"""
+
+
+class Durus43Client:
+    """A Durus 4.3 Connection in its own interpreter, driven line by line."""
+
+    def __init__(self, python: str, port: int) -> None:
+        self.process = subprocess.Popen(
+            [python, "-c", DURUS43_CLIENT, str(port)], cwd="/", env={"PATH": os.environ["PATH"]},
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def ask(self, line: str) -> str:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline().strip()
+        if not answer:
+            raise RuntimeError(self.process.stderr.read())
+        return answer
+
+    def tell(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(10)
+
+
+def _durus43_or_skip() -> str:
+    from server_process import durus43_python
+
+    python = durus43_python()
+    if python is None:
+        pytest.skip("the real Durus 4.3 is not installed (set DURUS43_PYTHON)")
+    return python
+
+
+@pytest.fixture(params=["our server", "Durus 4.3 server"])
+def either_server(request, tmp_path):
+    python = _durus43_or_skip()
+    server_python = python if request.param == "Durus 4.3 server" else None
+    with ServerProcess(tmp_path / "interop.durus", python=server_python) as server:
+        yield server
+
+
+@pytest.mark.compat
+def test_durus43_clients_and_ours_share_a_server(either_server):
+    python = _durus43_or_skip()
+    port = either_server.address[1]
+    theirs = Durus43Client(python, port)  # first: it creates the root (oid 0)
+    try:
+        theirs.tell("set shared 1")
+        assert theirs.ask("commit") == "ok"
+        ours = connect(either_server)
+        root = ours.get_root()
+        assert root["shared"]["v"] == 1
+        # Ours commits; theirs sees it after abort (invalidation crosses over).
+        root["shared"]["v"] = 2
+        ours.commit()
+        assert theirs.ask("abort") == "ok"
+        assert theirs.ask("get shared") == "2"
+        # Both change the same object: the second to commit conflicts.
+        theirs.tell("set shared 3")
+        root["shared"]["v"] = 4
+        ours.commit()
+        assert theirs.ask("commit") == "conflict WriteConflictError"
+        assert theirs.ask("abort") == "ok"
+        assert theirs.ask("get shared") == "4"
+        theirs.tell("set shared 5")
+        assert theirs.ask("commit") == "ok"
+        root["shared"]["v"] = 6
+        with pytest.raises(WriteConflictError):
+            ours.commit()
+        ours.abort()
+        assert root["shared"]["v"] == 5
+        # Objects each created reach the other.
+        root["ours"] = PersistentDict(v=7)
+        ours.commit()
+        assert theirs.ask("abort") == "ok"
+        assert theirs.ask("get ours") == "7"
+    finally:
+        theirs.close()
