@@ -57,14 +57,15 @@ class ContextTransaction:
     - ``conflict``: a ConflictError met with no connection to remember it
       (a conflict creating the root, or raised by the app itself).
     - ``lost``: the error that lost the storage server, if one did.
-    - ``finished``: committed or aborted by the request hook.
+    - ``at_boundary``: nothing was done since the last commit or abort
+      (set by the request hook; cleared by each use of ``durus.connection``).
     """
 
     pool: ConnectionPool
     connection: PooledConnection | None = None
     conflict: ConflictError | None = None
     lost: BaseException | None = None
-    finished: bool = False
+    at_boundary: bool = False
 
     def met_conflict(self) -> ConflictError | None:
         if self.conflict is not None:
@@ -105,6 +106,7 @@ class Durus:
         # App-wide after-request hooks run last-registered first: go first in
         # the list, so the commit sees the response every other hook made.
         app.after_request_funcs.setdefault(None, []).insert(0, self._finish_request)
+        app.teardown_request(self._end_request)
         app.teardown_appcontext(self._end_context)
         app.register_error_handler(ConflictError, self._handle_conflict)
         self._watch_for_conflicts(app)
@@ -132,6 +134,7 @@ class Durus:
                 raise self._unavailable(app, error) from error
             transaction.connection = connection
             signals.connection_checked_out.send(app, connection=connection)
+        transaction.at_boundary = False
         return transaction.connection
 
     @property
@@ -183,13 +186,15 @@ class Durus:
     def _finish_request(self, response: Response) -> Response:
         """Commit, abort or replay: the last after-request hook."""
         transaction = g.get(_G_KEY)
-        if transaction is None or transaction.finished:
+        if transaction is None:
             return response
-        transaction.finished = True
         app = current_app._get_current_object()
         connection = transaction.connection
         conflict = transaction.met_conflict()
-        if connection is not None and conflict is None and transaction.lost is None:
+        if conflict is None and transaction.lost is None:
+            if connection is None or transaction.at_boundary:
+                return response
+            transaction.at_boundary = True
             if self._settings[app].commit_veto(request, response):
                 self._abort(app, connection, "vetoed")
                 return response
@@ -203,11 +208,10 @@ class Durus:
             else:
                 signals.transaction_committed.send(app, connection=connection)
                 return response
+        transaction.at_boundary = True
         if conflict is not None:
             return self._after_conflict(app, transaction, conflict, response)
-        if transaction.lost is not None:
-            return self._after_lost_server(app, transaction, response)
-        return response
+        return self._after_lost_server(app, transaction, response)
 
     def _after_conflict(
         self, app: Flask, transaction: ContextTransaction, error: ConflictError, response: Response
@@ -241,14 +245,28 @@ class Durus:
             connection.broken = True
         signals.transaction_aborted.send(app, connection=connection, reason=reason)
 
+    def _end_request(self, exception: BaseException | None) -> None:
+        """Close the request's transaction; the app context may live on
+        (a test's ``with app.app_context():`` around requests), and the next
+        request in it must start clean.
+        """
+        transaction = g.get(_G_KEY)
+        if transaction is not None:
+            self._close_transaction(transaction, "error" if exception else "context ended")
+            transaction.conflict = transaction.lost = None
+
     def _end_context(self, exception: BaseException | None) -> None:
         transaction = g.pop(_G_KEY, None)
-        if transaction is None or transaction.connection is None:
-            return
+        if transaction is not None and transaction.connection is not None:
+            self._close_transaction(transaction, "context ended")
+            transaction.pool.checkin(transaction.connection)
+
+    def _close_transaction(self, transaction: ContextTransaction, reason: str) -> None:
+        """Abort what was neither committed nor aborted."""
         connection = transaction.connection
-        if not transaction.finished and not connection.broken:
-            self._abort(current_app._get_current_object(), connection, "context ended")
-        transaction.pool.checkin(connection)
+        if connection is not None and not transaction.at_boundary and not connection.broken:
+            self._abort(current_app._get_current_object(), connection, reason)
+            transaction.at_boundary = True
 
     # -- error handlers ----------------------------------------------------------
 

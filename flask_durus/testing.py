@@ -9,8 +9,9 @@ A pytest plugin: enable it in your ``conftest.py`` with
   define (a callable taking a config mapping, usually your app factory);
   its connections are closed after the test.
 - ``durus_client``: ``durus_app.test_client()``.
-- ``durus_root``: the root object, in an app context of ``durus_app``;
-  what you commit with ``durus_root._p_connection.commit()`` the app sees.
+- ``durus_root``: the root object, on a connection of its own (like another
+  worker's): ``durus_root._p_connection.commit()`` shows your changes to
+  the app's requests, ``.abort()`` brings in what they committed.
 - ``durus_server``: a throwaway storage server process on a free port, with
   its own file; ``durus_server.uri`` is the ``DURUS_STORAGE`` to use.
 
@@ -164,9 +165,19 @@ def durus_client(durus_app: Flask) -> Any:
 
 @pytest.fixture
 def durus_root(durus_app: Flask) -> Iterator[PersistentObject]:
-    """The root, in an app context; uncommitted changes are dropped after."""
-    with app_root(durus_app, commit=False) as root:
-        yield root
+    """The root, on a connection of its own, as another worker would see it.
+
+    Requests in the test use their own connections: call
+    ``durus_root._p_connection.abort()`` to see what they committed, and
+    ``commit()`` to show them your changes.  No app context is pushed.
+    """
+    pool = durus_app.extensions["durus"].get_pool(durus_app)
+    connection = pool.checkout()
+    try:
+        yield connection.get_root()
+    finally:
+        connection.abort()
+        pool.checkin(connection)
 
 
 @pytest.fixture

@@ -568,3 +568,23 @@ def test_the_pool_hands_out_pooled_connections(app_durus):
     with app.app_context():
         assert isinstance(durus.connection, PooledConnection)
         assert g._durus_transaction.connection is durus.connection
+
+
+def test_requests_inside_an_app_context_each_commit_their_own_transaction(app_durus):
+    app, durus = app_durus
+
+    @app.post("/<int:status>")
+    def increment(status):
+        durus.root["n"] = durus.root.get("n", 0) + 1
+        if status == 500:
+            raise RuntimeError("boom")
+        return "ok", status
+
+    client = app.test_client()
+    with app.app_context():  # the requests share this app context
+        assert client.post("/200").status_code == 200
+        assert client.post("/200").status_code == 200
+        assert client.post("/500").status_code == 500
+        assert client.post("/400").status_code == 400
+        assert client.post("/200").status_code == 200
+    assert committed_value(app, durus, "n") == 3
