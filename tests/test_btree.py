@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from durus.btree import BNode, BNode2, BNode4, BNode16, BNode512, BTree
+from durus.btree import BNode, BNode2, BNode4, BNode8, BNode16, BNode32, BNode512, BTree
 from durus.connection import Connection
 from durus.file_storage import FileStorage
 from durus.storage import MemoryStorage
@@ -438,3 +438,30 @@ def test_counts_cached_from_durus43_nodes_follow_other_clients_changes() -> None
     first.abort()
     assert len(first.root["tree"]) == 1001
     check_invariants(first.root["tree"], counts_required=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "node_class", [BNode2, BNode8, BNode32], ids=lambda c: c.__name__
+)
+def test_long_random_run_with_commits_and_ghosting(
+    tmp_path: Path, node_class: type[BNode]
+) -> None:
+    path = str(tmp_path / "long.durus")
+    connection = Connection(FileStorage(path), cache_size=200)
+    connection.root["tree"] = BTree(node_class)
+    connection.commit()
+    rng = random.Random(node_class.minimum_degree * 7)
+    model: dict[int, int] = {}
+    for round_number in range(20):
+        random_operations(connection.root["tree"], model, rng, 2000, 20000)
+        connection.commit()
+        connection.shrink_cache()
+        assert len(connection.root["tree"]) == len(model)
+        if round_number % 5 == 4:
+            connection.get_storage().close()
+            connection = Connection(FileStorage(path), cache_size=200)
+            tree = connection.root["tree"]
+            check_invariants(tree)
+            assert list(tree.items()) == sorted(model.items())
+    connection.get_storage().close()
