@@ -7,6 +7,8 @@ both sides do exactly the same thing.  Every command prints JSON.
     compat_driver.py build FILE [--pack] [--no-btree]
     compat_driver.py mutate FILE STEP [--pack]
     compat_driver.py dump FILE
+    compat_driver.py file-records FILE      (every record in the file, hex)
+    compat_driver.py new-oids FILE N        (the next N oids the file hands out)
     compat_driver.py records [--no-btree]  (records of a small graph, hex)
     compat_driver.py load-records          (stdin: records; dump the graph)
     compat_driver.py decode-records        (stdin: records; class, state, refs;
@@ -152,6 +154,24 @@ def dump(filename: str) -> dict[str, Any]:
     return result
 
 
+def file_records(filename: str) -> dict[str, str]:
+    """Every record the file holds (garbage too), by oid, as hex."""
+    storage = FileStorage(filename, readonly=True)
+    try:
+        return {oid.hex(): record.hex() for oid, record in storage.gen_oid_record()}
+    finally:
+        storage.close()
+
+
+def new_oids(filename: str, count: int) -> list[str]:
+    """The oids the file's storage hands out next (nothing is committed)."""
+    storage = FileStorage(filename)
+    try:
+        return [storage.new_oid().hex() for _ in range(count)]
+    finally:
+        storage.close()
+
+
 def small_graph_records(btrees: bool = True) -> list[list[str]]:
     """Commit a small graph of every kind into memory; its records as hex."""
     connection = Connection(MemoryStorage())
@@ -211,6 +231,10 @@ def run_command(command: str, args: list[str], records: list[list[str]] | None =
         return mutate(args[0], int(args[1]), pack)
     if command == "dump":
         return dump(args[0])
+    if command == "file-records":
+        return file_records(args[0])
+    if command == "new-oids":
+        return new_oids(args[0], int(args[1]))
     if command == "records":
         return small_graph_records(btrees)
     if command == "load-records":
@@ -222,7 +246,7 @@ def run_command(command: str, args: list[str], records: list[list[str]] | None =
 
 def main(argv: list[str]) -> None:
     command, *args = argv
-    records = json.load(sys.stdin) if command.endswith("-records") else None
+    records = json.load(sys.stdin) if command in ("load-records", "decode-records") else None
     json.dump(run_command(command, args, records), sys.stdout)
 
 
