@@ -613,3 +613,62 @@ def test_threads_commit_in_turns():
     assert not errors
     assert sorted(setup.sync()) == sorted(oids)
     assert all(setup.load(oid) == record(oid, b"199") for oid in oids)
+
+
+class SlowSyncStorage(MemoryStorage):
+    """A storage that can defer its disk sync, as group commit needs; it
+    records which write each thread made last and what each sync covered.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs = 0
+        self.written = 0
+        self.synced = 0
+        self.last_write: dict[int, int] = {}
+        self.lock = threading.Lock()
+
+    def end(self, handle_invalidations=None, sync=True):
+        super().end(handle_invalidations)
+        with self.lock:
+            self.written += 1
+            self.last_write[threading.get_ident()] = self.written
+
+    def sync_to_disk(self):
+        with self.lock:
+            covered = self.written
+        time.sleep(0.005)
+        with self.lock:
+            self.synced = max(self.synced, covered)
+            self.syncs += 1
+
+
+def test_group_commit_shares_one_sync_among_concurrent_commits():
+    storage = SlowSyncStorage()
+    shared = SharedStorage(storage)
+    setup = shared.session()
+    oids = setup.new_oids(4)
+    setup.begin()
+    for oid in oids:
+        setup.store(oid, record(oid))
+    setup.end()
+    syncs_before = storage.syncs
+    unsynced_acknowledgements = []
+
+    def work(oid):
+        session = shared.session()
+        for step in range(25):
+            session.begin()
+            session.store(oid, record(oid, str(step).encode()))
+            session.end(lambda invalid: None)
+            if storage.synced < storage.last_write[threading.get_ident()]:
+                unsynced_acknowledgements.append(oid)
+
+    threads = [threading.Thread(target=work, args=(oid,)) for oid in oids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not unsynced_acknowledgements  # no commit returned before its sync
+    assert storage.written == 101
+    assert storage.syncs - syncs_before < 100 * 0.7  # commits shared their syncs
