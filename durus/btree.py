@@ -24,6 +24,11 @@ another connection keeps in memory is invalidated whenever its subtree
 changes.  (A Durus 4.3 client writing the same tree at the same time would
 not do that; it cannot read nodes that have a ``_count`` anyway.)
 
+Durus 4.3 cannot load a node that has a ``_count`` (its nodes have slots
+for ``items`` and ``nodes`` only).  To write trees it can read, set
+``WRITE_NODE_COUNTS = False`` before committing and rewrite the nodes (see
+the README); ``len`` of such a tree then costs a walk of the tree again.
+
 The node class fixes the minimum degree ``t``: every node but the root holds
 between ``t - 1`` and ``2t - 1`` items.  ``BNode`` itself (t = 2) is kept
 because Durus 4.3 files name it.
@@ -44,6 +49,9 @@ _delattribute = object.__delattr__
 _item_key = itemgetter(0)
 _item_value = itemgetter(1)
 _MISSING = object()
+
+# Whether stored nodes carry their subtree count (see the module docstring).
+WRITE_NODE_COUNTS = True
 
 
 class BNode(PersistentObject):
@@ -129,6 +137,12 @@ class BNode(PersistentObject):
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         return _ascending(self, _MISSING, True)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = PersistentObject.__getstate__(self)
+        if not WRITE_NODE_COUNTS:
+            state.pop("_count", None)
+        return state
 
     def _p_resolve_conflict(
         self,

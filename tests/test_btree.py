@@ -465,3 +465,33 @@ def test_long_random_run_with_commits_and_ghosting(
             check_invariants(tree)
             assert list(tree.items()) == sorted(model.items())
     connection.get_storage().close()
+
+
+@pytest.mark.compat
+def test_trees_written_without_node_counts_load_in_durus43(tmp_path, monkeypatch) -> None:
+    from durus import btree
+    from durus.connection import Connection
+    from durus.file_storage import FileStorage
+    from tests.durus43 import run_durus43
+
+    monkeypatch.setattr(btree, "WRITE_NODE_COUNTS", False)
+    path = tmp_path / "data.durus"
+    storage = FileStorage(str(path))
+    connection = Connection(storage)
+    tree = connection.root["tree"] = BTree()
+    for key in range(2000):
+        tree[key] = str(key)
+    del tree[7]
+    connection.commit()
+    storage.close()
+    script = (
+        "import sys, json\n"
+        "from durus.file_storage import FileStorage\n"
+        "from durus.connection import Connection\n"
+        "tree = Connection(FileStorage(sys.argv[1])).get_root()['tree']\n"
+        "print(json.dumps([len(tree), tree[1999], 7 in tree, tree.get_depth()]))\n"
+    )
+    assert run_durus43(script, args=[str(path)], parse_json=True) == [1999, "1999", False, tree.get_depth()]
+    reopened = Connection(FileStorage(str(path)))
+    assert len(reopened.root["tree"]) == 1999
+    reopened.get_storage().close()
