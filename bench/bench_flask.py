@@ -39,7 +39,7 @@ from flask import Flask, jsonify
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path[:0] = [str(REPO)]
+sys.path[:0] = [str(REPO), str(HERE)]
 
 from flask_durus import Durus  # noqa: E402
 
@@ -158,8 +158,12 @@ def main() -> None:
         web = None
         try:
             wait_for(server_port, server)
-            app = create_app()
-            seed(app)
+            # Under its module name, as the workers import it: stored objects
+            # name their class by module, and "__main__" means nothing to them.
+            import bench_flask
+
+            app = bench_flask.create_app()
+            bench_flask.seed(app)
             web = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-w", str(options.workers), "-b", f"127.0.0.1:{web_port}",
                  "bench_flask:create_app()"], env=env, cwd=HERE, stdout=log, stderr=subprocess.STDOUT)
@@ -169,7 +173,7 @@ def main() -> None:
             for method, path in views:
                 results[path] = drive(web_port, method, path, options.clients, options.seconds)
             micro = {path: in_process_microseconds(app, method, path) for method, path in views}
-            durus.close(app)
+            bench_flask.durus.close(app)
         finally:
             for process in (web, server):
                 if process is not None and process.poll() is None:

@@ -213,3 +213,16 @@ def test_cli_on_the_embedded_file(tmp_path):
     assert result.exit_code != 0 and "no server to stop" in result.output
     assert json.loads(app.test_client().get("/counter").data)["counter"] == 1
     app.extensions["durus"].close(app)
+
+
+def test_the_shells_have_root_and_connection(tmp_path):
+    app = create_app({"DURUS_STORAGE": f"file://{tmp_path}/data.durus"})
+    result = app.test_cli_runner().invoke(
+        args=["durus", "shell"], input="root['greeting'] = 'hi'\nconnection.commit()\n")
+    assert result.exit_code == 0, result.output
+    with app.app_context():
+        context = app.make_shell_context()
+        assert context["durus"] is app.extensions["durus"]
+        assert context["root"]["greeting"] == "hi"
+        assert context["connection"].get_root() is context["root"]
+    app.extensions["durus"].close(app)
