@@ -205,6 +205,9 @@ class Durus:
             except SERVER_ERRORS as error:
                 transaction.lost = error
                 connection.broken = True
+            except Exception:  # unpicklable state, say: the client gets a 500
+                self._abort(app, connection, "error")
+                raise
             else:
                 signals.transaction_committed.send(app, connection=connection)
                 return response

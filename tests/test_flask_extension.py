@@ -21,7 +21,7 @@ from durus.persistent import Persistent
 from durus.persistent_dict import PersistentDict
 from flask import Flask, Response, g, request, stream_with_context
 
-from flask_durus import Durus, EmbeddedStorageError, signals
+from flask_durus import Durus, signals
 from flask_durus.pool import PooledConnection
 from flask_durus.replay import ATTEMPT
 from flask_durus.settings import CONFIG_DEFAULTS
@@ -588,3 +588,17 @@ def test_requests_inside_an_app_context_each_commit_their_own_transaction(app_du
         assert client.post("/400").status_code == 400
         assert client.post("/200").status_code == 200
     assert committed_value(app, durus, "n") == 3
+
+
+def test_a_commit_that_fails_answers_500_and_stores_nothing(app_durus):
+    app, durus = app_durus
+
+    @app.post("/<kind>")
+    def write(kind):
+        durus.root["value"] = (lambda: None) if kind == "bad" else kind
+        return "ok"
+
+    client = app.test_client()
+    assert client.post("/bad").status_code == 500
+    assert client.post("/good").status_code == 200
+    assert committed_value(app, durus, "value") == "good"

@@ -160,7 +160,7 @@ def durus_config(durus_server):  # noqa: F811 - the plugin's, pointed at a serve
     return {"TESTING": True, "DURUS_STORAGE": durus_server.uri}
 
 
-def test_the_plugin_fixtures_give_an_app_on_a_server_and_its_root(durus_client, durus_root, durus_server):
+def test_the_plugin_fixtures_give_an_app_on_a_server_and_its_root(durus_client, durus_root, durus_server):  # noqa: F811
     assert isinstance(durus_server, StorageServerProcess)
     assert durus_client.post("/counter").json["counter"] == 1
     durus_root._p_connection.abort()  # catch up with the request's commit
