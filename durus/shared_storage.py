@@ -348,6 +348,8 @@ class StorageSession(Storage):
         shared = self.shared
         with shared._lock:
             self._check_open()
+            if shared.readonly:
+                raise RequestRefusedError("no new oids: the storage is read-only")
             oids = []
             while self._spare_oids and len(oids) < count:
                 oids.append(self._spare_oids.pop())

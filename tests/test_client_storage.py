@@ -377,11 +377,12 @@ def _kill_during_commits(tmp_path, rounds: int) -> None:
     for round_ in range(rounds):
         server.start()
         workers = {f"w{n}": _worker("count", server, f"w{n}") for n in range(3)}
-        time.sleep(0.8 + 0.1 * (round_ % 4))
+        first_lines = {name: worker.stdout.readline() for name, worker in workers.items()}
+        time.sleep(0.05 * (round_ % 5))  # every worker is committing: crash now
         server.kill()
         for name, worker in workers.items():
             out, err = worker.communicate(timeout=30)
-            values = [int(line) for line in out.split()]
+            values = [int(line) for line in (first_lines[name] + out).split()]
             if values:
                 acknowledged[name] = values[-1]
         server.start()

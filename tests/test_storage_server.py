@@ -450,10 +450,18 @@ def test_ipv6(tmp_path):
         probe.bind(("::1", 0))
         port = probe.getsockname()[1]
     with ServerProcess(tmp_path / "v6.durus", address=("::1", port)):
-        sock = socket.create_connection(("::1", port), timeout=5)
-        sock.sendall(b"V" + int4(1) + b"N")
-        assert sock.recv(12) == int4(1) + ROOT_OID or sock.recv(8) == ROOT_OID
-        sock.close()
+        client = RawClient(("::1", port))
+        assert client.sock.family == socket.AF_INET6
+        assert client.new_oids(1) == [ROOT_OID]
+
+
+def test_unix_socket_owner_and_group(tmp_path):
+    path = str(tmp_path / "owned.sock")
+    owner, group = (65534, 65534) if os.geteuid() == 0 else (os.getuid(), os.getgid())
+    args = ["--owner", str(owner), "--group", str(group)]
+    with ServerProcess(tmp_path / "owned.durus", address=path, args=args):
+        status = os.stat(path)
+        assert (status.st_uid, status.st_gid) == (owner, group)
 
 
 @pytest.fixture
@@ -672,3 +680,38 @@ def test_group_commit_shares_one_sync_among_concurrent_commits():
     assert not unsynced_acknowledgements  # no commit returned before its sync
     assert storage.written == 101
     assert storage.syncs - syncs_before < 100 * 0.7  # commits shared their syncs
+
+
+def test_connections_in_one_process_share_commits_and_conflicts():
+    from durus.connection import Connection
+    from durus.persistent_dict import PersistentDict
+
+    shared = SharedStorage(MemoryStorage())
+    roots = []
+    errors = []
+
+    def open_connection():
+        try:
+            roots.append(Connection(shared.session()).get_root())
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    # Concurrent first connections on an empty storage: one creates the root.
+    threads = [threading.Thread(target=open_connection) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(roots) == 4
+    one, two = (root._p_connection for root in roots[:2])
+    one.get_root()["shared"] = PersistentDict(v=1)
+    one.commit()
+    two.abort()
+    assert two.get_root()["shared"]["v"] == 1
+    one.get_root()["shared"]["v"] = 2
+    two.get_root()["shared"]["v"] = 3
+    one.commit()
+    with pytest.raises(WriteConflictError):
+        two.commit()
+    two.abort()
+    assert two.get_root()["shared"]["v"] == 2
