@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from server_process import ServerProcess, durus43_python  # noqa: E402
+from server_process import ServerProcess, durus43_python
 
 # Runs under either implementation: both have the same module names.
 WORKER = r"""

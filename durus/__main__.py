@@ -17,7 +17,11 @@ from collections.abc import Sequence
 
 from durus.protocol import DEFAULT_HOST, DEFAULT_PORT, read_secret
 from durus.storage_server import (
-    DEFAULT_GCBYTES, DEFAULT_MAX_TRANSACTION_SIZE, SocketAddress, StorageServer, wait_for_server,
+    DEFAULT_GCBYTES,
+    DEFAULT_MAX_TRANSACTION_SIZE,
+    SocketAddress,
+    StorageServer,
+    wait_for_server,
 )
 
 USAGE = """\

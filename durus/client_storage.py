@@ -27,7 +27,13 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 
 from durus import protocol
-from durus.error import ConflictError, DurusError, DurusKeyError, ProtocolError, WriteConflictError
+from durus.error import (
+    ConflictError,
+    DurusError,
+    DurusKeyError,
+    ProtocolError,
+    WriteConflictError,
+)
 from durus.protocol import DEFAULT_HOST, DEFAULT_PORT
 from durus.record import int4, record_refs
 from durus.storage import InvalidationHandler, Storage

@@ -34,7 +34,13 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 
-from durus.error import ConflictError, DurusError, DurusKeyError, ReadConflictError, WriteConflictError
+from durus.error import (
+    ConflictError,
+    DurusError,
+    DurusKeyError,
+    ReadConflictError,
+    WriteConflictError,
+)
 from durus.record import oid_to_int
 from durus.storage import InvalidationHandler, Storage
 

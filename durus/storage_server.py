@@ -28,11 +28,15 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from durus import protocol
-from durus.error import DurusKeyError, ProtocolError, ReadConflictError, WriteConflictError
+from durus.error import (
+    DurusKeyError,
+    ProtocolError,
+    ReadConflictError,
+    WriteConflictError,
+)
 from durus.protocol import DEFAULT_HOST, DEFAULT_PORT, Request
 from durus.shared_storage import RequestRefusedError, SharedStorage, StorageSession
 from durus.storage import Storage

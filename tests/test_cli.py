@@ -7,16 +7,16 @@ import subprocess
 import sys
 
 import pytest
+from server_process import ServerProcess, free_port
 
 from durus.client_storage import ClientStorage
 from durus.connection import Connection
 from durus.file_storage import FileStorage
 from durus.persistent_dict import PersistentDict
-from server_process import ServerProcess, free_port
 
 
 def durus(*args: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "durus", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "durus", *args], input=stdin, check=False, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -30,7 +30,7 @@ def test_console_script_is_installed():
     command = shutil.which("durus")
     if command is None:
         pytest.skip("the durus console script is not on PATH")
-    result = subprocess.run([command], capture_output=True, text=True, timeout=30)
+    result = subprocess.run([command], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2 and "durus -s" in result.stderr
 
 

@@ -15,9 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
+from server_process import ServerProcess, free_port
 
 from durus.client_storage import (
-    AuthenticationError, ClientStorage, DisconnectedError, ServerUnavailableError,
+    AuthenticationError,
+    ClientStorage,
+    DisconnectedError,
+    ServerUnavailableError,
     TransactionTooLargeError,
 )
 from durus.connection import Connection
@@ -25,7 +29,6 @@ from durus.error import ConflictError, ReadConflictError, WriteConflictError
 from durus.persistent_dict import PersistentDict
 from durus.persistent_list import PersistentList
 from durus.storage_server import wait_for_server
-from server_process import ServerProcess, free_port
 
 TESTS = Path(__file__).resolve().parent
 
@@ -276,10 +279,10 @@ def test_authentication(tmp_path, keyfile):
             connect(server)
         # Stopping needs the key too.
         result = subprocess.run([sys.executable, "-m", "durus", "-s", "--stop", "--port", str(server.address[1])],
-                                capture_output=True, timeout=30)
+                                capture_output=True, timeout=30, check=False)
         assert server.is_running()
         result = subprocess.run([sys.executable, "-m", "durus", "-s", "--stop", "--port", str(server.address[1]),
-                                 "--keyfile", keyfile], capture_output=True, timeout=30)
+                                 "--keyfile", keyfile], capture_output=True, timeout=30, check=False)
         assert result.returncode == 0
         assert server.process.wait(10) == 0
         server.process = None
@@ -381,7 +384,7 @@ def _kill_during_commits(tmp_path, rounds: int) -> None:
         time.sleep(0.05 * (round_ % 5))  # every worker is committing: crash now
         server.kill()
         for name, worker in workers.items():
-            out, err = worker.communicate(timeout=30)
+            out, _ = worker.communicate(timeout=30)
             values = [int(line) for line in (first_lines[name] + out).split()]
             if values:
                 acknowledged[name] = values[-1]

@@ -14,13 +14,13 @@ import threading
 import time
 
 import pytest
+from server_process import ServerProcess
 
 from durus import protocol
 from durus.error import ReadConflictError, WriteConflictError
 from durus.record import ROOT_OID, int4, int_to_oid, oid_to_int, pack_record
 from durus.shared_storage import RequestRefusedError, SharedStorage
 from durus.storage import MemoryStorage
-from server_process import ServerProcess
 
 PROMPT = 0.5  # seconds within which a healthy client must be answered
 
