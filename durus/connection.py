@@ -30,6 +30,7 @@ from durus.persistent import (
     UNSAVED,
     PersistentObject,
     is_tracking_class,
+    new_ghost,
     real_class,
     settle_instance_dict,
     tracking_class,
@@ -55,30 +56,37 @@ class ObjectCache:
     """The objects of one connection by oid, held weakly.
 
     Loaded objects are also held strongly, in LRU order, by the connection;
-    this map only guarantees that each oid has at most one object.
+    this map only guarantees that each oid has at most one object.  Its weak
+    references have no callback (they are cheaper to make, on the path of
+    every ghost); dead entries are swept when the map has doubled.
     """
 
     def __init__(self) -> None:
-        self._refs: dict[bytes, weakref.KeyedRef] = {}
-
-        def forget(ref: weakref.KeyedRef, refs: dict = self._refs) -> None:
-            if refs.get(ref.key) is ref:
-                del refs[ref.key]
-
-        self._forget = forget
+        self._refs: dict[bytes, weakref.ref] = {}
+        self._sweep_at = 1024
 
     def get(self, oid: bytes) -> PersistentObject | None:
         ref = self._refs.get(oid)
         return None if ref is None else ref()
 
     def add(self, obj: PersistentObject) -> None:
-        self._refs[obj._p_oid] = weakref.KeyedRef(obj, self._forget, obj._p_oid)
+        refs = self._refs
+        refs[obj._p_oid] = weakref.ref(obj)
+        if len(refs) > self._sweep_at:
+            self.sweep()
 
     def discard(self, oid: bytes) -> None:
         self._refs.pop(oid, None)
 
+    def sweep(self) -> None:
+        """Drop the entries of objects that no longer exist."""
+        refs = self._refs
+        for oid in [oid for oid, ref in refs.items() if ref() is None]:
+            del refs[oid]
+        self._sweep_at = max(1024, 2 * len(refs))
+
     def __len__(self) -> int:
-        return len(self._refs)
+        return len(self.objects())
 
     def objects(self) -> list[PersistentObject]:
         """A snapshot of the live objects."""
@@ -155,6 +163,10 @@ class Connection:
     def new_oid(self) -> bytes:
         return self.storage.new_oid()
 
+    def has_changes(self) -> bool:
+        """Whether this transaction changed anything that commit() would store."""
+        return bool(self._changed)
+
     def get(self, oid: bytes | int) -> PersistentObject | None:
         """The object with this oid (int or 8 bytes), or None if none is stored."""
         if isinstance(oid, int):
@@ -177,11 +189,7 @@ class Connection:
             obj = ref()
             if obj is not None and real_class(type(obj)) is cls:
                 return obj
-        tracker = tracking_class(cls)
-        obj = cls.__new__(tracker)
-        _setattribute(obj, "_p_oid", oid)
-        _setattribute(obj, "_p_connection", self)
-        _setattribute(obj, "_p_status", GHOST)
+        obj = new_ghost(cls, oid, self)
         self._cache.add(obj)
         return obj
 
@@ -310,12 +318,13 @@ class Connection:
         return obj
 
     def _set_state(self, obj: PersistentObject, data: bytes) -> None:
-        state = self._reader.get_state(data)
+        cls = real_class(type(obj))
+        state = self._reader.get_state(data, cls)
         # UNSAVED while __setstate__ runs, so attribute writes in a custom
         # __setstate__ (filling in defaults, say) don't mark the object changed.
         _setattribute(obj, "_p_status", UNSAVED)
         try:
-            obj.__class__.__setstate__(obj, state)
+            cls.__setstate__(obj, state)
         except BaseException:
             obj._p_clear_state()
             _setattribute(obj, "_p_status", GHOST)
@@ -323,7 +332,7 @@ class Connection:
         _setattribute(obj, "_p_status", SAVED)
         oid = obj._p_oid
         self._loaded[oid] = obj
-        if resolves_conflicts(obj.__class__):
+        if resolves_conflicts(cls):
             self._base_data[oid] = data
 
     def _ghost(self, obj: PersistentObject) -> None:

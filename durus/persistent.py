@@ -40,6 +40,9 @@ _delattribute = object.__delattr__
 # tracking class -> the real class it stands in for, and the reverse.
 _real_classes: dict[type, type] = {}
 _tracking_classes: dict[type, type] = {}
+# classes whose __new__ is PersistentObject's (ghosts skip calling it)
+_plain_new_classes: set[type] = set()
+_new_object = object.__new__
 # class -> names of the slots that hold its state
 _data_slot_names: dict[type, tuple[str, ...]] = {}
 
@@ -70,7 +73,28 @@ def tracking_class(cls: type) -> type:
     }
     tracker = type(cls)(cls.__name__, (cls,), namespace)
     _real_classes[tracker] = cls
+    if cls.__new__ is PersistentObject.__new__:
+        _plain_new_classes.add(cls)
     return _tracking_classes.setdefault(cls, tracker)
+
+
+def new_ghost(cls: type, oid: bytes, connection: Any) -> PersistentObject:
+    """A ghost of class ``cls`` for ``oid``: state unloaded, first use pending.
+
+    Like Durus 4.3 this calls ``cls.__new__`` with no arguments, never
+    ``__init__``; for the usual ``__new__`` it skips the call (this is on
+    the path of every object a cold load meets).
+    """
+    tracker = _tracking_classes.get(cls) or tracking_class(cls)
+    if cls in _plain_new_classes:
+        ghost = _new_object(tracker)
+        _setattribute(ghost, "_p_serial", 0)
+    else:
+        ghost = cls.__new__(tracker)
+    _setattribute(ghost, "_p_oid", oid)
+    _setattribute(ghost, "_p_connection", connection)
+    _setattribute(ghost, "_p_status", GHOST)
+    return ghost
 
 
 def _first_use(obj: PersistentObject) -> None:

@@ -81,11 +81,15 @@ def split_data(data: bytes) -> tuple[type, bytes]:
         _classes_by_pickle[prefix] = cls
     state = data[end:]
     if state[:1] == b"x":
-        try:
-            state = zlib.decompress(state)
-        except zlib.error:
-            pass  # not compressed after all; let the unpickler judge
+        state = _decompress(state)
     return cls, state
+
+
+def _decompress(state: bytes) -> bytes:
+    try:
+        return zlib.decompress(state)
+    except zlib.error:
+        return state  # not compressed after all; let the unpickler judge
 
 
 def _class_pickle_end(data: bytes) -> int:
@@ -179,6 +183,68 @@ class ObjectWriter:
         return pack_record(obj._p_oid, data, refs)
 
 
+class _StateSource:
+    """A file over one bytes object, for an unpickler that is reused.
+
+    An unpickler reading a file makes a method call per opcode, which makes
+    it four times slower than ``pickle.loads``, unless the file can
+    ``peek``: then it takes everything at once and reads from its buffer.
+    Pointing the source at the next state lets one unpickler serve every
+    load, saving its construction too.
+
+    Instance attributes: ``data``, the bytes; ``position``, how far read.
+    """
+
+    __slots__ = ("data", "position")
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.position = 0
+
+    def reset(self, data: bytes) -> None:
+        self.data = data
+        self.position = 0
+
+    def peek(self, size: int = 0) -> bytes:
+        return self.data[self.position:] if self.position else self.data
+
+    def read(self, size: int = -1) -> bytes:
+        start = self.position
+        end = len(self.data) if size < 0 else min(start + size, len(self.data))
+        self.position = end
+        return self.data[start:end]
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self.read(len(buffer))
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+    def readline(self, size: int = -1) -> bytes:
+        end = self.data.find(b"\n", self.position)
+        return self.read(-1 if end < 0 else end + 1 - self.position)
+
+
+class _StateUnpickler(pickle.Unpickler):
+    """An unpickler that turns ``(oid, class)`` ids into cached objects.
+
+    Instance attributes:
+
+    - ``connection``: the Connection whose cache supplies the objects.
+    - ``source``: the _StateSource it reads from.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self.source = _StateSource()
+        super().__init__(self.source)
+        self.connection = connection
+
+    def persistent_load(self, pid: Any) -> PersistentObject:
+        if isinstance(pid, tuple):
+            oid, cls = pid
+            return self.connection.get_instance(oid, cls)
+        return self.connection.get(pid)
+
+
 class ObjectReader:
     """Turns record data into states, making ghosts for the references.
 
@@ -191,27 +257,44 @@ class ObjectReader:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.load_count = 0
+        self._unpickler = _StateUnpickler(connection)
+        self._busy = False
 
     def get_class(self, data: bytes) -> type:
         return split_data(data)[0]
 
-    def get_state(self, data: bytes) -> Any:
-        """The state in ``data``, its references resolved through the cache."""
-        cls, state = split_data(data)
+    def get_state(self, data: bytes, cls: type | None = None) -> Any:
+        """The state in ``data``, its references resolved through the cache.
+
+        ``cls``, when the caller knows the object's class, saves parsing the
+        class pickle when the record starts with the usual one.
+        """
+        prefix = None if cls is None else class_pickle(cls)
+        if prefix is not None and data.startswith(prefix):
+            state = data[len(prefix):]
+            if state[:1] == b"x":
+                state = _decompress(state)
+        else:
+            cls, state = split_data(data)
         self.load_count += 1
-        unpickler = pickle.Unpickler(BytesIO(state))
-        unpickler.persistent_load = self._persistent_load
+        if self._busy:
+            # Unpickling made something load another object (a __hash__ or
+            # __setstate__ that reads a ghost, say): use a fresh unpickler.
+            unpickler = _StateUnpickler(self.connection)
+        else:
+            unpickler = self._unpickler
+        unpickler.source.reset(state)
         # Durus 4.3 pickles class and state with one pickler, so its state
-        # pickles may refer back to the class as memo entry 0.
+        # pickles may refer back to the class as memo entry 0.  Assigning
+        # the memo also drops the previous load's entries.
         unpickler.memo = class_memo(cls)
-        return unpickler.load()
+        busy, self._busy = self._busy, True
+        try:
+            return unpickler.load()
+        finally:
+            self._busy = busy
+            unpickler.source.reset(b"")
 
     def get_state_pickle(self, data: bytes) -> bytes:
         """The decompressed state pickle, unpickled by no one."""
         return split_data(data)[1]
-
-    def _persistent_load(self, pid: Any) -> PersistentObject:
-        if isinstance(pid, tuple):
-            oid, cls = pid
-            return self.connection.get_instance(oid, cls)
-        return self.connection.get(pid)
