@@ -300,9 +300,7 @@ class StorageServer:
         self._awaiting_disk: list[_ClientConnection] = []
         self._stopping = False
         self._failure: BaseException | None = None
-        self._wake_read, self._wake_write = os.pipe()
-        os.set_blocking(self._wake_read, False)
-        os.set_blocking(self._wake_write, False)
+        self._wake_read = self._wake_write = -1
 
     # -- running -------------------------------------------------------------
 
@@ -311,6 +309,11 @@ class StorageServer:
         listener = self.address.listen()
         self.listening_address = self._bound_address(listener)
         listener.setblocking(False)
+        # stop() may come from another thread or a signal handler: it wakes
+        # the loop through this pipe.
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
         self._selector = selectors.DefaultSelector()
         self._selector.register(listener, selectors.EVENT_READ, None)
         self._selector.register(self._wake_read, selectors.EVENT_READ, "wake")
@@ -373,15 +376,19 @@ class StorageServer:
             if self.listening_address is not None:
                 self.listening_address.remove_socket_file()
             self.shared.close()
-            os.close(self._wake_read)
-            os.close(self._wake_write)
+            wake_read, wake_write = self._wake_read, self._wake_write
+            self._wake_read = self._wake_write = -1
+            os.close(wake_read)
+            os.close(wake_write)
             log.info("Stopped")
 
     def _wake(self) -> None:
+        if self._wake_write < 0:
+            return  # not serving
         try:
             os.write(self._wake_write, b"x")
-        except (BlockingIOError, OSError):
-            pass  # already awake, or shut down
+        except OSError:
+            pass  # already awake (the pipe is full), or just shut down
 
     def _drain_wake(self) -> None:
         try:

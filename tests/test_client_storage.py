@@ -20,6 +20,7 @@ from server_process import ServerProcess, free_port
 from durus.client_storage import (
     AuthenticationError,
     ClientStorage,
+    CommitInDoubtError,
     DisconnectedError,
     ServerUnavailableError,
     TransactionTooLargeError,
@@ -221,6 +222,43 @@ def test_reconnect_after_server_restart(server):
     two.commit()
     one.abort()
     assert one.get_root()["y"] == 2
+
+
+def test_connection_lost_after_commit_data_is_in_doubt():
+    """A server that vanishes after taking the records, before answering."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve_once():
+        sock, _ = listener.accept()
+        reader = sock.makefile("rb")
+        assert reader.read(5) == b"V" + (1).to_bytes(4, "big")
+        sock.sendall((1).to_bytes(4, "big"))
+        while True:
+            command = reader.read(1)
+            if command == b"L":
+                reader.read(8)
+                sock.sendall(b"K")
+            elif command == b"M":
+                count = reader.read(1)[0]
+                sock.sendall(b"".join(n.to_bytes(8, "big") for n in range(count)))
+            elif command == b"C":
+                sock.sendall(b"\0\0\0\0")
+                reader.read(int.from_bytes(reader.read(4), "big"))
+                break
+        reader.close()
+        sock.close()
+
+    thread = threading.Thread(target=serve_once)
+    thread.start()
+    try:
+        with pytest.raises(CommitInDoubtError, match="may or may not be stored"):
+            Connection(ClientStorage(address=listener.getsockname()))
+    finally:
+        thread.join(10)
+        listener.close()
+    assert not issubclass(CommitInDoubtError, ConflictError)  # not replayed blindly
 
 
 def test_abort_while_the_server_is_down_says_so(server):
