@@ -44,7 +44,7 @@ _setattribute = object.__setattr__
 # How long a connection waits for another client to finish creating the root.
 ROOT_CREATION_TIMEOUT = 10.0
 # How many times one commit merges fresh conflicts before giving up.
-MAX_RESOLUTION_ROUNDS = 3
+MAX_RESOLUTION_ROUNDS = 6
 
 
 def resolves_conflicts(cls: type) -> bool:
@@ -399,14 +399,16 @@ class Connection:
         starting state is known, can merge: an object that was only read
         keeps conflicting, or read-set validation would be weakened.
         """
+        if not oids:
+            return False
         changed, base_data, reader = self._changed, self._base_data, self._reader
-        if not oids or any(oid not in changed or oid not in base_data for oid in oids):
+        committed = self._load_committed(set(oids))
+        if committed is None:
             return False
         merges = []
         try:
-            for oid in oids:
+            for oid, committed_data in committed.items():
                 obj = changed[oid]
-                committed_data = unpack_record(self.storage.load(oid))[1]
                 mine = obj.__class__.__getstate__(obj)
                 if isinstance(mine, dict):
                     mine = dict(mine)  # Persistent's state is its live __dict__
@@ -414,7 +416,7 @@ class Connection:
                     reader.get_state(base_data[oid]), reader.get_state(committed_data), mine
                 )
                 merges.append((obj, merged, committed_data))
-        except (ConflictError, DurusKeyError):
+        except ConflictError:
             return False
         for obj, merged, committed_data in merges:
             obj.__class__.__setstate__(obj, merged)
@@ -422,6 +424,28 @@ class Connection:
             base_data[oid] = committed_data
             self._invalid_oids.discard(oid)
         return True
+
+    def _load_committed(self, oids: set[bytes]) -> dict[bytes, bytes] | None:
+        """The newest committed data of ``oids``, if all of them can merge.
+
+        Clients may commit again while we merge: a load then meets a read
+        conflict, and the newly invalidated objects join the merge (or, if
+        this transaction only read one of them, end it).
+        """
+        changed, base_data = self._changed, self._base_data
+        for _ in range(MAX_RESOLUTION_ROUNDS):
+            if any(oid not in changed or oid not in base_data for oid in oids):
+                return None
+            try:
+                return {oid: unpack_record(self.storage.load(oid))[1] for oid in oids}
+            except ReadConflictError:
+                try:
+                    self._handle_invalidations(self.storage.sync())
+                except WriteConflictError as more:
+                    oids.update(more.oids or ())
+            except DurusKeyError:
+                return None
+        return None
 
     def _handle_invalidations(self, oids: list[bytes], read_oid: bytes | None = None) -> None:
         """Ghost what others changed; raise if this transaction used any of it."""
