@@ -3,14 +3,16 @@
 Everything lives under ``root["wiki"]``.  Indexes are BTrees so that a
 change rewrites only the few nodes on one path, and two edits of different
 pages touch different objects wherever the data allows it.  The shared
-spots an edit always touches are the "recently edited" index (every edit
-moves its page to the newest end) and the posting lists of words that
-appear in or vanish from the text; concurrent edits that meet there
-conflict, and the Flask extension replays the losing request.
+spots an edit always touches are the log of recent changes (every edit
+appends at its newest end) and the posting lists of words that appear in
+or vanish from the text.  Concurrent edits meet there only on different
+keys, which BTree conflict resolution merges at commit; what it cannot
+merge (a node that both split) conflicts, and the Flask extension replays
+the losing request.
 
 Edits of the *same* page are a different matter: two people editing from
 the same revision must not silently overwrite each other.  Every edit names
-the revision it started from (``base``), and :meth:`Page.edit` refuses an
+the revision it started from (``base``), and :meth:`Wiki.edit_page` refuses an
 edit whose base is no longer the current revision (:class:`EditConflict`),
 so the view can show the newer text instead of losing either edit.
 """
@@ -20,13 +22,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from durus.btree import BTree
+from durus.btree import BNode64, BTree
 from durus.persistent import Persistent
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from example_app.text import render, words
 
 WIKI_KEY = "wiki"
+
+# Nodes for the indexes that concurrent edits change together.  Conflict
+# resolution merges inserts of different keys into a node, but not two
+# commits that both split it; wider nodes split four times less often than
+# the default BNode16, at the price of larger records for big nodes.
+SHARED_INDEX_NODE = BNode64
 
 
 class EditConflict(Exception):
@@ -69,6 +77,8 @@ class Revision(Persistent):
 
     Instance attributes:
 
+    - ``slug``: the page's slug (so a revision found in the log of recent
+      changes can link to its page).
     - ``number``: 1 for the first version, then counting up.
     - ``title``, ``text``, ``tags``: the page as this revision left it
       (``tags`` a tuple of strings).
@@ -79,8 +89,9 @@ class Revision(Persistent):
     """
 
     def __init__(
-        self, number: int, title: str, text: str, tags: tuple[str, ...], comment: str, author: User
+        self, slug: str, number: int, title: str, text: str, tags: tuple[str, ...], comment: str, author: User
     ) -> None:
+        self.slug = slug
         self.number = number
         self.title = title
         self.text = text
@@ -138,8 +149,10 @@ class Wiki(Persistent):
     - ``tags``: BTree tag -> BTree(slug -> True), the pages with that tag.
     - ``words``: BTree word -> BTree(slug -> True), the search index over
       titles and texts.
-    - ``recent``: BTree ``(timestamp, slug)`` -> :class:`Page`, one entry
-      per page keyed by its last edit, so the newest are at the end.
+    - ``recent``: BTree ``(timestamp, slug)`` -> :class:`Revision`, the log
+      of every edit, newest at the end.  Entries are only ever appended,
+      so concurrent edits change this tree only at its right edge, with
+      different keys.
     """
 
     def __init__(self) -> None:
@@ -147,7 +160,7 @@ class Wiki(Persistent):
         self.users = BTree()
         self.tags = BTree()
         self.words = BTree()
-        self.recent = BTree()
+        self.recent = BTree(SHARED_INDEX_NODE)
 
     # -- accounts -------------------------------------------------------------
 
@@ -187,13 +200,11 @@ class Wiki(Persistent):
     def _save(self, page: Page, title: str, text: str, tags: list[str], comment: str, author: User) -> Revision:
         old = page.current
         number = old.number + 1 if old else 1
-        revision = Revision(number, title, text, tuple(tags), comment, author)
+        revision = Revision(page.slug, number, title, text, tuple(tags), comment, author)
         old_words = words(old.title, old.text) if old else set()
         self._reindex(self.words, page.slug, old_words, words(title, text))
         self._reindex(self.tags, page.slug, set(old.tags) if old else set(), set(tags))
-        if old:
-            del self.recent[(old.timestamp, page.slug)]
-        self.recent[(revision.timestamp, page.slug)] = page
+        self.recent[(revision.timestamp, page.slug)] = revision
         page.revisions[number] = revision
         page.current = revision
         return revision
@@ -209,14 +220,14 @@ class Wiki(Persistent):
         for key in new - old:
             postings = index.get(key)
             if postings is None:
-                postings = index[key] = BTree()
+                postings = index[key] = BTree(SHARED_INDEX_NODE)
             postings[slug] = True
 
     # -- reading ----------------------------------------------------------------
 
-    def recent_pages(self) -> Iterator[Page]:
-        """Pages, the most recently edited first."""
-        return (page for _, page in self.recent.items_backward())
+    def recent_changes(self) -> Iterator[Revision]:
+        """Every revision of every page, the newest first."""
+        return (revision for _, revision in self.recent.items_backward())
 
     def tagged(self, tag: str) -> Iterator[Page]:
         """Pages with ``tag``, by slug."""

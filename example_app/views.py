@@ -31,7 +31,7 @@ def _page_or_404(slug: str) -> Page:
 @bp.route("/")
 def index() -> Any:
     wiki = current_wiki()
-    listing = paginate(wiki.recent_pages(), len(wiki.recent), page_number(request.args.get("page")))
+    listing = paginate(wiki.recent_changes(), len(wiki.recent), page_number(request.args.get("page")))
     return render_template("index.html", listing=listing)
 
 

@@ -141,6 +141,9 @@ def test_create_edit_and_history(alice):
     assert "3 revisions" in history and "shorter" in history
     assert history.index('rev/3">3<') < history.index('rev/1">1<')  # newest first
 
+    recent = alice.client.get("/").text  # the log of changes lists every edit, newest first
+    assert recent.index("/wiki/durus-notes/rev/3") < recent.index("/wiki/durus-notes/rev/1")
+
     revision = alice.client.get("/wiki/durus-notes/rev/3").text
     assert '<span class="ddel">-Second line.</span>' in revision
     assert '<span class="dadd">+Third line.</span>' in revision

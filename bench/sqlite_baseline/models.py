@@ -2,7 +2,7 @@
 
 The same data as ``example_app.models``: users, pages with every revision,
 a tag index and a word index for search (tables keyed for the lookups the
-pages make), and each page's last-edit time indexed for "recent changes".
+pages make), and revisions indexed by time for "recent changes".
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ class User(db.Model):
 class Revision(db.Model):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     page_id: Mapped[int] = mapped_column(ForeignKey("page.id"), index=True)
+    slug: Mapped[str] = mapped_column(String(80))
     number: Mapped[int] = mapped_column(Integer)
     title: Mapped[str] = mapped_column(String(100))
     text: Mapped[str] = mapped_column(Text)
@@ -50,7 +51,7 @@ class Revision(db.Model):
     tag_text: Mapped[str] = mapped_column(String(400), default="")
     comment: Mapped[str] = mapped_column(String(200), default="")
     author_id: Mapped[int] = mapped_column(ForeignKey("user.id"))
-    timestamp: Mapped[float] = mapped_column(Float, default=time.time)
+    timestamp: Mapped[float] = mapped_column(Float, index=True)
     author: Mapped[User] = relationship(lazy="joined")
 
     def __init__(self, **fields: object) -> None:

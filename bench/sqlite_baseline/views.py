@@ -79,8 +79,8 @@ def _page_or_404(slug: str) -> Page:
 
 @wiki.route("/")
 def index() -> Any:
-    total = db.session.scalar(select(func.count(Page.id)))
-    listing = _paginate(select(Page).order_by(Page.updated.desc()), total)
+    total = db.session.scalar(select(func.count(Revision.id)))
+    listing = _paginate(select(Revision).order_by(Revision.timestamp.desc()), total)
     return render_template("index.html", listing=listing)
 
 
@@ -104,7 +104,7 @@ def _save(page: Page, form: PageForm, comment: str) -> Revision:
     old = page.current
     revision = Revision(
         number=old.number + 1 if old else 1, title=form.values["title"], text=form.values["text"],
-        tag_text=" ".join(form.tags), comment=comment, author=g.user, page_id=page.id,
+        tag_text=" ".join(form.tags), comment=comment, author=g.user, page_id=page.id, slug=page.slug,
     )
     db.session.add(revision)
     for model, column, old_keys, new_keys in (

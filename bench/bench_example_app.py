@@ -1,0 +1,384 @@
+"""The example wiki against the same wiki on Flask-SQLAlchemy + SQLite.
+
+Both run under gunicorn with 4 sync workers (``example_app/gunicorn.conf.py``);
+ours reaches its data through ``flask durus serve``, the baseline
+(``bench/sqlite_baseline``) keeps it in SQLite with WAL and
+``synchronous=FULL``, so both make every commit durable before answering.
+Both get the same seed data through HTTP (accounts, pages), then a load
+generator on loopback (asyncio, one new connection per request, since sync
+workers close each one) runs each workload with N concurrent clients:
+
+- ``page``: logged-in clients read random pages (the read-heavy path);
+- ``recent``: the paginated "recent changes" listing;
+- ``edit``: each client edits its own page again and again, sending the
+  revision it last saw as the base; a 409 is counted, and afterwards every
+  page's revision count must equal 1 + its client's successful edits
+  (no edit lost, none applied twice).
+
+Prints requests/s, p50 and p99 latency per app and workload, and the ratios
+(ours / baseline; the targets: page >= 1.5x, edit >= 1x).
+
+    python bench/bench_example_app.py [--clients 16] [--duration 5] [--pages 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import http.client
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlencode
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from server_process import free_port  # noqa: E402  (tests/server_process.py)
+
+GUNICORN_CONF = REPO / "example_app" / "gunicorn.conf.py"
+APPS = ("durus", "sqlite")
+WORKLOADS = ("page", "recent", "edit")
+FAST_HASH = "pbkdf2:sha256:1000"  # sign-ups are set-up here, not what is measured
+_letters = random.Random(0)
+VOCABULARY = sorted({
+    "".join(_letters.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(_letters.randint(3, 9)))
+    for _ in range(2000)
+})
+
+
+def page_text(rng: random.Random, words: int) -> str:
+    sentences = []
+    while words > 0:
+        count = min(words, rng.randint(6, 14))
+        sentences.append(" ".join(rng.choice(VOCABULARY) for _ in range(count)).capitalize() + ".")
+        words -= count
+    return " ".join(sentences)
+
+
+# -- servers ------------------------------------------------------------------------
+
+
+class Deployment:
+    """An app under gunicorn -w 4 (plus its storage server, for ours)."""
+
+    def __init__(self, name: str, folder: Path, workers: int) -> None:
+        self.name = name
+        self.folder = folder
+        self.port = free_port()
+        self.processes: list[subprocess.Popen] = []
+        pythonpath = os.pathsep.join(filter(None, [str(BENCH), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "FLASK_PASSWORD_HASH_METHOD": FAST_HASH, "PYTHONPATH": pythonpath}
+        instance = folder / "instance"
+        if name == "durus":
+            storage_port = free_port()
+            env["FLASK_DURUS_STORAGE"] = f"durus://127.0.0.1:{storage_port}"
+            spec = f"example_app:create_app(instance_path={str(instance)!r})"
+            self._start([sys.executable, "-m", "flask", "--app", spec, "durus", "serve"], env, "server")
+            self._wait(lambda: _port_open(storage_port))
+        else:
+            spec = f"sqlite_baseline:create_app(instance_path={str(instance)!r})"
+        self._start(
+            [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--bind", f"127.0.0.1:{self.port}",
+             "--workers", str(workers), spec],
+            env, "gunicorn",
+        )
+        self._wait(lambda: _port_open(self.port))
+
+    def _start(self, command: list[str], env: dict[str, str], log_name: str) -> None:
+        log = open(self.folder / f"{log_name}.log", "wb")
+        self.processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+
+    def _wait(self, ready, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            for process in self.processes:
+                if process.poll() is not None:
+                    self.stop()
+                    raise SystemExit(f"{self.name}: a server exited; see the logs in {self.folder}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise SystemExit(f"{self.name}: servers did not come up; see the logs in {self.folder}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):  # gunicorn first, then the storage server
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+# -- a visitor, for the set-up ---------------------------------------------------------------
+
+
+class Visitor:
+    """Plain blocking HTTP with a session cookie, to seed data and read results."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cookie = ""
+
+    def request(self, method: str, path: str, data: dict[str, str] | None = None) -> tuple[int, str]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        headers = {"Cookie": self.cookie} if self.cookie else {}
+        body = None
+        if data is not None:
+            body = urlencode(data)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            connection.request(method, path, body, headers)
+            reply = connection.getresponse()
+            text = reply.read().decode()
+        finally:
+            connection.close()
+        found = re.search(r"session=([^;]*)", reply.headers.get("Set-Cookie") or "")
+        if found:
+            self.cookie = f"session={found.group(1)}"
+        return reply.status, text
+
+    def token(self) -> str:
+        return re.search(r'name="csrf_token" value="([^"]+)"', self.request("GET", "/login")[1]).group(1)
+
+    def post(self, path: str, data: dict[str, str]) -> int:
+        status, text = self.request("POST", path, {"csrf_token": self.token(), **data})
+        if status != 302:
+            raise SystemExit(f"POST {path} answered {status}: {text[:300]}")
+        return status
+
+
+def seed(port: int, clients: int, pages: int) -> list[Visitor]:
+    """One account and one own page per client, plus ``pages`` shared pages."""
+    rng = random.Random(1)
+    visitors = []
+    for index in range(clients):
+        visitor = Visitor(port)
+        visitor.post("/signup", {"name": f"user{index}", "password": "bench password", "confirm": "bench password"})
+        visitor.post("/new", {"title": f"Own {index}", "text": page_text(rng, 120), "tags": "own"})
+        visitors.append(visitor)
+    for index in range(pages):
+        visitors[index % clients].post(
+            "/new", {"title": f"Page {index}", "text": page_text(rng, 300), "tags": f"t{index % 10} shared"})
+    return visitors
+
+
+# -- the load generator ------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[int, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+    def add(self, other: Result) -> None:
+        self.latencies += other.latencies
+        self.elapsed += other.elapsed
+        for status, count in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
+
+    def record(self, status: int, latency: float) -> None:
+        self.latencies.append(latency)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.elapsed
+
+    def percentile(self, fraction: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
+
+
+async def fetch(port: int, request: bytes) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        head = await reader.readline()
+        await reader.read()  # to the end: gunicorn's sync workers close after each response
+    finally:
+        writer.close()
+    return int(head.split()[1])
+
+
+def get_request(port: int, path: str, cookie: str) -> bytes:
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n"
+            "Connection: close\r\n\r\n").encode()
+
+
+def post_request(port: int, path: str, cookie: str, data: dict[str, str]) -> bytes:
+    body = urlencode(data).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: {cookie}\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+async def run_load(port: int, next_request, clients: int, duration: float, warmup: float = 0.5) -> Result:
+    """``clients`` loops of ``next_request(client) -> (bytes, on_status)`` for ``duration`` s."""
+    result = Result()
+    start = time.perf_counter()
+    measure_from = start + warmup
+    stop_at = measure_from + duration
+
+    async def client(index: int) -> None:
+        while (now := time.perf_counter()) < stop_at:
+            request, on_status = next_request(index)
+            status = await fetch(port, request)
+            done = time.perf_counter()
+            on_status(status)
+            if now >= measure_from:
+                result.record(status, done - now)
+
+    await asyncio.gather(*(client(index) for index in range(clients)))
+    result.elapsed = time.perf_counter() - measure_from
+    return result
+
+
+def page_workload(port: int, visitors: list[Visitor], pages: int):
+    rng = random.Random(2)
+    requests = [get_request(port, f"/wiki/page-{index}", visitors[0].cookie) for index in range(pages)]
+
+    def next_request(index: int):
+        return requests[rng.randrange(pages)], _ignore
+
+    return next_request
+
+
+def recent_workload(port: int, visitors: list[Visitor]):
+    requests = [get_request(port, "/", visitor.cookie) for visitor in visitors]
+    return lambda index: (requests[index], _ignore)
+
+
+class EditWorkload:
+    """Each client edits its own page, tracking the revision its edit starts from."""
+
+    def __init__(self, port: int, visitors: list[Visitor]) -> None:
+        self.port = port
+        self.visitors = visitors
+        self.tokens = [visitor.token() for visitor in visitors]
+        self.base = [1] * len(visitors)
+        self.saved = [0] * len(visitors)
+        self.rng = random.Random(3)
+        self.texts = [page_text(random.Random(10 + index), 120) for index in range(len(visitors))]
+
+    def __call__(self, index: int):
+        text = self.texts[index] + " " + page_text(self.rng, 8)
+        data = {"csrf_token": self.tokens[index], "title": f"Own {index}", "text": text, "tags": "own",
+                "base": str(self.base[index]), "comment": "bench"}
+
+        def on_status(status: int) -> None:
+            if status == 302:
+                self.base[index] += 1
+                self.saved[index] += 1
+
+        return post_request(self.port, f"/wiki/own-{index}/edit", self.visitors[index].cookie, data), on_status
+
+    def lost_edits(self) -> list[str]:
+        """Pages whose revision count is not 1 + the edits saved on them."""
+        problems = []
+        for index, visitor in enumerate(self.visitors):
+            status, text = visitor.request("GET", f"/wiki/own-{index}/history")
+            count = int(re.search(r"(\d+) revisions", text).group(1))
+            if count != 1 + self.saved[index]:
+                problems.append(f"own-{index}: {count} revisions for {self.saved[index]} saved edits")
+        return problems
+
+
+def _ignore(status: int) -> None:
+    pass
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def measure(folder: Path, args: argparse.Namespace) -> dict[str, dict[str, Result | list[str]]]:
+    """Run every workload on both apps, taking turns, so background load falls on both alike."""
+    deployments = {}
+    try:
+        for name in APPS:
+            (folder / name).mkdir(parents=True)
+            deployments[name] = Deployment(name, folder / name, args.workers)
+        visitors = {name: seed(deployments[name].port, args.clients, args.pages) for name in APPS}
+        generators = {}
+        for name, deployment in deployments.items():
+            port = deployment.port
+            generators[name] = {
+                "page": page_workload(port, visitors[name], args.pages),
+                "recent": recent_workload(port, visitors[name]),
+                "edit": EditWorkload(port, visitors[name]),
+            }
+        results = {name: {workload: Result() for workload in WORKLOADS} for name in APPS}
+        for workload in WORKLOADS:
+            for round in range(args.rounds):
+                for name in APPS if round % 2 == 0 else reversed(APPS):
+                    segment = asyncio.run(run_load(
+                        deployments[name].port, generators[name][workload], args.clients,
+                        args.duration / args.rounds))
+                    results[name][workload].add(segment)
+        for name in APPS:
+            results[name]["lost"] = generators[name]["edit"].lost_edits()
+        return results
+    finally:
+        for deployment in deployments.values():
+            deployment.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
+    parser.add_argument("--duration", type=float, default=6.0,
+                        help="seconds measured per workload and app, split over the rounds (6)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="turns each app takes per workload, alternating which goes first (3)")
+    parser.add_argument("--pages", type=int, default=200, help="pages seeded besides the clients' own (200)")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers per app (4)")
+    parser.add_argument("--keep", metavar="DIR", help="keep data and server logs in DIR (default: a temporary folder)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-wiki-") as scratch:
+        results = measure(Path(args.keep or scratch), args)
+
+    print(f"\nexample_app vs Flask-SQLAlchemy + SQLite: gunicorn -w {args.workers}, {args.clients} clients, "
+          f"{args.duration:g} s per workload and app in {args.rounds} turns, {os.cpu_count()} cores")
+    print(f"{'workload':10} {'app':7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  statuses")
+    for workload in WORKLOADS:
+        for name in APPS:
+            result = results[name][workload]
+            statuses = ", ".join(f"{code}: {count}" for code, count in sorted(result.statuses.items()))
+            print(f"{workload:10} {name:7} {result.rate:8.1f} {result.percentile(0.5):8.1f} "
+                  f"{result.percentile(0.99):8.1f}  {statuses}")
+    failed = False
+    for workload, target in (("page", 1.5), ("recent", None), ("edit", 1.0)):
+        ratio = results["durus"][workload].rate / results["sqlite"][workload].rate
+        verdict = "" if target is None else (" (target >= %.1fx: %s)" % (target, "met" if ratio >= target else "MISSED"))
+        print(f"ratio {workload:8} durus/sqlite requests/s = {ratio:.2f}x{verdict}")
+    for name in APPS:
+        lost = results[name]["lost"]
+        conflicts = results[name]["edit"].statuses.get(409, 0)
+        print(f"edits {name:7} 409s: {conflicts}; lost or doubled: {'none' if not lost else lost}")
+        failed |= bool(lost)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
