@@ -1,6 +1,7 @@
 """``python -m example_app``: the wiki deployed, a storage server plus gunicorn.
 
-Starts ``flask durus serve`` (the data file in the instance folder), waits
+Starts ``flask durus serve`` (the data file in the instance folder, packing
+by itself every ``--gcbytes`` committed bytes), waits
 until it accepts connections, then starts gunicorn with
 ``example_app/gunicorn.conf.py`` (4 workers on http://127.0.0.1:8000) whose
 workers reach the data through that server.  Ctrl-C or SIGTERM stops
@@ -27,6 +28,10 @@ from flask_durus.storage_uri import parse_storage_uri
 
 from example_app import create_app
 
+# Every edit rewrites a few dozen small records and leaves their old versions
+# behind; packing after about this many committed bytes keeps the file
+# near the size of the live data without packing often.
+DEFAULT_GCBYTES = 100_000_000
 GUNICORN_CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn.conf.py")
 STOP_TIMEOUT = 20.0
 
@@ -92,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--storage-port", type=int, default=2972,
                         help="port of the storage server on 127.0.0.1, unless "
                              "FLASK_DURUS_STORAGE names a server (2972)")
+    parser.add_argument("--gcbytes", type=int, default=None,
+                        help="the storage server packs by itself after this many committed bytes "
+                             f"(default: DURUS_SERVER_GCBYTES if set, else {DEFAULT_GCBYTES:,}; 0: never)")
     parser.add_argument("--instance", help="instance folder (data file, secret key); "
                                            "default: Flask's, ./instance in a checkout")
     args = parser.parse_args(argv)
@@ -111,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     storage_server = web_server = None
     status = 0
     try:
-        storage_server = _start([sys.executable, "-m", "flask", "--app", app_spec, "durus", "serve"], env)
+        gcbytes = args.gcbytes if args.gcbytes is not None else (settings.server_gcbytes or DEFAULT_GCBYTES)
+        storage_server = _start(
+            [sys.executable, "-m", "flask", "--app", app_spec, "durus", "serve", "--gcbytes", str(gcbytes)], env)
         _wait_for_server(server_address, storage_server, 30.0)
         web_server = _start(
             [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONF, "--bind", f"{args.host}:{args.port}",
