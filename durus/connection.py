@@ -44,7 +44,9 @@ _setattribute = object.__setattr__
 # How long a connection waits for another client to finish creating the root.
 ROOT_CREATION_TIMEOUT = 10.0
 # How many times one commit merges fresh conflicts before giving up.
-MAX_RESOLUTION_ROUNDS = 6
+MAX_RESOLUTION_ROUNDS = 10
+# How many times a load catches up with other clients' commits of its object.
+MAX_LOAD_ATTEMPTS = 10
 
 
 def resolves_conflicts(cls: type) -> bool:
@@ -300,13 +302,16 @@ class Connection:
     def _load_record(self, oid: bytes) -> bytes:
         if oid in self._invalid_oids:
             raise ReadConflictError([oid])
-        try:
-            return self.storage.load(oid)
-        except ReadConflictError:
-            # Another client committed oid since we last synced: catch up,
-            # which is fine unless this transaction used something stale.
-            self._handle_invalidations(self.storage.sync(), read_oid=oid)
-            return self.storage.load(oid)
+        for _ in range(MAX_LOAD_ATTEMPTS):
+            try:
+                return self.storage.load(oid)
+            except ReadConflictError:
+                # Another client committed oid since we last synced: catch
+                # up, which is fine unless this transaction used something
+                # stale.  Under load it may have committed oid again by the
+                # time we ask once more.
+                self._handle_invalidations(self.storage.sync(), read_oid=oid)
+        raise ReadConflictError([oid])
 
     def _object_from_record(self, oid: bytes, record: bytes) -> PersistentObject:
         data = unpack_record(record)[1]

@@ -5,7 +5,7 @@
 Each round is one transaction against the storage server that changes only
 this worker's own keys (or bumps the shared counter), with a short random
 pause between reading and committing so that the workers' transactions
-overlap.  Prints JSON: how many ConflictErrors reached the application.
+overlap.  Prints JSON: the ConflictErrors that reached the application.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def change(root: dict, kind: str, index: int, round_: int) -> None:
 def main() -> None:
     host, port, kind, index, rounds = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
     connection = Connection(ClientStorage(host, port))
-    conflicts = 0
+    conflicts = []
     random.seed(index)
     for round_ in range(rounds):
         while True:
@@ -56,8 +56,8 @@ def main() -> None:
                 time.sleep(random.uniform(0, 0.01))
                 connection.commit()
                 break
-            except ConflictError:
-                conflicts += 1
+            except ConflictError as error:
+                conflicts.append(repr(error))
     print(json.dumps({"conflicts": conflicts}))
 
 
