@@ -28,7 +28,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from server_process import ServerProcess, durus43_python
+from durus43 import durus43_python
+from server_process import ServerProcess
 
 # Runs under either implementation: both have the same module names.
 WORKER = r"""
@@ -111,10 +112,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each commit measurement")
     parser.add_argument("--objects", type=int, default=10000, help="objects in the cold-load test")
     options = parser.parse_args()
-    theirs_python = durus43_python()
-    if theirs_python is None:
-        print("the real Durus 4.3 is not installed: set DURUS43_PYTHON", file=sys.stderr)
-        return 1
+    theirs_python = str(durus43_python())
     ours = measure("ours", sys.executable, sys.executable, None, str(REPO), options.seconds, options.objects)
     clean_env = {"PATH": os.environ["PATH"]}
     theirs = measure("Durus 4.3", theirs_python, theirs_python, clean_env, "/", options.seconds, options.objects)

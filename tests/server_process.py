@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from durus.storage_server import SocketAddress
+from durus43 import clean_env
 
 
 def free_port() -> int:
@@ -28,12 +29,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def durus43_python() -> str | None:
-    """The interpreter with the real Durus 4.3 installed, or None if absent."""
-    python = os.environ.get("DURUS43_PYTHON", "/tmp/venv-durus43/bin/python")
-    return python if os.path.exists(python) else None
 
 
 class ServerProcess:
@@ -77,8 +72,13 @@ class ServerProcess:
 
     def start(self, timeout: float = 15.0) -> ServerProcess:
         """Start the server and wait until it accepts connections."""
+        options: dict = {}
+        if self.python != sys.executable:
+            # Another interpreter (the real Durus 4.3) must not import our
+            # package: ``-m`` would put the current directory first.
+            options = {"cwd": "/", "env": clean_env()}
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, **options)
         deadline = time.monotonic() + timeout
         target = SocketAddress.new(self.address)
         while True:

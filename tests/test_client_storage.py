@@ -522,18 +522,15 @@ class Durus43Client:
         self.process.wait(10)
 
 
-def _durus43_or_skip() -> str:
-    from server_process import durus43_python
+def _durus43() -> str:
+    from durus43 import durus43_python
 
-    python = durus43_python()
-    if python is None:
-        pytest.skip("the real Durus 4.3 is not installed (set DURUS43_PYTHON)")
-    return python
+    return str(durus43_python())
 
 
 @pytest.fixture(params=["our server", "Durus 4.3 server"])
 def either_server(request, tmp_path):
-    python = _durus43_or_skip()
+    python = _durus43()
     server_python = python if request.param == "Durus 4.3 server" else None
     with ServerProcess(tmp_path / "interop.durus", python=server_python) as server:
         yield server
@@ -541,7 +538,7 @@ def either_server(request, tmp_path):
 
 @pytest.mark.compat
 def test_durus43_clients_and_ours_share_a_server(either_server):
-    python = _durus43_or_skip()
+    python = _durus43()
     port = either_server.address[1]
     theirs = Durus43Client(python, port)  # first: it creates the root (oid 0)
     try:
