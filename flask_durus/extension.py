@@ -195,6 +195,10 @@ class Durus:
             if connection is None or transaction.at_boundary:
                 return response
             transaction.at_boundary = True
+            if not connection.has_changes():
+                # Nothing to store: skip the commit's round trip.  The next
+                # checkout's abort() ends this read-only transaction.
+                return response
             if self._settings[app].commit_veto(request, response):
                 self._abort(app, connection, "vetoed")
                 return response
