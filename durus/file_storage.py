@@ -5,7 +5,10 @@ the file is open for writing, and processes that want to share a database
 reach it through a storage server.  A commit appends one transaction with
 one write and returns only after fdatasync; :mod:`durus.shelf` explains why
 that order means a crash never leaves a file that ``repair=True`` cannot
-open.  Packing writes ``<file>.pack`` holding the records reachable from
+open.  A storage server may defer the fdatasync (``end(sync=False)``) and
+call :meth:`FileStorage.sync_to_disk` from its own thread, so that the
+commits of many clients written during one sync share the next (group
+commit).  Packing writes ``<file>.pack`` holding the records reachable from
 the root, step by step so a server can keep serving commits meanwhile, then
 renames it over the file.
 """
@@ -16,6 +19,7 @@ import errno
 import fcntl
 import os
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from struct import Struct
 
@@ -55,6 +59,9 @@ class FileStorage(Storage):
       are not handed out again until it has, so no object a connection
       still holds can share an oid with a new one.
     - ``pack_extra``: the oids committed while a pack is underway, or None.
+    - ``sync_error``: the error of a failed :meth:`sync_to_disk`, or None.
+      After one, commits are refused: the kernel may have dropped the
+      unsynced data and a later sync could succeed without writing it.
     """
 
     def __init__(self, filename: str | None = None, readonly: bool = False, repair: bool = False) -> None:
@@ -73,6 +80,10 @@ class FileStorage(Storage):
         self.freed: set[bytes] = set()
         self.pack_extra: set[bytes] | None = None
         self._pack_file: str | None = None
+        self.sync_error: OSError | None = None
+        # Held by sync_to_disk (which another thread may call) for the whole
+        # fdatasync, and by whatever replaces or closes the shelf's file.
+        self._sync_lock = threading.Lock()
         self._pid = os.getpid()
         try:
             fd = self._open_file()
@@ -152,8 +163,13 @@ class FileStorage(Storage):
             raise ValueError(f"a record for oid {oid!r} must start with that 8-byte oid")
         self.pending[oid] = record
 
-    def end(self, handle_invalidations: InvalidationHandler | None = None) -> None:
-        """Append the commit as one transaction, durable when this returns."""
+    def end(self, handle_invalidations: InvalidationHandler | None = None, sync: bool = True) -> None:
+        """Append the commit as one transaction, durable when this returns.
+
+        With ``sync`` False it is durable only once a later
+        :meth:`sync_to_disk` (or ``end()`` or :meth:`close`) has returned:
+        the caller must not report it committed before then.
+        """
         if self.pending is None:
             self._check_writable("commit")
             raise RuntimeError("end() outside a commit: call begin() first")
@@ -161,10 +177,30 @@ class FileStorage(Storage):
         if not pending:
             return
         self._check_writable("commit")
-        self.shelf.append(pending.items())
+        self.shelf.append(pending.items(), sync=sync)
         self.allocated.difference_update(pending)
         if self.pack_extra is not None:
             self.pack_extra.update(pending)
+
+    def sync_to_disk(self) -> None:
+        """Make every commit appended so far durable, those of
+        ``end(sync=False)`` included.
+
+        Safe to call from another thread while commits and pack steps go on
+        in this one: appends do not wait for it, while a pack's switch to the
+        new file and :meth:`close` wait until it has returned.  After
+        :meth:`close` it has nothing left to do.
+        """
+        with self._sync_lock:
+            shelf = self.__dict__.get("shelf")
+            if shelf is None:
+                return
+            self._check_sync_error("make commits durable")
+            try:
+                shelf.sync_appended()
+            except OSError as error:
+                self.sync_error = error
+                raise
 
     def sync(self) -> list[bytes]:
         """The oids a pack removed since the last call ([] when there was no pack)."""
@@ -245,7 +281,6 @@ class FileStorage(Storage):
                 if self.shelf is not new_shelf:
                     new_shelf.close()
             finished = True
-            _sync_directory(self.filename)
             yield "finished"
         finally:
             self.pack_extra = None
@@ -256,23 +291,38 @@ class FileStorage(Storage):
                 _unlink(pack_file)
 
     def _swap_in(self, new_shelf: Shelf, copier: _ReachableCopier) -> None:
-        """Rename the packed file over the file and use it from now on."""
+        """Rename the packed file over the file and use it from now on.
+
+        The old file may hold commits appended with ``sync=False``; the new
+        one holds them too, fsynced.  The rename is made durable before
+        :meth:`sync_to_disk` can see the new file and report them durable:
+        until then a crash could bring back the old file without them.
+        """
         os.fsync(new_shelf.fd)
         old_shelf = self.shelf
         freed = [oid for oid, _ in old_shelf.gen_positions() if not copier.has_copied(oid)]
-        os.replace(new_shelf.path, self.filename)
-        new_shelf.path = self.filename
-        self.shelf = new_shelf
-        self._unused_oids = new_shelf.gen_unused_oids()
-        self.freed.update(freed)
-        old_shelf.close()
+        with self._sync_lock:
+            os.replace(new_shelf.path, self.filename)
+            new_shelf.path = self.filename
+            self.shelf = new_shelf
+            self._unused_oids = new_shelf.gen_unused_oids()
+            self.freed.update(freed)
+            old_shelf.close()
+            _sync_directory(self.filename)
 
     def close(self) -> None:
-        """Close the file (the lock goes with it); remove it if temporary."""
-        shelf = self.__dict__.pop("shelf", None)
-        if shelf is None:
-            return
-        shelf.close()
+        """Sync any commits appended with ``sync=False``, then close the file
+        (the lock goes with it); remove it if temporary.
+        """
+        with self._sync_lock:
+            shelf = self.__dict__.pop("shelf", None)
+            if shelf is None:
+                return
+            try:
+                if self.sync_error is None:
+                    shelf.sync_appended()
+            finally:
+                shelf.close()
         if self._pack_file is not None:
             _unlink(self._pack_file)
         self._remove_temporary()
@@ -286,12 +336,20 @@ class FileStorage(Storage):
             raise ReadOnlyError(f"cannot {action}: {self.filename} was opened with readonly=True")
         if "shelf" not in self.__dict__:
             raise DurusError(f"cannot {action}: the storage of {self.filename} is closed")
+        self._check_sync_error(action)
         if os.getpid() != self._pid:
             raise DurusError(
                 f"cannot {action}: {self.filename} was opened by process {self._pid}, "
                 "before a fork; open storages after forking, or serve the file "
                 "with a storage server and connect each process to it"
             )
+
+    def _check_sync_error(self, action: str) -> None:
+        if self.sync_error is not None:
+            raise DurusError(
+                f"cannot {action}: a disk sync of {self.filename} failed ({self.sync_error}), "
+                "so the latest commits may not be on disk; fix the disk, then close the "
+                "storage and open the file again (with repair=True if it asks for it)")
 
     def __str__(self) -> str:
         return f"{type(self).__name__}({self.filename!r})"

@@ -21,18 +21,23 @@ is an open shelf file with its index of oid -> record offset; locking,
 oid bookkeeping and packing live in :mod:`durus.file_storage`.
 
 Why a crash can never leave a file that repair cannot open: the bytes up
-to the end of the last completed commit are never written again (commits
-only append, and packing builds a separate file that replaces this one
-with an atomic rename only after it is fsynced).  A commit is written with
-a single write of the whole transaction and then fdatasynced before the
-commit returns, and the next commit starts only after that.  So whatever
-a crash leaves behind the last completed transaction is the remains of
-exactly one transaction: a prefix of it, or its full length holding
-zeros or garbage where the file system kept the new size but not the
-data.  Opening detects both (a length running past the end, entries that
-do not parse, or zero bytes up to the end) and ``repair=True`` cuts the
-file back to the end of the last completed transaction.  Damage anywhere
-before that cannot come from a crash, so it is reported, never cut.
+to the end of the last synced transaction are never written again
+(commits only append, and packing builds a separate file that replaces
+this one with an atomic rename only after it is fsynced).  Each commit is
+written with a single write of the whole transaction, at the end of the
+one before, and is reported durable only once an fdatasync that began
+after its write has returned.  Usually each commit syncs itself; a server
+may instead append several (``sync=False``) and let one sync cover them
+all (group commit).  Either way, whatever a crash leaves behind the last
+synced transaction is the remains of the transactions written since, in
+order: a prefix of them, or that prefix padded with zeros or garbage where
+the file system kept the new size but not the data.  Opening detects the
+damaged tail (a length running past the end, entries that do not parse,
+or zero bytes up to the end) and ``repair=True`` cuts the file back to
+the end of the last complete transaction; the whole transactions before
+it are kept, synced or not, as they are whole commits in commit order.
+Damage anywhere before that cannot come from a crash, so it is reported,
+never cut.
 """
 
 from __future__ import annotations
@@ -228,12 +233,15 @@ class Shelf:
     - ``recent``: oid -> offset of its newest record after the map.
     - ``end``: the position where the next transaction goes.
     - ``sync``: whether appends are fdatasynced (not for throwaway files).
+    - ``unsynced``: True when transactions were appended with
+      ``sync=False`` since the last fdatasync.
     """
 
     def __init__(self, fd: int, path: str, repair: bool = False, sync: bool = True) -> None:
         self.fd = fd
         self.path = path
         self.sync = sync
+        self.unsynced = False
         size = os.fstat(fd).st_size
         if size == 0:
             write_all(fd, empty_shelf(), 0)
@@ -314,8 +322,24 @@ class Shelf:
         return position
 
     def _sync(self) -> None:
+        # Cleared before the fdatasync: an append that lands during it sets
+        # the flag again, so no append is ever marked synced by mistake.
+        self.unsynced = False
         if self.sync:
-            _fdatasync(self.fd)
+            try:
+                _fdatasync(self.fd)
+            except BaseException:
+                self.unsynced = True
+                raise
+
+    def sync_appended(self) -> None:
+        """fdatasync the transactions appended with ``sync=False``, if any.
+
+        May run in another thread than the appends: it covers every append
+        whose write returned before it was called.
+        """
+        if self.unsynced:
+            self._sync()
 
     def get_position(self, oid: bytes) -> int | None:
         """The offset of the entry holding ``oid``'s newest record, if any."""
@@ -349,18 +373,23 @@ class Shelf:
             raise ShelfError(self.path, position, "a record runs past the end of the file")
         return chunk[16:] + rest
 
-    def append(self, records: Iterable[tuple[bytes, bytes]]) -> None:
+    def append(self, records: Iterable[tuple[bytes, bytes]], sync: bool = True) -> None:
         """Append one transaction with one write, fdatasync it, then index it.
 
-        On a failed write the file is cut back, so it never keeps part of it.
+        With ``sync`` False the fdatasync is left to :meth:`sync_appended`,
+        so that one sync can serve several appends.  On a failed write the
+        file is cut back, so it never keeps part of it.
         """
         data, offsets = encode_transaction(records, self.end)
         try:
             write_all(self.fd, data, self.end)
-            self._sync()
+            if sync:
+                self._sync()
         except BaseException:
             os.ftruncate(self.fd, self.end)
             raise
+        if not sync:
+            self.unsynced = True
         self.recent.update(offsets)
         self.end += len(data)
 
