@@ -187,11 +187,16 @@ def seed(port: int, clients: int, pages: int) -> list[Visitor]:
 
 @dataclass
 class Result:
+    """Requests measured: their latencies (s), status counts, the time taken,
+    and the rate of each turn that went into it."""
+
     latencies: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     elapsed: float = 0.0
+    turn_rates: list[float] = field(default_factory=list)
 
     def add(self, other: Result) -> None:
+        self.turn_rates.append(other.rate)
         self.latencies += other.latencies
         self.elapsed += other.elapsed
         for status, count in other.statuses.items():
@@ -346,10 +351,10 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, dict[str, Resul
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
-    parser.add_argument("--duration", type=float, default=6.0,
-                        help="seconds measured per workload and app, split over the rounds (6)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="turns each app takes per workload, alternating which goes first (3)")
+    parser.add_argument("--duration", type=float, default=8.0,
+                        help="seconds measured per workload and app, split over the rounds (8)")
+    parser.add_argument("--rounds", type=int, default=4,
+                        help="turns each app takes per workload, alternating which goes first (4)")
     parser.add_argument("--pages", type=int, default=200, help="pages seeded besides the clients' own (200)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers per app (4)")
     parser.add_argument("--keep", metavar="DIR", help="keep data and server logs in DIR (default: a temporary folder)")
@@ -369,9 +374,12 @@ def main() -> int:
                   f"{result.percentile(0.99):8.1f}  {statuses}")
     failed = False
     for workload, target in (("page", 1.5), ("recent", None), ("edit", 1.0)):
-        ratio = results["durus"][workload].rate / results["sqlite"][workload].rate
-        verdict = "" if target is None else (" (target >= %.1fx: %s)" % (target, "met" if ratio >= target else "MISSED"))
-        print(f"ratio {workload:8} durus/sqlite requests/s = {ratio:.2f}x{verdict}")
+        ours, theirs = results["durus"][workload], results["sqlite"][workload]
+        ratio = ours.rate / theirs.rate
+        turns = sorted(a / b for a, b in zip(ours.turn_rates, theirs.turn_rates))
+        verdict = "" if target is None else f" (target >= {target:.1f}x: {'met' if ratio >= target else 'MISSED'})"
+        print(f"ratio {workload:8} durus/sqlite requests/s = {ratio:.2f}x{verdict}; "
+              f"turn by turn {', '.join(f'{turn:.2f}' for turn in turns)}")
     for name in APPS:
         lost = results[name]["lost"]
         conflicts = results[name]["edit"].statuses.get(409, 0)

@@ -24,17 +24,18 @@ from collections.abc import Iterator
 
 from durus.btree import BNode64, BTree
 from durus.persistent import Persistent
+from durus.persistent_set import PersistentSet
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from example_app.text import render, words
 
 WIKI_KEY = "wiki"
 
-# Nodes for the indexes that concurrent edits change together.  Conflict
+# Nodes of the log of recent changes, which every edit appends to.  Conflict
 # resolution merges inserts of different keys into a node, but not two
 # commits that both split it; wider nodes split four times less often than
-# the default BNode16, at the price of larger records for big nodes.
-SHARED_INDEX_NODE = BNode64
+# the default BNode16.
+LOG_NODE = BNode64
 
 
 class EditConflict(Exception):
@@ -146,9 +147,11 @@ class Wiki(Persistent):
     - ``pages``: BTree slug -> :class:`Page`.
     - ``users``: BTree lowercased name -> :class:`User` (names are unique
       regardless of case).
-    - ``tags``: BTree tag -> BTree(slug -> True), the pages with that tag.
-    - ``words``: BTree word -> BTree(slug -> True), the search index over
-      titles and texts.
+    - ``tags``: BTree tag -> PersistentSet of the slugs of pages with that tag.
+    - ``words``: BTree word -> PersistentSet of slugs, the search index over
+      titles and texts.  A posting list is one object, so an edit loads one
+      record per word it adds or removes, and concurrent edits adding
+      different pages to one word merge at commit (a set never splits).
     - ``recent``: BTree ``(timestamp, slug)`` -> :class:`Revision`, the log
       of every edit, newest at the end.  Entries are only ever appended,
       so concurrent edits change this tree only at its right edge, with
@@ -160,7 +163,7 @@ class Wiki(Persistent):
         self.users = BTree()
         self.tags = BTree()
         self.words = BTree()
-        self.recent = BTree(SHARED_INDEX_NODE)
+        self.recent = BTree(LOG_NODE)
 
     # -- accounts -------------------------------------------------------------
 
@@ -211,17 +214,17 @@ class Wiki(Persistent):
 
     @staticmethod
     def _reindex(index: BTree, slug: str, old: set[str], new: set[str]) -> None:
-        """Move ``slug`` between posting BTrees; only changed keys are touched."""
+        """Move ``slug`` between posting sets; only changed keys are touched."""
         for key in old - new:
             postings = index[key]
-            del postings[slug]
+            postings.discard(slug)
             if not postings:
                 del index[key]
         for key in new - old:
             postings = index.get(key)
             if postings is None:
-                postings = index[key] = BTree(SHARED_INDEX_NODE)
-            postings[slug] = True
+                postings = index[key] = PersistentSet()
+            postings.add(slug)
 
     # -- reading ----------------------------------------------------------------
 
@@ -232,7 +235,7 @@ class Wiki(Persistent):
     def tagged(self, tag: str) -> Iterator[Page]:
         """Pages with ``tag``, by slug."""
         postings = self.tags.get(tag)
-        return (self.pages[slug] for slug in postings) if postings else iter(())
+        return (self.pages[slug] for slug in sorted(postings)) if postings else iter(())
 
     def tag_counts(self) -> Iterator[tuple[str, int]]:
         """``(tag, number of pages)`` for every tag, alphabetically."""
