@@ -203,25 +203,32 @@ def test_sign_up_log_in_create_search_and_history(deployment):
     assert 'href="/wiki/gunicorn-notes"' in client.get("/tags/deploy").text
 
 
-def test_concurrent_edits_are_saved_or_reported_never_lost(deployment):
+@pytest.mark.parametrize(
+    "count, rounds", [(6, 6), pytest.param(12, 15, marks=pytest.mark.slow)], ids=["6x6", "12x15"])
+def test_concurrent_edits_are_saved_or_reported_never_lost(deployment, count, rounds):
+    """Clients edit their own page and one page they all share, at once.
+
+    An edit of the shared page that started from an old revision must be
+    reported (409), never saved over the other; every saved edit is exactly
+    one revision, in every page's history.
+    """
     _, web = deployment
-    clients = [Client(web.port) for _ in range(6)]
-    run_clients(len(clients), lambda i: clients[i].signup(f"editor{i}"))
-    assert clients[0].post_form("/new", {"title": "Shared", "text": "v0"}).status == 302
-    run_clients(
-        len(clients),
-        lambda i: clients[i].post_form("/new", {"title": f"Own {i}", "text": f"own {i} v0"}).status,
-    )
+    run = f"r{count}x{rounds}"
+    clients = [Client(web.port) for _ in range(count)]
+    run_clients(count, lambda i: clients[i].signup(f"{run}-editor{i}"))
+    assert clients[0].post_form("/new", {"title": f"{run} shared", "text": "v0"}).status == 302
+    run_clients(count, lambda i: clients[i].post_form(
+        "/new", {"title": f"{run} own {i}", "text": f"own {i} v0"}).status)
 
     def edit_loop(i: int) -> tuple[list[str], list[str], int]:
-        """Edit this client's own page and the shared one, six times each."""
         client = clients[i]
-        saved = {"shared": [], f"own-{i}": []}
+        own, shared = f"{run}-own-{i}", f"{run}-shared"
+        saved: dict[str, list[str]] = {shared: [], own: []}
         reported = 0
-        for round in range(6):
+        for round in range(rounds):
             for slug, title, text, base in (
-                (f"own-{i}", f"Own {i}", f"own {i} v{round + 1}", 1 + len(saved[f"own-{i}"])),
-                ("shared", "Shared", f"shared by {i} round {round}", client.current_revision("shared")),
+                (own, f"{run} own {i}", f"own {i} v{round + 1}", 1 + len(saved[own])),
+                (shared, f"{run} shared", f"shared by {i} round {round}", client.current_revision(shared)),
             ):
                 response = client.edit(slug, title, text, base)
                 assert response.status in (302, 409), response.text[:500]
@@ -229,21 +236,22 @@ def test_concurrent_edits_are_saved_or_reported_never_lost(deployment):
                     saved[slug].append(text)
                 else:
                     reported += 1
-        return saved["shared"], saved[f"own-{i}"], reported
+        return saved[shared], saved[own], reported
 
-    results = run_clients(len(clients), edit_loop)
+    results = run_clients(count, edit_loop)
     reader = Client(web.port)
-    shared = revision_texts(reader, "shared")
+    shared = revision_texts(reader, f"{run}-shared")
     saved = [text for saved_shared, _, _ in results for text in saved_shared]
     assert len(shared) == 1 + len(saved)  # each saved edit is one revision, no more
     assert sorted(shared.values()) == sorted(["v0", *saved])
     saved_own = [own for _, own, _ in results]
     reported = sum(count for _, _, count in results)
-    assert reported + len(saved) + sum(map(len, saved_own)) == 6 * 6 * 2
+    assert reported + len(saved) + sum(map(len, saved_own)) == count * rounds * 2
     for i, own in enumerate(saved_own):
-        assert list(revision_texts(reader, f"own-{i}").values()) == [f"own {i} v0", *own]
-    # Edits of different pages conflict only in shared indexes, which replays fix.
-    assert sum(map(len, saved_own)) >= 6 * 6 - 2
+        assert list(revision_texts(reader, f"{run}-own-{i}").values()) == [f"own {i} v0", *own]
+    # Edits of different pages meet only in shared indexes, where conflicts
+    # are merged or replayed: nearly all are saved.
+    assert sum(map(len, saved_own)) >= 0.9 * count * rounds
 
 
 @pytest.mark.parametrize("stop", ["stop", "kill"], ids=["sigterm", "sigkill"])
