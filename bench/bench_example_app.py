@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import os
 import random
 import re
@@ -36,7 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import http.client
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from server_process import free_port  # noqa: E402  (tests/server_process.py)
+from server_process import free_port
 
 GUNICORN_CONF = REPO / "example_app" / "gunicorn.conf.py"
 APPS = ("durus", "sqlite")
@@ -97,8 +97,9 @@ class Deployment:
         self._wait(lambda: _port_open(self.port))
 
     def _start(self, command: list[str], env: dict[str, str], log_name: str) -> None:
-        log = open(self.folder / f"{log_name}.log", "wb")
-        self.processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+        with open(self.folder / f"{log_name}.log", "wb") as log:
+            self.processes.append(
+                subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
 
     def _wait(self, ready, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -306,7 +307,7 @@ class EditWorkload:
         """Pages whose revision count is not 1 + the edits saved on them."""
         problems = []
         for index, visitor in enumerate(self.visitors):
-            status, text = visitor.request("GET", f"/wiki/own-{index}/history")
+            _, text = visitor.request("GET", f"/wiki/own-{index}/history")
             count = int(re.search(r"(\d+) revisions", text).group(1))
             if count != 1 + self.saved[index]:
                 problems.append(f"own-{index}: {count} revisions for {self.saved[index]} saved edits")

@@ -24,9 +24,8 @@ import time
 from collections.abc import Sequence
 
 from durus.storage_server import SocketAddress
-from flask_durus.storage_uri import parse_storage_uri
-
 from example_app import create_app
+from flask_durus.storage_uri import parse_storage_uri
 
 # Every edit rewrites a few dozen small records and leaves their old versions
 # behind; packing after about this many committed bytes keeps the file

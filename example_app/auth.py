@@ -12,11 +12,21 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 
 from example_app.csrf import csrf_token
-from example_app.forms import LoginForm, SignupForm
 from example_app.database import current_wiki
+from example_app.forms import LoginForm, SignupForm
 
 bp = Blueprint("auth", __name__)
 

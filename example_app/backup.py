@@ -25,10 +25,9 @@ from flask.cli import with_appcontext
 
 from durus.connection import Connection
 from durus.file_storage import FileStorage
+from example_app.models import WIKI_KEY
 from flask_durus.settings import DurusSettings
 from flask_durus.storage_uri import FILE
-
-from example_app.models import WIKI_KEY
 
 _CHUNK = 1 << 20
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from flask import current_app
 
-from flask_durus import Durus
-
 from example_app.models import Wiki, get_wiki
+from flask_durus import Durus
 
 durus = Durus()
 

@@ -22,11 +22,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+from werkzeug.security import check_password_hash, generate_password_hash
+
 from durus.btree import BNode64, BTree
 from durus.persistent import Persistent
 from durus.persistent_set import PersistentSet
-from werkzeug.security import check_password_hash, generate_password_hash
-
 from example_app.text import render, words
 
 WIKI_KEY = "wiki"

@@ -261,7 +261,7 @@ def test_backup_of_a_file_being_written(tmp_path):
     # A commit caught half-written at the end of the copy is dropped.
     torn = tmp_path / "torn.durus"
     torn.write_bytes(data.read_bytes() + b"\x00\x00\x00\x00\x00\x00\x01\x00partial")
-    size, records, pages = back_up(str(torn), str(tmp_path / "from-torn.durus"))
+    size, _, pages = back_up(str(torn), str(tmp_path / "from-torn.durus"))
     assert (size, pages) == (os.path.getsize(data), 1)
     storage = FileStorage(str(backup), readonly=True)
     try:

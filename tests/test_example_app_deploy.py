@@ -22,10 +22,10 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+from server_process import ServerProcess, free_port
 
 from durus.connection import Connection
 from durus.file_storage import FileStorage
-from server_process import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = ROOT / "example_app" / "gunicorn.conf.py"

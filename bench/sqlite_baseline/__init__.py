@@ -25,7 +25,6 @@ from werkzeug.exceptions import HTTPException
 import example_app
 from example_app import format_time, load_secret_key, render_error
 from example_app.csrf import init_csrf
-
 from sqlite_baseline.models import db
 
 _EXAMPLE_DIR = os.path.dirname(os.path.abspath(example_app.__file__))

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from sqlalchemy import delete, func, select
 
 from example_app.auth import log_in, login_required, safe_next
 from example_app.forms import LoginForm, PageForm, SignupForm
 from example_app.pagination import PER_PAGE, Pagination, page_number
 from example_app.text import diff_lines, excerpt, words
-
 from sqlite_baseline.models import Page, PageTag, PageWord, Revision, User, db
 
 auth = Blueprint("auth", __name__)
@@ -129,7 +139,7 @@ def new_page() -> Any:
     if request.method == "GET":
         return render_template("edit.html", form=PageForm(request.args), page=None)
     form = PageForm(request.form)
-    taken = lambda slug: db.session.scalar(select(Page.id).where(Page.slug == slug)) is not None  # noqa: E731
+    taken = lambda slug: db.session.scalar(select(Page.id).where(Page.slug == slug)) is not None
     if not form.validate(slug_taken=taken):
         return render_template("edit.html", form=form, page=None), 400
     page = Page(slug=form.slug, updated=0.0)
