@@ -131,4 +131,10 @@ def test_sign_up_create_edit_and_find_a_page(site, browser, screenshots):
     assert [row.find_element(By.TAG_NAME, "td").text for row in rows] == ["2", "1"]
     assert "explain transactions" in rows[0].text
     browser.save_screenshot(str(screenshots / "history.png"))
+
+    browser.find_element(By.LINK_TEXT, "Recent").click()
+    changes = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "ul.listing .meta")]
+    assert changes[0].startswith("revision 2 by grace") and "explain transactions" in changes[0]
+    assert changes[1].startswith("revision 1 by grace")
+    browser.save_screenshot(str(screenshots / "recent.png"))
     assert (screenshots / "page.png").stat().st_size > 10_000
