@@ -467,7 +467,11 @@ class Connection:
         if conflicts:
             if read_oid is None:
                 raise WriteConflictError(conflicts)
-            raise ReadConflictError([read_oid])
+            # Mid-transaction, objects this transaction changed and can merge
+            # are merged now, as the commit would; anything else it used is
+            # stale, and so would be what it goes on to read.
+            if not self._resolve_conflicts(conflicts):
+                raise ReadConflictError([read_oid])
 
     def _sync(self) -> None:
         """Ghost every object other clients changed, used or not."""

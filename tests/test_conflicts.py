@@ -216,3 +216,33 @@ def test_resolution_needs_every_conflicting_object_to_resolve(connect) -> None:
         second.commit()
     second.abort()
     assert second.root["hits"].value == 1 and second.root["a"].value == 1
+
+
+def test_load_meeting_a_mergeable_change_merges_instead_of_failing(connect) -> None:
+    first, second = connect(), connect()
+    first.root["hits"] = PersistentCounter()
+    setup_items(first, a=0)
+    second.abort()
+    second.root["hits"].increment()  # changed here ...
+    second.root["a"]._p_set_status_ghost()
+    first.root["hits"].increment(10)  # ... and there, then a load in between
+    first.root["a"].value = 1
+    first.commit()
+    assert second.root["a"].value == 1  # the load catches up and merges
+    second.commit()
+    first.abort()
+    assert first.root["hits"].value == 11
+
+
+def test_load_meeting_a_change_to_an_object_only_read_still_fails(connect) -> None:
+    first, second = connect(), connect()
+    first.root["hits"] = PersistentCounter()
+    setup_items(first, a=0)
+    second.abort()
+    assert second.root["hits"].value == 0  # read, not changed
+    second.root["a"]._p_set_status_ghost()
+    first.root["hits"].increment()
+    first.root["a"].value = 1
+    first.commit()
+    with pytest.raises(ReadConflictError):
+        second.root["a"].value
