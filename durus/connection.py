@@ -43,7 +43,8 @@ _setattribute = object.__setattr__
 
 # How long a connection waits for another client to finish creating the root.
 ROOT_CREATION_TIMEOUT = 10.0
-# How many times one commit merges fresh conflicts before giving up.
+# How many times one commit merges fresh conflicts before giving up; the
+# default of Connection.resolution_rounds (0 turns resolution off).
 MAX_RESOLUTION_ROUNDS = 10
 # How many times a load catches up with other clients' commits of its object.
 MAX_LOAD_ATTEMPTS = 10
@@ -104,6 +105,9 @@ class Connection:
     - ``root``: the root object (oid 0).
     - ``transaction_serial``: counts transaction boundaries; stamped on used
       objects as ``_p_serial``.
+    - ``resolution_rounds``: how many times a commit may merge conflicting
+      changes (classes with ``_p_resolve_conflict``) and try again; 0 turns
+      conflict resolution off, as in Durus 4.3.
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class Connection:
             storage = FileStorage(os.fspath(storage))
         self.storage = storage
         self.transaction_serial = 1
+        self.resolution_rounds = MAX_RESOLUTION_ROUNDS
         self._cache_size = 0
         self.set_cache_size(cache_size)
         self._cache = ObjectCache()
@@ -354,7 +359,7 @@ class Connection:
                 self._write_changes()
                 return
             except WriteConflictError as conflict:
-                if rounds == MAX_RESOLUTION_ROUNDS or not self._resolve_conflicts(conflict.oids or []):
+                if rounds >= self.resolution_rounds or not self._resolve_conflicts(conflict.oids or []):
                     raise
                 rounds += 1
 
@@ -404,7 +409,7 @@ class Connection:
         starting state is known, can merge: an object that was only read
         keeps conflicting, or read-set validation would be weakened.
         """
-        if not oids:
+        if not oids or not self.resolution_rounds:
             return False
         changed, base_data, reader = self._changed, self._base_data, self._reader
         committed = self._load_committed(set(oids))
@@ -438,7 +443,7 @@ class Connection:
         this transaction only read one of them, end it).
         """
         changed, base_data = self._changed, self._base_data
-        for _ in range(MAX_RESOLUTION_ROUNDS):
+        for _ in range(self.resolution_rounds):
             if any(oid not in changed or oid not in base_data for oid in oids):
                 return None
             try:

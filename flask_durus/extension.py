@@ -159,7 +159,8 @@ class Durus:
         pool = self._pools.get(app)
         if pool is None:
             settings = self.settings(app)
-            pool = ConnectionPool(storage_opener(settings), settings.cache_size, settings.pool_size)
+            pool = ConnectionPool(
+                storage_opener(settings), settings.cache_size, settings.pool_size, settings.resolution_rounds)
             # setdefault: of two threads racing here, both use the first pool.
             pool = self._pools.setdefault(app, pool)
         return pool

@@ -182,13 +182,15 @@ class ConnectionPool:
 
     - ``opener``: the StorageOpener for new connections.
     - ``cache_size``: each connection's cache size.
+    - ``resolution_rounds``: each connection's ``resolution_rounds``.
     - ``max_idle``: idle connections kept; more are closed when returned.
     - ``closed``: True after :meth:`close`.
     """
 
-    def __init__(self, opener: StorageOpener, cache_size: int, max_idle: int) -> None:
+    def __init__(self, opener: StorageOpener, cache_size: int, max_idle: int, resolution_rounds: int) -> None:
         self.opener = opener
         self.cache_size = cache_size
+        self.resolution_rounds = resolution_rounds
         self.max_idle = max_idle
         self.closed = False
         self._idle: list[PooledConnection] = []
@@ -251,7 +253,9 @@ class ConnectionPool:
     def _open(self) -> PooledConnection:
         storage = self.opener.open()
         try:
-            return PooledConnection(storage, cache_size=self.cache_size)
+            connection = PooledConnection(storage, cache_size=self.cache_size)
+            connection.resolution_rounds = self.resolution_rounds
+            return connection
         except BaseException:
             _close_quietly(storage)
             raise

@@ -32,6 +32,7 @@ CONFIG_DEFAULTS: dict[str, object] = {
     "DURUS_REPLAY_BODY_LIMIT": 1 << 20,
     "DURUS_RETRY_AFTER": 1,
     "DURUS_SERVER_GCBYTES": 0,
+    "DURUS_RESOLUTION_ROUNDS": 10,
 }
 
 
@@ -61,6 +62,9 @@ class DurusSettings:
     - ``retry_after``: seconds in the ``Retry-After`` header of a 503.
     - ``server_gcbytes``: ``flask durus serve`` packs after this many
       committed bytes (0: never).
+    - ``resolution_rounds``: each connection's ``resolution_rounds``: how
+      often a commit may merge conflicting changes before the request is
+      replayed (0: no conflict resolution, as in Durus 4.3).
     """
 
     location: StorageLocation
@@ -75,6 +79,7 @@ class DurusSettings:
     replay_body_limit: int
     retry_after: int
     server_gcbytes: int
+    resolution_rounds: int
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], instance_path: str) -> DurusSettings:
@@ -98,6 +103,7 @@ class DurusSettings:
             replay_body_limit=_number(config, "DURUS_REPLAY_BODY_LIMIT", int, minimum=0),
             retry_after=_number(config, "DURUS_RETRY_AFTER", int, minimum=0),
             server_gcbytes=_number(config, "DURUS_SERVER_GCBYTES", int, minimum=0),
+            resolution_rounds=_number(config, "DURUS_RESOLUTION_ROUNDS", int, minimum=0),
         )
 
 

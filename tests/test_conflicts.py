@@ -246,3 +246,16 @@ def test_load_meeting_a_change_to_an_object_only_read_still_fails(connect) -> No
     first.commit()
     with pytest.raises(ReadConflictError):
         second.root["a"].value
+
+
+def test_resolution_rounds_zero_gives_durus43_behaviour(connect) -> None:
+    first, second = connect(), connect()
+    second.resolution_rounds = 0
+    first.root["hits"] = PersistentCounter()
+    first.commit()
+    second.abort()
+    first.root["hits"].increment()
+    second.root["hits"].increment()
+    first.commit()
+    with pytest.raises(WriteConflictError):
+        second.commit()

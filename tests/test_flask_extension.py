@@ -602,3 +602,12 @@ def test_a_commit_that_fails_answers_500_and_stores_nothing(app_durus):
     assert client.post("/bad").status_code == 500
     assert client.post("/good").status_code == 200
     assert committed_value(app, durus, "value") == "good"
+
+
+def test_resolution_rounds_reach_every_pooled_connection(tmp_path):
+    app, durus = make_app(tmp_path, DURUS_RESOLUTION_ROUNDS=0)
+    with app.app_context():
+        assert durus.connection.resolution_rounds == 0
+    default_app, default_durus = make_app(tmp_path / "default")
+    with default_app.app_context():
+        assert default_durus.connection.resolution_rounds == 10
