@@ -495,3 +495,30 @@ def test_trees_written_without_node_counts_load_in_durus43(tmp_path, monkeypatch
     reopened = Connection(FileStorage(str(path)))
     assert len(reopened.root["tree"]) == 1999
     reopened.get_storage().close()
+
+
+@pytest.mark.compat
+def test_a_file_with_counted_nodes_can_be_handed_back_to_durus43(tmp_path, monkeypatch) -> None:
+    from durus import btree
+    from durus.connection import Connection, touch_every_reference
+    from durus.file_storage import FileStorage
+    from tests.durus43 import run_durus43
+
+    path = tmp_path / "data.durus"
+    connection = Connection(FileStorage(str(path)))
+    tree = connection.root["tree"] = BTree()
+    for key in range(3000):
+        tree[key] = key
+    connection.commit()
+    monkeypatch.setattr(btree, "WRITE_NODE_COUNTS", False)
+    touch_every_reference(connection, "BNode")
+    connection.commit()
+    connection.pack()
+    connection.get_storage().close()
+    script = (
+        "import sys\n"
+        "from durus.file_storage import FileStorage\n"
+        "from durus.connection import Connection\n"
+        "print(len(Connection(FileStorage(sys.argv[1])).get_root()['tree']))\n"
+    )
+    assert run_durus43(script, args=[str(path)]).strip() == "3000"
