@@ -23,7 +23,12 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from durus.error import ConflictError, DurusKeyError, ReadConflictError, WriteConflictError
+from durus.error import (
+    ConflictError,
+    DurusKeyError,
+    ReadConflictError,
+    WriteConflictError,
+)
 from durus.persistent import (
     GHOST,
     SAVED,

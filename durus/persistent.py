@@ -26,6 +26,7 @@ which has the same name, module and behaviour.
 
 from __future__ import annotations
 
+import reprlib
 from sys import intern
 from typing import Any, Callable
 
@@ -187,6 +188,16 @@ def data_slots(cls: type) -> tuple[str, ...]:
     return result
 
 
+def _identifier(obj: PersistentObject) -> str:
+    """The oid as a number, or ``@`` and the id for an object never stored."""
+    return f"@{id(obj):x}" if obj._p_oid is None else obj._p_format_oid()
+
+
+def container_repr(obj: PersistentObject, contents: Any) -> str:
+    """``<Class oid contents>``, the contents shortened as reprlib does."""
+    return f"<{real_class(type(obj)).__name__} {_identifier(obj)} {reprlib.repr(contents)}>"
+
+
 class PersistentObject:
     """Base of every persistent class; subclasses may use ``__slots__``.
 
@@ -252,11 +263,7 @@ class PersistentObject:
                 pass
 
     def __repr__(self) -> str:
-        if self._p_oid is None:
-            identifier = f"@{id(self):x}"
-        else:
-            identifier = self._p_format_oid()
-        return f"<{real_class(type(self)).__name__} {identifier}>"
+        return f"<{real_class(type(self)).__name__} {_identifier(self)}>"
 
     def _p_load_state(self) -> None:
         """Load the stored state of this ghost through its connection."""

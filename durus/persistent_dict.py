@@ -10,12 +10,11 @@ read-only use never causes a write or a write conflict.
 
 from __future__ import annotations
 
-import reprlib
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Self
 
 from durus.merge import merge_mapping
-from durus.persistent import PersistentObject
+from durus.persistent import PersistentObject, container_repr
 
 _MISSING = object()
 
@@ -81,8 +80,7 @@ class PersistentDict(PersistentObject, MutableMapping):
         return NotImplemented
 
     def __repr__(self) -> str:
-        identifier = f"@{id(self):x}" if self._p_oid is None else self._p_format_oid()
-        return f"<{self.__class__.__name__} {identifier} {reprlib.repr(self.data)}>"
+        return container_repr(self, self.data)
 
     # -- new dicts ----------------------------------------------------------
 

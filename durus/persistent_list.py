@@ -7,13 +7,12 @@ change ``data`` call ``_p_note_change()`` before changing it; ``pop`` and
 
 from __future__ import annotations
 
-import reprlib
 import sys
 from collections.abc import Callable, Iterable, MutableSequence
 from operator import index as as_index
 from typing import Any, Self
 
-from durus.persistent import PersistentObject
+from durus.persistent import PersistentObject, container_repr
 
 
 def _plain(other: Any) -> Any:
@@ -82,8 +81,7 @@ class PersistentList(PersistentObject, MutableSequence):
         return self.data >= other if isinstance(other, list) else NotImplemented
 
     def __repr__(self) -> str:
-        identifier = f"@{id(self):x}" if self._p_oid is None else self._p_format_oid()
-        return f"<{self.__class__.__name__} {identifier} {reprlib.repr(self.data)}>"
+        return container_repr(self, self.data)
 
     # -- new lists ----------------------------------------------------------
 

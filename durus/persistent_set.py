@@ -10,13 +10,12 @@ iterables, as ``set`` does; results are new, unsaved PersistentSets.
 
 from __future__ import annotations
 
-import reprlib
 from collections.abc import Iterable, MutableSet
 from collections.abc import Set as AbstractSet
 from typing import Any
 
 from durus.merge import merge_mapping, merge_set
-from durus.persistent import PersistentObject
+from durus.persistent import PersistentObject, container_repr
 
 
 def _plain(other: Any) -> Any:
@@ -92,8 +91,7 @@ class PersistentSet(PersistentObject, MutableSet):
         return NotImplemented if other is None else self.s > other
 
     def __repr__(self) -> str:
-        identifier = f"@{id(self):x}" if self._p_oid is None else self._p_format_oid()
-        return f"<{self.__class__.__name__} {identifier} {reprlib.repr(self.s)}>"
+        return container_repr(self, self.s)
 
     # -- new sets -----------------------------------------------------------
 
