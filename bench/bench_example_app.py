@@ -4,25 +4,36 @@ Both run under gunicorn with 4 sync workers (``example_app/gunicorn.conf.py``);
 ours reaches its data through ``flask durus serve``, the baseline
 (``bench/sqlite_baseline``) keeps it in SQLite with WAL and
 ``synchronous=FULL``, so both make every commit durable before answering.
-Both get the same seed data through HTTP (accounts, pages), then a load
+Ours runs twice, as two deployments with their own data: ``durus``, with
+conflict resolution (the default ``DURUS_RESOLUTION_ROUNDS``), and
+``durus-r0``, the same app with ``DURUS_RESOLUTION_ROUNDS=0`` (no conflict
+resolution, as in Durus 4.3: every conflict replays the request), which
+runs only the edit workload.  ``--resolution on`` or ``off`` keeps one of them.
+
+Every app gets the same seed data through HTTP (accounts, pages), then a load
 generator on loopback (asyncio, one new connection per request, since sync
 workers close each one) runs each workload with N concurrent clients.  The
-apps take turns, the first turn of each unmeasured (it warms the caches, as
-on a server that has been running), so that load from other programs on the
-machine falls on both alike:
+apps take turns (the order rotating), the first turn of each unmeasured (it
+warms the caches, as on a server that has been running), so that load from
+other programs on the machine falls on all alike:
 
 - ``page``: logged-in clients read random pages (the read-heavy path);
 - ``recent``: the paginated "recent changes" listing;
 - ``edit``: each client edits its own page again and again, sending the
-  revision it last saw as the base; a 409 is counted, and afterwards every
-  page's revision count must equal 1 + its client's successful edits
-  (no edit lost, none applied twice).
+  revision it last saw as the base; every edit appends to the shared log of
+  recent changes and moves its page in the word index.  A 409 is counted,
+  and afterwards every page's revision count must equal 1 + its client's
+  successful edits (no edit lost, none applied twice).
 
-Prints requests/s, p50 and p99 latency per app and workload, and the ratios
+Prints requests/s, p50 and p99 latency per app and workload, the ratios
 (ours / baseline, overall and turn by turn; the targets: page >= 1.5x,
-edit >= 1x).  Takes about two minutes.
+edit >= 1x) and, for edits, the share answered 409 (target < 1 %), the
+conflicts our workers met and replayed (logged by ``counted_app``, by class
+of the objects that collided) and the lost-edit check.  Takes about three
+minutes.
 
-    python bench/bench_example_app.py [--clients 16] [--duration 8] [--rounds 4] [--pages 200]
+    python bench/bench_example_app.py [--resolution both|on|off] [--workloads page,recent,edit]
+        [--clients 16] [--duration 8] [--rounds 4] [--pages 200]
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
@@ -48,8 +60,13 @@ sys.path.insert(0, str(REPO / "tests"))
 from server_process import free_port
 
 GUNICORN_CONF = REPO / "example_app" / "gunicorn.conf.py"
-APPS = ("durus", "sqlite")
 WORKLOADS = ("page", "recent", "edit")
+# Which apps each --resolution runs, in the order of their first turn.
+RESOLUTION_APPS = {"both": ("durus-r0", "durus", "sqlite"), "on": ("durus", "sqlite"), "off": ("durus-r0", "sqlite")}
+# Apps that run only some workloads: without resolution only edits differ.
+APP_WORKLOADS = {"durus-r0": ("edit",)}
+TARGETS = {"page": 1.5, "edit": 1.0}  # ours with resolution / baseline, requests/s
+MAX_CONFLICT_SHARE = 0.01  # edits answered 409, with resolution
 FAST_HASH = "pbkdf2:sha256:1000"  # sign-ups are set-up here, not what is measured
 _letters = random.Random(0)
 VOCABULARY = sorted({
@@ -71,22 +88,31 @@ def page_text(rng: random.Random, words: int) -> str:
 
 
 class Deployment:
-    """An app under gunicorn -w 4 (plus its storage server, for ours)."""
+    """An app under gunicorn -w 4 (plus its storage server, for ours).
+
+    ``name`` is ``durus``, ``durus-r0`` (ours without conflict resolution) or
+    ``sqlite``.  Our workers log the conflicts they meet to ``events``.
+    """
 
     def __init__(self, name: str, folder: Path, workers: int) -> None:
         self.name = name
         self.folder = folder
         self.port = free_port()
         self.processes: list[subprocess.Popen] = []
+        self.events = folder / "events.log"
         pythonpath = os.pathsep.join(filter(None, [str(BENCH), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "FLASK_PASSWORD_HASH_METHOD": FAST_HASH, "PYTHONPATH": pythonpath}
         instance = folder / "instance"
-        if name == "durus":
+        if name.startswith("durus"):
+            if name == "durus-r0":
+                env["FLASK_DURUS_RESOLUTION_ROUNDS"] = "0"
             storage_port = free_port()
             env["FLASK_DURUS_STORAGE"] = f"durus://127.0.0.1:{storage_port}"
             spec = f"example_app:create_app(instance_path={str(instance)!r})"
             self._start([sys.executable, "-m", "flask", "--app", spec, "durus", "serve"], env, "server")
             self._wait(lambda: _port_open(storage_port))
+            spec = (f"counted_app:create_app('example_app:create_app', events={str(self.events)!r}, "
+                    f"instance_path={str(instance)!r})")
         else:
             spec = f"sqlite_baseline:create_app(instance_path={str(instance)!r})"
         self._start(
@@ -95,6 +121,16 @@ class Deployment:
             env, "gunicorn",
         )
         self._wait(lambda: _port_open(self.port))
+
+    def events_since(self, offset: int) -> tuple[list[str], int]:
+        """The conflict log's lines from byte ``offset`` on, and the new end."""
+        try:
+            with open(self.events, "rb") as log:
+                log.seek(offset)
+                data = log.read()
+        except FileNotFoundError:
+            return [], offset
+        return data.decode().splitlines(), offset + len(data)
 
     def _start(self, command: list[str], env: dict[str, str], log_name: str) -> None:
         with open(self.folder / f"{log_name}.log", "wb") as log:
@@ -193,12 +229,17 @@ def seed(port: int, clients: int, pages: int) -> list[Visitor]:
 @dataclass
 class Result:
     """Requests measured: their latencies (s), status counts, the time taken,
-    and the rate of each turn that went into it."""
+    the rate of each turn that went into it, and (ours) the conflicts the
+    workers met meanwhile: how many, how many were replayed, and the classes
+    of the objects they collided on."""
 
     latencies: list[float] = field(default_factory=list)
     statuses: dict[int, int] = field(default_factory=dict)
     elapsed: float = 0.0
     turn_rates: list[float] = field(default_factory=list)
+    conflicts: int = 0
+    replays: int = 0
+    collided: Counter = field(default_factory=Counter)
 
     def add(self, other: Result) -> None:
         self.turn_rates.append(other.rate)
@@ -206,10 +247,28 @@ class Result:
         self.elapsed += other.elapsed
         for status, count in other.statuses.items():
             self.statuses[status] = self.statuses.get(status, 0) + count
+        self.conflicts += other.conflicts
+        self.replays += other.replays
+        self.collided += other.collided
 
     def record(self, status: int, latency: float) -> None:
         self.latencies.append(latency)
         self.statuses[status] = self.statuses.get(status, 0) + 1
+
+    def count_events(self, lines: list[str]) -> None:
+        """Take in lines of ``counted_app``'s conflict log."""
+        for line in lines:
+            fields = line.split()
+            if fields[0] == "retry":
+                self.replays += 1
+            elif fields[0] == "conflict":
+                self.conflicts += 1
+                self.collided.update({item.split(":")[0] for item in fields[4:]} or {fields[3]})
+
+    @property
+    def share(self) -> float:
+        """The share of requests answered 409."""
+        return self.statuses.get(409, 0) / max(1, len(self.latencies))
 
     @property
     def rate(self) -> float:
@@ -322,13 +381,14 @@ def _ignore(status: int) -> None:
 
 
 def measure(folder: Path, args: argparse.Namespace) -> dict[str, dict[str, Result | list[str]]]:
-    """Run every workload on both apps, taking turns, so background load falls on both alike."""
+    """Run every workload on every app, taking turns, so background load falls on all alike."""
+    apps = RESOLUTION_APPS[args.resolution]
     deployments = {}
     try:
-        for name in APPS:
+        for name in apps:
             (folder / name).mkdir(parents=True)
             deployments[name] = Deployment(name, folder / name, args.workers)
-        visitors = {name: seed(deployments[name].port, args.clients, args.pages) for name in APPS}
+        visitors = {name: seed(deployments[name].port, args.clients, args.pages) for name in apps}
         generators = {}
         for name, deployment in deployments.items():
             port = deployment.port
@@ -337,19 +397,23 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, dict[str, Resul
                 "recent": recent_workload(port, visitors[name]),
                 "edit": EditWorkload(port, visitors[name]),
             }
-        results = {name: {workload: Result() for workload in WORKLOADS} for name in APPS}
-        for workload in WORKLOADS:
-            for name in APPS:  # an unmeasured turn: warm caches, as on a server that has been running
-                asyncio.run(run_load(deployments[name].port, generators[name][workload], args.clients,
-                                     args.duration / args.rounds))
+        results = {name: {workload: Result() for workload in WORKLOADS} for name in apps}
+        turn = args.duration / args.rounds
+        for workload in args.workloads:
+            taking_part = [name for name in apps if workload in APP_WORKLOADS.get(name, WORKLOADS)]
+            for name in taking_part:  # an unmeasured turn: warm caches, as on a server that has been running
+                asyncio.run(run_load(deployments[name].port, generators[name][workload], args.clients, turn))
             for round in range(args.rounds):
-                for name in APPS if round % 2 == 0 else reversed(APPS):
-                    segment = asyncio.run(run_load(
-                        deployments[name].port, generators[name][workload], args.clients,
-                        args.duration / args.rounds))
+                shift = round % len(taking_part)
+                for name in taking_part[shift:] + taking_part[:shift]:
+                    deployment = deployments[name]
+                    _, offset = deployment.events_since(0)
+                    segment = asyncio.run(run_load(deployment.port, generators[name][workload], args.clients, turn))
+                    segment.count_events(deployment.events_since(offset)[0])
                     results[name][workload].add(segment)
-        for name in APPS:
-            results[name]["lost"] = generators[name]["edit"].lost_edits()
+        for name in apps:
+            if "edit" in args.workloads:
+                results[name]["lost"] = generators[name]["edit"].lost_edits()
         return results
     finally:
         for deployment in deployments.values():
@@ -358,11 +422,15 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, dict[str, Resul
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--resolution", choices=sorted(RESOLUTION_APPS), default="both",
+                        help="ours with conflict resolution (on), without (off), or both, each against SQLite (both)")
+    parser.add_argument("--workloads", type=_workloads, default=WORKLOADS,
+                        help=f"comma-separated, from {','.join(WORKLOADS)} (all)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
     parser.add_argument("--duration", type=float, default=8.0,
                         help="seconds measured per workload and app, split over the rounds (8)")
     parser.add_argument("--rounds", type=int, default=4,
-                        help="turns each app takes per workload, alternating which goes first (4)")
+                        help="turns each app takes per workload, rotating which goes first (4)")
     parser.add_argument("--pages", type=int, default=200, help="pages seeded besides the clients' own (200)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers per app (4)")
     parser.add_argument("--keep", metavar="DIR", help="keep data and server logs in DIR (default: a temporary folder)")
@@ -370,29 +438,63 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench-wiki-") as scratch:
         results = measure(Path(args.keep or scratch), args)
+    return report(results, args)
 
-    print(f"\nexample_app vs Flask-SQLAlchemy + SQLite: gunicorn -w {args.workers}, {args.clients} clients, "
-          f"{args.duration:g} s per workload and app in {args.rounds} turns, {os.cpu_count()} cores")
-    print(f"{'workload':10} {'app':7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  statuses")
-    for workload in WORKLOADS:
-        for name in APPS:
+
+def _workloads(text: str) -> tuple[str, ...]:
+    chosen = tuple(word.strip() for word in text.split(",") if word.strip())
+    unknown = [word for word in chosen if word not in WORKLOADS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(WORKLOADS)}, not {text!r}")
+    return tuple(workload for workload in WORKLOADS if workload in chosen)
+
+
+def report(results: dict[str, dict[str, Result | list[str]]], args: argparse.Namespace) -> int:
+    """Print the figures; 1 if an edit was lost or a target missed."""
+    apps = list(results)
+    print(f"\nexample_app vs Flask-SQLAlchemy + SQLite (synchronous=FULL): gunicorn -w {args.workers}, "
+          f"{args.clients} clients, {args.duration:g} s per workload and app in {args.rounds} turns, "
+          f"{os.cpu_count()} cores; durus-r0 = DURUS_RESOLUTION_ROUNDS=0 (no conflict resolution)")
+    print(f"{'workload':10} {'app':9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  statuses")
+    for workload in args.workloads:
+        for name in apps:
             result = results[name][workload]
+            if not result.latencies:
+                continue
             statuses = ", ".join(f"{code}: {count}" for code, count in sorted(result.statuses.items()))
-            print(f"{workload:10} {name:7} {result.rate:8.1f} {result.percentile(0.5):8.1f} "
+            print(f"{workload:10} {name:9} {result.rate:8.1f} {result.percentile(0.5):8.1f} "
                   f"{result.percentile(0.99):8.1f}  {statuses}")
     failed = False
-    for workload, target in (("page", 1.5), ("recent", None), ("edit", 1.0)):
-        ours, theirs = results["durus"][workload], results["sqlite"][workload]
-        ratio = ours.rate / theirs.rate
-        turns = sorted(a / b for a, b in zip(ours.turn_rates, theirs.turn_rates))
-        verdict = "" if target is None else f" (target >= {target:.1f}x: {'met' if ratio >= target else 'MISSED'})"
-        print(f"ratio {workload:8} durus/sqlite requests/s = {ratio:.2f}x{verdict}; "
-              f"turn by turn {', '.join(f'{turn:.2f}' for turn in turns)}")
-    for name in APPS:
-        lost = results[name]["lost"]
-        conflicts = results[name]["edit"].statuses.get(409, 0)
-        print(f"edits {name:7} 409s: {conflicts}; lost or doubled: {'none' if not lost else lost}")
-        failed |= bool(lost)
+    for workload in args.workloads:
+        theirs = results["sqlite"][workload]
+        for name in apps:
+            ours = results[name][workload]
+            if name == "sqlite" or not ours.latencies:
+                continue
+            ratio = ours.rate / theirs.rate
+            turns = sorted(a / b for a, b in zip(ours.turn_rates, theirs.turn_rates))
+            verdict = ""
+            if name == "durus" and workload in TARGETS:
+                met = ratio >= TARGETS[workload]
+                failed |= not met
+                verdict = f" (target >= {TARGETS[workload]:.1f}x: {'met' if met else 'MISSED'})"
+            print(f"ratio {workload:8} {name}/sqlite requests/s = {ratio:.2f}x{verdict}; "
+                  f"turn by turn {', '.join(f'{turn:.2f}' for turn in turns)}")
+    if "edit" in args.workloads:
+        for name in apps:
+            edits, lost = results[name]["edit"], results[name]["lost"]
+            line = (f"edits {name:9} 409s: {edits.statuses.get(409, 0)} of {len(edits.latencies)} "
+                    f"= {100 * edits.share:.2f} %")
+            if name == "durus":
+                met = edits.share < MAX_CONFLICT_SHARE
+                failed |= not met
+                line += f" (target < {100 * MAX_CONFLICT_SHARE:g} %: {'met' if met else 'MISSED'})"
+            if name != "sqlite":
+                classes = ", ".join(f"{kind} {count}" for kind, count in edits.collided.most_common(4))
+                line += (f"; conflicts met {edits.conflicts}, replays {edits.replays}"
+                         + (f" (on {classes})" if classes else ""))
+            print(line + f"; lost or doubled: {'none' if not lost else lost}")
+            failed |= bool(lost)
     return 1 if failed else 0
 
 
