@@ -25,7 +25,8 @@ other programs on the machine falls on all alike:
   and afterwards every page's revision count must equal 1 + its client's
   successful edits (no edit lost, none applied twice).
 
-Prints requests/s, p50 and p99 latency per app and workload, the ratios
+Prints requests/s, p50 and p99 latency per app and workload, the CPU time
+per request of the web workers + the storage server (Linux), the ratios
 (ours / baseline, overall and turn by turn; the targets: page >= 1.5x,
 edit >= 1x) and, for edits, the share answered 409 (target < 1 %), the
 conflicts our workers met and replayed (logged by ``counted_app``, by class
@@ -94,7 +95,7 @@ class Deployment:
     ``sqlite``.  Our workers log the conflicts they meet to ``events``.
     """
 
-    def __init__(self, name: str, folder: Path, workers: int) -> None:
+    def __init__(self, name: str, folder: Path, workers: int, profile: bool = False) -> None:
         self.name = name
         self.folder = folder
         self.port = free_port()
@@ -111,8 +112,12 @@ class Deployment:
             spec = f"example_app:create_app(instance_path={str(instance)!r})"
             self._start([sys.executable, "-m", "flask", "--app", spec, "durus", "serve"], env, "server")
             self._wait(lambda: _port_open(storage_port))
+            profiles = None
+            if profile:
+                profiles = str(folder / "profiles")
+                os.makedirs(profiles, exist_ok=True)
             spec = (f"counted_app:create_app('example_app:create_app', events={str(self.events)!r}, "
-                    f"instance_path={str(instance)!r})")
+                    f"profile={profiles!r}, instance_path={str(instance)!r})")
         else:
             spec = f"sqlite_baseline:create_app(instance_path={str(instance)!r})"
         self._start(
@@ -121,6 +126,11 @@ class Deployment:
             env, "gunicorn",
         )
         self._wait(lambda: _port_open(self.port))
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time used so far by the web workers and by the storage server (Linux; else 0)."""
+        web, server = self.processes[-1], self.processes[0]  # gunicorn was started last
+        return _tree_cpu(web.pid), _tree_cpu(server.pid) if server is not web else 0.0
 
     def events_since(self, offset: int) -> tuple[list[str], int]:
         """The conflict log's lines from byte ``offset`` on, and the new end."""
@@ -158,6 +168,22 @@ class Deployment:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+
+
+def _tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and its living descendants, from /proc."""
+    total, todo = 0, [pid]
+    while todo:
+        process = todo.pop()
+        try:
+            with open(f"/proc/{process}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+            with open(f"/proc/{process}/task/{process}/children") as children:
+                todo += [int(child) for child in children.read().split()]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _port_open(port: int) -> bool:
@@ -240,6 +266,8 @@ class Result:
     conflicts: int = 0
     replays: int = 0
     collided: Counter = field(default_factory=Counter)
+    web_cpu: float = 0.0
+    server_cpu: float = 0.0
 
     def add(self, other: Result) -> None:
         self.turn_rates.append(other.rate)
@@ -250,6 +278,8 @@ class Result:
         self.conflicts += other.conflicts
         self.replays += other.replays
         self.collided += other.collided
+        self.web_cpu += other.web_cpu
+        self.server_cpu += other.server_cpu
 
     def record(self, status: int, latency: float) -> None:
         self.latencies.append(latency)
@@ -387,7 +417,7 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, dict[str, Resul
     try:
         for name in apps:
             (folder / name).mkdir(parents=True)
-            deployments[name] = Deployment(name, folder / name, args.workers)
+            deployments[name] = Deployment(name, folder / name, args.workers, args.profile)
         visitors = {name: seed(deployments[name].port, args.clients, args.pages) for name in apps}
         generators = {}
         for name, deployment in deployments.items():
@@ -408,8 +438,11 @@ def measure(folder: Path, args: argparse.Namespace) -> dict[str, dict[str, Resul
                 for name in taking_part[shift:] + taking_part[:shift]:
                     deployment = deployments[name]
                     _, offset = deployment.events_since(0)
+                    web_cpu, server_cpu = deployment.cpu_seconds()
                     segment = asyncio.run(run_load(deployment.port, generators[name][workload], args.clients, turn))
                     segment.count_events(deployment.events_since(offset)[0])
+                    web_after, server_after = deployment.cpu_seconds()
+                    segment.web_cpu, segment.server_cpu = web_after - web_cpu, server_after - server_cpu
                     results[name][workload].add(segment)
         for name in apps:
             if "edit" in args.workloads:
@@ -433,6 +466,8 @@ def main() -> int:
                         help="turns each app takes per workload, rotating which goes first (4)")
     parser.add_argument("--pages", type=int, default=200, help="pages seeded besides the clients' own (200)")
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers per app (4)")
+    parser.add_argument("--profile", action="store_true",
+                        help="run our workers under cProfile, their stats in DIR/<app>/profiles (use with --keep)")
     parser.add_argument("--keep", metavar="DIR", help="keep data and server logs in DIR (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -455,15 +490,17 @@ def report(results: dict[str, dict[str, Result | list[str]]], args: argparse.Nam
     print(f"\nexample_app vs Flask-SQLAlchemy + SQLite (synchronous=FULL): gunicorn -w {args.workers}, "
           f"{args.clients} clients, {args.duration:g} s per workload and app in {args.rounds} turns, "
           f"{os.cpu_count()} cores; durus-r0 = DURUS_RESOLUTION_ROUNDS=0 (no conflict resolution)")
-    print(f"{'workload':10} {'app':9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}  statuses")
+    print(f"{'workload':10} {'app':9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/req':>14}  statuses")
     for workload in args.workloads:
         for name in apps:
             result = results[name][workload]
             if not result.latencies:
                 continue
             statuses = ", ".join(f"{code}: {count}" for code, count in sorted(result.statuses.items()))
+            requests = len(result.latencies)
+            cpu = f"{1000 * result.web_cpu / requests:.1f}+{1000 * result.server_cpu / requests:.1f}"
             print(f"{workload:10} {name:9} {result.rate:8.1f} {result.percentile(0.5):8.1f} "
-                  f"{result.percentile(0.99):8.1f}  {statuses}")
+                  f"{result.percentile(0.99):8.1f} {cpu:>14}  {statuses}")
     failed = False
     for workload in args.workloads:
         theirs = results["sqlite"][workload]
