@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import tempfile
 import threading
@@ -29,6 +30,8 @@ from durus.shelf import PREFIX, Shelf, encode_offset_map, write_all
 from durus.storage import InvalidationHandler, Storage, gen_reachable_records
 
 __all__ = ["FileStorage", "TempFileStorage", "FileLockedError", "ReadOnlyError"]
+
+log = logging.getLogger("durus.file_storage")
 
 _int8 = Struct(">Q")
 
@@ -196,11 +199,15 @@ class FileStorage(Storage):
             if shelf is None:
                 return
             self._check_sync_error("make commits durable")
+            if not shelf.unsynced:
+                return
+            covered = shelf.end
             try:
                 shelf.sync_appended()
             except OSError as error:
                 self.sync_error = error
                 raise
+            log.debug("disk sync: commits up to byte %d of %s are durable", covered, self.filename)
 
     def sync(self) -> list[bytes]:
         """The oids a pack removed since the last call ([] when there was no pack)."""
@@ -275,7 +282,11 @@ class FileStorage(Storage):
                     records = list(copier.gen_extra_records(self.pack_extra))
                     self.pack_extra = set()
                     new_shelf.append(records)
-                    yield "copying commits"
+                    if len(records) > _PACK_STEP_RECORDS:
+                        # A big batch: let commits in.  A small one is
+                        # followed by the swap-in at once, so that steady
+                        # commits between steps cannot keep the pack going.
+                        yield "copying commits"
                 self._swap_in(new_shelf, copier)
             finally:
                 if self.shelf is not new_shelf:

@@ -30,10 +30,11 @@ after its write has returned.  Usually each commit syncs itself; a server
 may instead append several (``sync=False``) and let one sync cover them
 all (group commit).  Either way, whatever a crash leaves behind the last
 synced transaction is the remains of the transactions written since, in
-order: a prefix of them, or that prefix padded with zeros or garbage where
-the file system kept the new size but not the data.  Opening detects the
-damaged tail (a length running past the end, entries that do not parse,
-or zero bytes up to the end) and ``repair=True`` cuts the file back to
+order: a prefix of them, or that prefix padded with zeros (or, within the
+last transaction, garbage) where the file system kept the new size but
+not the data.  Opening detects the damaged tail (a length running past
+the end, zero bytes up to the end, or an entry that does not parse
+followed by nothing but zeros after where it says it ends) and ``repair=True`` cuts the file back to
 the end of the last complete transaction; the whole transactions before
 it are kept, synced or not, as they are whole commits in commit order.
 Damage anywhere before that cannot come from a crash, so it is reported,
@@ -185,11 +186,12 @@ def write_all(fd: int, data: bytes, position: int) -> None:
 
 def _parse_entries(
     buffer: mmap.mmap | bytes, start: int, end: int, size: int
-) -> tuple[list[tuple[bytes, int]], str | None, int]:
+) -> tuple[list[tuple[bytes, int]], str | None, int, int]:
     """The ``(oid, offset)`` of the entries of a transaction spanning
     ``start:end``, checked as far as the file (``size`` bytes) holds them; a
-    problem found, if any, and its offset.  An entry cut off by the end of
-    the file is no problem: that is what a crash leaves.
+    problem found, if any, its offset, and where the entry found damaged
+    says it ends (a crash leaves only zeros after that).  An entry cut off
+    by the end of the file is no problem: that is what a crash leaves.
     """
     read_int8 = _int8.unpack_from
     read_int4 = _int4.unpack_from
@@ -198,21 +200,33 @@ def _parse_entries(
     limit = min(end, size)
     while offset < limit:
         if offset + 8 > limit:
-            return entries, (None if end > size else "an entry runs past the end of its transaction"), offset
+            problem = None if end > size else "an entry runs past the end of its transaction"
+            return entries, problem, offset, offset
         entry_end = offset + 8 + read_int8(buffer, offset)[0]
         if entry_end > end or entry_end < offset + 8 + _MIN_ENTRY_LENGTH:
-            return entries, "an entry's length does not fit its transaction", offset
+            return entries, "an entry's length does not fit its transaction", offset, entry_end
         if entry_end > size:
             break
         oid = buffer[offset + 8:offset + 16]
         if buffer[offset + 16:offset + 24] != oid:
-            return entries, "an entry's record does not start with the entry's oid", offset
+            return entries, "an entry's record does not start with the entry's oid", offset, entry_end
         data_end = offset + 28 + read_int4(buffer, offset + 24)[0]
         if data_end > entry_end or (entry_end - data_end) % 8:
-            return entries, "a record's data length does not fit its entry", offset
+            return entries, "a record's data length does not fit its entry", offset, entry_end
         entries.append((oid, offset))
         offset = entry_end
-    return entries, None, offset
+    return entries, None, offset, offset
+
+
+def _zeros_to_end(buffer: mmap.mmap | bytes, start: int, size: int) -> bool:
+    """Whether the bytes from ``start`` to ``size`` are all zero."""
+    chunk = 1 << 20
+    zeros = bytes(chunk)
+    for position in range(start, size, chunk):
+        piece = buffer[position:min(position + chunk, size)]
+        if piece != zeros[:len(piece)]:
+            return False
+    return True
 
 
 class Shelf:
@@ -293,10 +307,11 @@ class Shelf:
             if position + 8 > size:
                 return self._torn(torn, repair)
             end = position + 8 + read_int8(buffer, position)[0]
-            entries, problem, offset = _parse_entries(buffer, position + 8, end, size)
+            entries, problem, offset, damaged_to = _parse_entries(buffer, position + 8, end, size)
             if problem is not None:
-                if end == size or buffer[offset:size] == bytes(size - offset):
-                    # The file system kept the new length, not all the data.
+                if end == size or _zeros_to_end(buffer, min(damaged_to, end), size):
+                    # The file system kept the new length, not all the data
+                    # of this transaction, nor any of the ones after it.
                     return self._torn(torn, repair)
                 raise ShelfError(self.path, offset, f"{problem} (in the transaction at {position})")
             if end > size:
@@ -388,10 +403,10 @@ class Shelf:
         except BaseException:
             os.ftruncate(self.fd, self.end)
             raise
-        if not sync:
-            self.unsynced = True
         self.recent.update(offsets)
         self.end += len(data)
+        if not sync:
+            self.unsynced = True
 
     def __contains__(self, oid: bytes) -> bool:
         return self.get_position(oid) is not None

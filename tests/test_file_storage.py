@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -726,4 +727,228 @@ def test_refs_of_durus43_records_are_what_pack_follows(tmp_path: Path) -> None:
             assert ref in reachable
     storage.pack()
     assert set(all_records(storage)) == set(reachable)
+    storage.close()
+
+
+# -- deferred syncs (group commit) ----------------------------------------------
+
+def count_syncs(monkeypatch: pytest.MonkeyPatch, calls: list[str], before=None) -> None:
+    """Record "write" and "sync" calls of the shelf in ``calls``; ``before``,
+    if given, runs inside each fdatasync before the real one.
+    """
+    real_pwrite, real_sync = os.pwrite, durus.shelf._fdatasync
+
+    def sync(fd: int) -> None:
+        calls.append("sync")
+        if before is not None:
+            before(fd)
+        real_sync(fd)
+
+    monkeypatch.setattr(durus.shelf.os, "pwrite", lambda *a: calls.append("write") or real_pwrite(*a))
+    monkeypatch.setattr(durus.shelf, "_fdatasync", sync)
+
+
+def deferred_commit(storage: FileStorage, records: dict[int, tuple[bytes, Iterable[int]]]) -> None:
+    storage.begin()
+    for n, (data, refs) in records.items():
+        storage.store(oid(n), record(n, data, refs))
+    storage.end(sync=False)
+
+
+def test_deferred_commits_share_one_sync(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = FileStorage(path)
+    calls: list[str] = []
+    count_syncs(monkeypatch, calls)
+    for n in range(3):
+        deferred_commit(storage, {n: (b"v%d" % n, [])})
+    assert calls == ["write"] * 3
+    assert storage.load(oid(2)) == record(2, b"v2")  # readable before the sync
+    storage.sync_to_disk()
+    assert calls == ["write"] * 3 + ["sync"]
+    storage.sync_to_disk()  # nothing new to sync
+    assert calls == ["write"] * 3 + ["sync"]
+    deferred_commit(storage, {3: (b"v3", [])})
+    commit(storage, {4: (b"v4", [])})  # a plain end() syncs what came before too
+    assert calls == ["write"] * 3 + ["sync", "write", "write", "sync"]
+    storage.sync_to_disk()
+    assert calls.count("sync") == 2
+    storage.close()
+
+
+def test_close_syncs_deferred_commits(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = FileStorage(path)
+    calls: list[str] = []
+    count_syncs(monkeypatch, calls)
+    deferred_commit(storage, {0: (b"root", [])})
+    storage.close()
+    assert calls == ["write", "sync"]
+    storage.sync_to_disk()  # closed: nothing left to do
+    assert calls == ["write", "sync"]
+    monkeypatch.undo()
+    storage = FileStorage(path)
+    assert storage.load(oid(0)) == record(0, b"root")
+    storage.close()
+
+
+def test_failed_sync_refuses_later_commits(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    storage = FileStorage(path)
+    commit(storage, {0: (b"root", [])})
+    deferred_commit(storage, {1: (b"one", [])})
+
+    def fail(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(durus.shelf, "_fdatasync", fail)
+    with pytest.raises(OSError, match="Input/output"):
+        storage.sync_to_disk()
+    monkeypatch.undo()
+    # The kernel may have dropped the data: a retry must not report success.
+    with pytest.raises(DurusError, match="disk sync .* failed"):
+        storage.sync_to_disk()
+    with pytest.raises(DurusError, match="disk sync .* failed"):
+        storage.begin()
+    storage.close()
+    storage = FileStorage(path)
+    commit(storage, {2: (b"two", [])})
+    storage.close()
+
+
+def test_crash_after_deferred_commits_repairs_to_the_last_whole_one(path: str, tmp_path: Path) -> None:
+    """What a crash leaves of several unsynced commits, a prefix of them
+    padded or not with zeros, opens with repair=True and keeps every whole
+    commit of that prefix.  (Zeros that replace only the end of a record's
+    data leave lengths intact: the format has no checksums to see that, so
+    a torn commit may then be kept too, as with a single commit.)
+    """
+    storage = FileStorage(path)
+    commit(storage, {0: (b"root", [1]), 1: (b"synced", [])})
+    ends = [os.path.getsize(path)]
+    for n in range(2, 5):
+        deferred_commit(storage, {1: (b"v%d" % n, [n]), n: (b"new %d" % n, [])})
+        ends.append(os.path.getsize(path))
+    storage.close()
+    data = Path(path).read_bytes()
+    torn = str(tmp_path / "torn.durus")
+    for cut in range(ends[0], len(data)):
+        whole = sum(1 for end in ends[1:] if end <= cut)
+        expected = {oid(0): record(0, b"root", [1]), oid(1): record(1, b"synced")}
+        for n in range(2, 2 + whole):
+            expected[oid(1)] = record(1, b"v%d" % n, [n])
+            expected[oid(n)] = record(n, b"new %d" % n)
+        for padding in {0, len(data) - cut}:
+            Path(torn).write_bytes(data[:cut] + bytes(padding))
+            if cut in ends and not padding:
+                FileStorage(torn).close()
+            elif not padding:
+                with pytest.raises(TornTransactionError):
+                    FileStorage(torn)
+            repaired = FileStorage(torn, repair=True)
+            if not padding:
+                assert all_records(repaired) == expected, cut
+            repaired.close()
+            kept = os.path.getsize(torn)
+            assert kept in ends and kept >= ends[whole], (cut, padding)
+
+
+def test_sync_to_disk_from_another_thread_during_commits_and_packs(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in a server: one thread commits with sync=False and packs, another
+    syncs.  Each sync must reach an open descriptor of the current file, and
+    a pack must not swap files while a sync is running.
+    """
+    monkeypatch.setattr(durus.file_storage, "_PACK_STEP_RECORDS", 2)
+    storage = FileStorage(path)
+    model = {0: (b"root", [])}
+    commit(storage, {0: model[0]})
+    problems: list[str] = []
+
+    def check(fd: int) -> None:
+        if threading.current_thread() is not thread:
+            return  # the packer syncing its new file
+        if os.fstat(fd).st_ino != os.stat(path).st_ino:
+            problems.append("synced a file that is no longer the storage's")
+        time.sleep(0.002)  # a slow disk: widen the window for a swap-in
+        syncs.append(fd)
+
+    calls: list[str] = []
+    syncs: list[int] = []
+    count_syncs(monkeypatch, calls, before=check)
+    stop = False
+    errors: list[BaseException] = []
+
+    def syncer() -> None:
+        while not stop:
+            try:
+                storage.sync_to_disk()
+            except BaseException as error:  # pragma: no cover - reported below
+                errors.append(error)
+                return
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=syncer)
+    thread.start()
+    try:
+        rng = random.Random(7)
+        for round_ in range(15):
+            packer = storage.get_packer()
+            for _ in packer:
+                # A new object, linked from a live one that drops some links.
+                live = [int.from_bytes(o, "big") for o in reachable_model(model)]
+                n = int.from_bytes(storage.new_oid(), "big")
+                parent = rng.choice(live)
+                kept = [r for r in model[parent][1] if rng.random() < 0.6]
+                changes = {n: (b"round %d" % round_, [rng.choice(live)]), parent: (b"p", kept + [n])}
+                deferred_commit(storage, changes)
+                model.update(changes)
+            storage.sync()
+    finally:
+        stop = True
+        thread.join()
+    assert not errors and not problems
+    assert len(syncs) > 15  # the syncer really ran alongside
+    expected = reachable_model(model)
+    assert dict(storage.gen_oid_record(oid(0))) == expected
+    storage.close()
+    storage = FileStorage(path)
+    assert dict(storage.gen_oid_record(oid(0))) == expected
+    storage.close()
+
+
+def test_swap_in_waits_for_a_running_sync_and_syncs_the_rename_first(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = FileStorage(path)
+    commit(storage, {0: (b"root", []), 1: (b"lost", [])})
+    deferred_commit(storage, {0: (b"root 2", [])})
+    events: list[str] = []
+    syncing = threading.Event()
+    real_sync, real_sync_directory = durus.shelf._fdatasync, durus.file_storage._sync_directory
+
+    def slow_sync(fd: int) -> None:
+        syncing.set()
+        time.sleep(0.2)
+        real_sync(fd)
+        events.append("sync done")
+
+    def sync_directory(name: str) -> None:
+        events.append("rename synced")
+        real_sync_directory(name)
+
+    monkeypatch.setattr(durus.shelf, "_fdatasync", slow_sync)
+    monkeypatch.setattr(durus.file_storage, "_sync_directory", sync_directory)
+    thread = threading.Thread(target=storage.sync_to_disk)
+    thread.start()
+    syncing.wait(5)
+    storage.pack()  # its swap-in must wait for the sync underway
+    thread.join()
+    assert events[0] == "sync done" and "rename synced" in events
+    deferred_commit(storage, {0: (b"root 3", [])})
+    events.clear()
+    monkeypatch.setattr(durus.shelf, "_fdatasync", lambda fd: events.append("sync done") or real_sync(fd))
+    storage.sync_to_disk()
+    assert events == ["sync done"]
+    storage.close()
+    storage = FileStorage(path)
+    assert all_records(storage) == {oid(0): record(0, b"root 3")}
     storage.close()
