@@ -407,15 +407,23 @@ class StorageServer:
             written = group.wait_for_write(done, timeout=1.0)
             if written <= done:
                 continue
-            try:
-                group.wait(written)
-            except BaseException as error:
-                log.critical("cannot make commits durable (%s); stopping the server", error)
-                self._failure = error
-                self.stop()
+            if not self._make_durable(written):
                 return
             done = written
             self._wake()
+
+    def _make_durable(self, serial: int) -> bool:
+        """Wait until commit ``serial`` is on disk; False (and stopping) if it
+        cannot be, since acknowledging anything after that would be a lie.
+        """
+        try:
+            self.shared.group_sync.wait(serial)
+        except BaseException as error:
+            log.critical("cannot make commits durable (%s); stopping the server", error)
+            self._failure = error
+            self.stop()
+            return False
+        return True
 
     # -- sockets -------------------------------------------------------------
 
@@ -698,6 +706,10 @@ class StorageServer:
         client.serial = serial
         self._awaiting_disk.append(client)
         self._release_turn(client)
+        if self._turn_holder is None and not self._commit_queue:
+            # No other commit to overlap the disk sync with: sync here and
+            # spare the round trip through the sync thread.
+            self._make_durable(serial)
         self._acknowledge_durable()
 
     def _release_turn(self, client: _ClientConnection) -> None:
