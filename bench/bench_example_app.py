@@ -85,6 +85,12 @@ def page_text(rng: random.Random, words: int) -> str:
     return " ".join(sentences)
 
 
+def own_text(index: int) -> str:
+    """The text client ``index``'s page is created with; each edit adds 8 words to it
+    (so an edit moves its page in and out of about 16 posting lists)."""
+    return page_text(random.Random(10 + index), 120)
+
+
 # -- servers ------------------------------------------------------------------------
 
 
@@ -241,7 +247,7 @@ def seed(port: int, clients: int, pages: int) -> list[Visitor]:
     for index in range(clients):
         visitor = Visitor(port)
         visitor.post("/signup", {"name": f"user{index}", "password": "bench password", "confirm": "bench password"})
-        visitor.post("/new", {"title": f"Own {index}", "text": page_text(rng, 120), "tags": "own"})
+        visitor.post("/new", {"title": f"Own {index}", "text": own_text(index), "tags": "own"})
         visitors.append(visitor)
     for index in range(pages):
         visitors[index % clients].post(
@@ -378,7 +384,7 @@ class EditWorkload:
         self.base = [1] * len(visitors)
         self.saved = [0] * len(visitors)
         self.rng = random.Random(3)
-        self.texts = [page_text(random.Random(10 + index), 120) for index in range(len(visitors))]
+        self.texts = [own_text(index) for index in range(len(visitors))]
 
     def __call__(self, index: int):
         text = self.texts[index] + " " + page_text(self.rng, 8)

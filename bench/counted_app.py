@@ -28,7 +28,6 @@ from flask import Flask
 from durus.persistent import real_class
 from flask_durus import signals
 
-
 PROFILE_EVERY = 50
 
 
