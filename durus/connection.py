@@ -357,69 +357,83 @@ class Connection:
         self._base_data.pop(oid, None)
 
     def _store_changes(self) -> None:
-        """Commit the changes, merging conflicts where every class can."""
-        rounds = 0
-        while True:
-            try:
-                self._write_changes()
-                return
-            except WriteConflictError as conflict:
-                if rounds >= self.resolution_rounds or not self._resolve_conflicts(conflict.oids or []):
-                    raise
-                rounds += 1
+        """Commit the changes, merging conflicts where every class can.
 
-    def _write_changes(self) -> None:
-        writer = self._writer
-        writer.new_objects.clear()
-        stored: list[tuple[PersistentObject, bytes]] = []
-        self.storage.begin()
+        Each object is pickled once; after a merge only the merged objects
+        are pickled again (an edit may change dozens of objects and merge
+        two or three), and new objects keep the oids they were given.
+        """
+        records: dict[bytes, tuple[PersistentObject, bytes, bytes]] = {}
         try:
-            todo = list(self._changed.values())
-            seen = set(self._changed)
-            while todo:
-                obj = todo.pop()
-                oid = obj._p_oid
-                data, refs = writer.get_state(obj)
-                self.storage.store(oid, pack_record(oid, data, refs))
-                stored.append((obj, data))
-                for new in writer.new_objects:
-                    if new._p_oid not in seen:
-                        seen.add(new._p_oid)
-                        settle_instance_dict(new)
-                        self._cache.add(new)
-                        todo.append(new)
-                writer.new_objects.clear()
-            self.storage.end(self._handle_invalidations)
+            self._pickle(list(self._changed.values()), records)
+            rounds = 0
+            while True:
+                try:
+                    self._send(records)
+                    break
+                except WriteConflictError as conflict:
+                    merged = None
+                    if rounds < self.resolution_rounds:
+                        merged = self._resolve_conflicts(conflict.oids or [])
+                    if merged is None:
+                        raise
+                    rounds += 1
+                    self._pickle(merged, records)
         except BaseException:
-            for obj, _ in stored:
-                if obj._p_oid not in self._changed:
+            for oid, (obj, _, _) in records.items():
+                if oid not in self._changed:
                     # A new object: it was not stored after all.
-                    self._cache.discard(obj._p_oid)
+                    self._cache.discard(oid)
                     _setattribute(obj, "_p_oid", None)
                     _setattribute(obj, "_p_connection", None)
             raise
-        for obj, data in stored:
+        for oid, (obj, data, _) in records.items():
             _setattribute(obj, "_p_status", SAVED)
-            oid = obj._p_oid
             self._loaded[oid] = obj
             if resolves_conflicts(obj.__class__):
                 self._base_data[oid] = data
             self._used.append(obj)
         self._changed.clear()
 
-    def _resolve_conflicts(self, oids: list[bytes]) -> bool:
-        """Merge others' committed changes into ours; False if any can't be.
+    def _pickle(self, objects: list[PersistentObject], records: dict) -> None:
+        """Put the records of ``objects``, and of every new object they
+        reach, into ``records`` (oid -> (object, data, record)).
+        """
+        writer = self._writer
+        todo = list(objects)
+        while todo:
+            obj = todo.pop()
+            oid = obj._p_oid
+            writer.new_objects.clear()
+            data, refs = writer.get_state(obj)
+            records[oid] = (obj, data, pack_record(oid, data, refs))
+            for new in writer.new_objects:
+                settle_instance_dict(new)
+                self._cache.add(new)
+                todo.append(new)
+        writer.new_objects.clear()
+
+    def _send(self, records: dict[bytes, tuple[PersistentObject, bytes, bytes]]) -> None:
+        storage = self.storage
+        storage.begin()
+        for oid, (_, _, record) in records.items():
+            storage.store(oid, record)
+        storage.end(self._handle_invalidations)
+
+    def _resolve_conflicts(self, oids: list[bytes]) -> list[PersistentObject] | None:
+        """Merge others' committed changes into ours; the merged objects, or
+        None if any cannot be merged.
 
         Only objects this transaction changed, whose class resolves and whose
         starting state is known, can merge: an object that was only read
         keeps conflicting, or read-set validation would be weakened.
         """
         if not oids or not self.resolution_rounds:
-            return False
+            return None
         changed, base_data, reader = self._changed, self._base_data, self._reader
         committed = self._load_committed(set(oids))
         if committed is None:
-            return False
+            return None
         merges = []
         try:
             for oid, committed_data in committed.items():
@@ -432,13 +446,13 @@ class Connection:
                 )
                 merges.append((obj, merged, committed_data))
         except ConflictError:
-            return False
+            return None
         for obj, merged, committed_data in merges:
             obj.__class__.__setstate__(obj, merged)
             oid = obj._p_oid
             base_data[oid] = committed_data
             self._invalid_oids.discard(oid)
-        return True
+        return [obj for obj, _, _ in merges]
 
     def _load_committed(self, oids: set[bytes]) -> dict[bytes, bytes] | None:
         """The newest committed data of ``oids``, if all of them can merge.
@@ -480,7 +494,7 @@ class Connection:
             # Mid-transaction, objects this transaction changed and can merge
             # are merged now, as the commit would; anything else it used is
             # stale, and so would be what it goes on to read.
-            if not self._resolve_conflicts(conflicts):
+            if self._resolve_conflicts(conflicts) is None:
                 raise ReadConflictError([read_oid])
 
     def _sync(self) -> None:

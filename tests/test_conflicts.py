@@ -259,3 +259,26 @@ def test_resolution_rounds_zero_gives_durus43_behaviour(connect) -> None:
     first.commit()
     with pytest.raises(WriteConflictError):
         second.commit()
+
+
+def test_after_a_merge_only_the_merged_objects_are_pickled_again(connect, monkeypatch) -> None:
+    from durus.serialize import ObjectWriter
+
+    first, second = connect(), connect()
+    first.root["hits"] = PersistentCounter()
+    setup_items(first, a=0)
+    second.abort()
+    second.root["hits"].increment()
+    second.root["a"].value = 1
+    second.root["a"].extra = Item("new")
+    first.root["hits"].increment()
+    first.commit()
+    pickled = []
+    original = ObjectWriter.get_state
+    monkeypatch.setattr(ObjectWriter, "get_state", lambda self, obj: pickled.append(obj) or original(self, obj))
+    second.commit()
+    names = [type(obj).__name__ for obj in pickled]
+    # counter, item a, the new item; then the merged counter alone.
+    assert sorted(names) == ["Item", "Item", "PersistentCounter", "PersistentCounter"]
+    first.abort()
+    assert first.root["hits"].value == 2 and first.root["a"].extra.name == "new"
