@@ -651,17 +651,19 @@ class SlowSyncStorage(MemoryStorage):
             self.syncs += 1
 
 
-def test_group_commit_shares_one_sync_among_concurrent_commits():
-    storage = SlowSyncStorage()
-    shared = SharedStorage(storage)
+def _sessions_commit_concurrently(shared: SharedStorage, acknowledged_early) -> tuple[list[bytes], list[bytes]]:
+    """Four threads, each with its own session, commit 25 times to one oid
+    each; ``acknowledged_early(oid)``, asked after each commit returns, says
+    whether it returned before a disk sync covered it.  Returns the oids and
+    those that were acknowledged early.
+    """
     setup = shared.session()
     oids = setup.new_oids(4)
     setup.begin()
     for oid in oids:
         setup.store(oid, record(oid))
     setup.end()
-    syncs_before = storage.syncs
-    unsynced_acknowledgements = []
+    early = []
 
     def work(oid):
         session = shared.session()
@@ -669,14 +671,26 @@ def test_group_commit_shares_one_sync_among_concurrent_commits():
             session.begin()
             session.store(oid, record(oid, str(step).encode()))
             session.end(lambda invalid: None)
-            if storage.synced < storage.last_write[threading.get_ident()]:
-                unsynced_acknowledgements.append(oid)
+            if acknowledged_early(oid):
+                early.append(oid)
 
     threads = [threading.Thread(target=work, args=(oid,)) for oid in oids]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    return oids, early
+
+
+def test_group_commit_shares_one_sync_among_concurrent_commits():
+    storage = SlowSyncStorage()
+    shared = SharedStorage(storage)
+    syncs_before = storage.syncs + 1  # the set-up commit's
+
+    def early(oid):
+        return storage.synced < storage.last_write[threading.get_ident()]
+
+    _, unsynced_acknowledgements = _sessions_commit_concurrently(shared, early)
     assert not unsynced_acknowledgements  # no commit returned before its sync
     assert storage.written == 101
     assert storage.syncs - syncs_before < 100 * 0.7  # commits shared their syncs
@@ -836,29 +850,8 @@ def test_commits_are_acknowledged_only_after_their_disk_sync(tmp_path):
 def test_in_process_sessions_on_a_file_share_disk_syncs(tmp_path):
     storage = WatchedFileStorage(str(tmp_path / "data.durus"))
     shared = SharedStorage(storage)
-    setup = shared.session()
-    oids = setup.new_oids(4)
-    setup.begin()
-    for oid in oids:
-        setup.store(oid, record(oid))
-    setup.end()
-    syncs_before = storage.syncs
-    early = []
-
-    def work(oid):
-        session = shared.session()
-        for step in range(25):
-            session.begin()
-            session.store(oid, record(oid, str(step).encode()))
-            session.end(lambda invalid: None)
-            if storage.durable < storage.written_at[oid]:
-                early.append(oid)
-
-    threads = [threading.Thread(target=work, args=(oid,)) for oid in oids]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    syncs_before = storage.syncs + 1  # the set-up commit's
+    oids, early = _sessions_commit_concurrently(shared, lambda oid: storage.durable < storage.written_at[oid])
     assert not early
     assert storage.syncs - syncs_before < 100 * 0.7
     shared.close()
