@@ -40,7 +40,7 @@ from durus.persistent import (
     settle_instance_dict,
     tracking_class,
 )
-from durus.record import ROOT_OID, int_to_oid, pack_record, unpack_record
+from durus.record import ROOT_OID, int_to_oid, pack_record, record_refs, unpack_record
 from durus.serialize import ObjectReader, ObjectWriter
 from durus.storage import Storage
 
@@ -359,9 +359,10 @@ class Connection:
     def _store_changes(self) -> None:
         """Commit the changes, merging conflicts where every class can.
 
-        Each object is pickled once; after a merge only the merged objects
-        are pickled again (an edit may change dozens of objects and merge
-        two or three), and new objects keep the oids they were given.
+        After a merge only what the merge changed is pickled again (an edit
+        may change dozens of objects and merge two or three): the merged
+        objects, and the new objects with whatever refers to them, since a
+        storage takes back the oids of new objects in a failed commit.
         """
         records: dict[bytes, tuple[PersistentObject, bytes, bytes]] = {}
         try:
@@ -378,14 +379,9 @@ class Connection:
                     if merged is None:
                         raise
                     rounds += 1
-                    self._pickle(merged, records)
+                    self._pickle(merged + self._forget_new_objects(records), records)
         except BaseException:
-            for oid, (obj, _, _) in records.items():
-                if oid not in self._changed:
-                    # A new object: it was not stored after all.
-                    self._cache.discard(oid)
-                    _setattribute(obj, "_p_oid", None)
-                    _setattribute(obj, "_p_connection", None)
+            self._forget_new_objects(records)
             raise
         for oid, (obj, data, _) in records.items():
             _setattribute(obj, "_p_status", SAVED)
@@ -412,6 +408,25 @@ class Connection:
                 self._cache.add(new)
                 todo.append(new)
         writer.new_objects.clear()
+
+    def _forget_new_objects(self, records: dict) -> list[PersistentObject]:
+        """Take the records of new objects out of ``records`` and their oids
+        from them; the changed objects whose records refer to one.
+        """
+        new = {oid for oid in records if oid not in self._changed}
+        for oid in new:
+            obj = records.pop(oid)[0]
+            self._cache.discard(oid)
+            _setattribute(obj, "_p_oid", None)
+            _setattribute(obj, "_p_connection", None)
+        if not new:
+            return []
+        referring = []
+        for obj, _, record in records.values():
+            refs = record_refs(record)
+            if any(refs[start:start + 8] in new for start in range(0, len(refs), 8)):
+                referring.append(obj)
+        return referring
 
     def _send(self, records: dict[bytes, tuple[PersistentObject, bytes, bytes]]) -> None:
         storage = self.storage

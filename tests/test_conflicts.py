@@ -261,24 +261,43 @@ def test_resolution_rounds_zero_gives_durus43_behaviour(connect) -> None:
         second.commit()
 
 
-def test_after_a_merge_only_the_merged_objects_are_pickled_again(connect, monkeypatch) -> None:
+def test_after_a_merge_only_what_the_merge_touched_is_pickled_again(connect, monkeypatch) -> None:
     from durus.serialize import ObjectWriter
 
     first, second = connect(), connect()
     first.root["hits"] = PersistentCounter()
-    setup_items(first, a=0)
+    setup_items(first, a=0, b=0)
     second.abort()
     second.root["hits"].increment()
     second.root["a"].value = 1
-    second.root["a"].extra = Item("new")
+    second.root["b"].value = Item("new")
     first.root["hits"].increment()
     first.commit()
     pickled = []
     original = ObjectWriter.get_state
     monkeypatch.setattr(ObjectWriter, "get_state", lambda self, obj: pickled.append(obj) or original(self, obj))
     second.commit()
-    names = [type(obj).__name__ for obj in pickled]
-    # counter, item a, the new item; then the merged counter alone.
-    assert sorted(names) == ["Item", "Item", "PersistentCounter", "PersistentCounter"]
+    names = sorted(getattr(obj, "name", "counter") for obj in pickled)
+    # Again after the merge: the counter, and the new item with b, which
+    # refers to it; a is pickled once.
+    assert names == ["a", "b", "b", "counter", "counter", "new", "new"]
     first.abort()
-    assert first.root["hits"].value == 2 and first.root["a"].extra.name == "new"
+    assert first.root["hits"].value == 2 and first.root["b"].value.name == "new"
+
+
+def test_new_objects_of_a_merged_commit_keep_their_records(connect) -> None:
+    first, second = connect(), connect()
+    first.root["hits"] = PersistentCounter()
+    setup_items(first, a=0)
+    second.abort()
+    second.root["hits"].increment()
+    second.root["a"].value = Item("made before the merge")
+    first.root["hits"].increment()
+    first.commit()
+    second.commit()
+    second.root["a"].other = Item("made after it")
+    second.commit()
+    third = connect()
+    a = third.root["a"]
+    assert (a.value.name, a.other.name) == ("made before the merge", "made after it")
+    assert a.value._p_oid != a.other._p_oid
