@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from server_process import ServerProcess, free_port
@@ -27,9 +28,11 @@ def test_usage():
 
 
 def test_console_script_is_installed():
-    command = shutil.which("durus")
+    # pip puts console scripts beside the interpreter (a venv's bin/), which
+    # need not be on PATH when the venv's python is run by its path.
+    command = shutil.which("durus", path=str(Path(sys.executable).parent)) or shutil.which("durus")
     if command is None:
-        pytest.skip("the durus console script is not on PATH")
+        pytest.skip("the durus console script is not installed (pip install -e .)")
     result = subprocess.run([command], capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2 and "durus -s" in result.stderr
 
