@@ -323,9 +323,10 @@ class Shelf:
                 zeros_from = None
             self.recent.update(entries)
             position = end
-        if zeros_from is not None:
-            # Neither Durus nor this package writes an empty transaction after
-            # the map: zeros up to the end are a commit whose data never landed.
+        if zeros_from is not None and repair:
+            # Empty transactions are valid (Durus 4.3's packer writes them),
+            # but at the end they may as well be zeros a crash left: they
+            # hold nothing, so a repair may drop them.
             return self._torn(zeros_from, repair)
         return position
 

@@ -18,6 +18,7 @@ import pytest
 
 import durus.file_storage
 import durus.shelf
+from durus.connection import Connection
 from durus.error import DurusError, DurusKeyError
 from durus.file_storage import FileLockedError, FileStorage, ReadOnlyError, TempFileStorage
 from durus.record import int_to_oid, pack_record, record_refs, split_oids
@@ -351,12 +352,31 @@ def test_last_transaction_full_length_but_zeros(path: str, damage: str) -> None:
     assert_repaired(path, size_before_last)
 
 
-@pytest.mark.parametrize("extra", [1, 8, 13, 4096])
+@pytest.mark.parametrize("extra", [1, 13, 4095])
 def test_zeros_after_the_last_transaction(path: str, extra: int) -> None:
     data, _ = two_commit_file(path)
     Path(path).write_bytes(data + bytes(extra))
     with pytest.raises(TornTransactionError):
         FileStorage(path)
+    FileStorage(path, repair=True).close()
+    assert Path(path).read_bytes() == data
+
+
+@pytest.mark.parametrize("empty", [1, 512])
+def test_empty_transactions_at_the_end_are_valid(path: str, empty: int) -> None:
+    """Durus 4.3's packer may end a file with empty transactions (int8(0)):
+    the file opens as it is, and a repair drops them, as they hold nothing.
+    """
+    data, _ = two_commit_file(path)
+    Path(path).write_bytes(data + bytes(8 * empty))
+    storage = FileStorage(path)
+    expected = all_records(storage)
+    commit(storage, {5: (b"after them", [])})
+    storage.close()
+    reopened = FileStorage(path)
+    assert all_records(reopened) == {**expected, oid(5): record(5, b"after them")}
+    reopened.close()
+    Path(path).write_bytes(data + bytes(8 * empty))
     FileStorage(path, repair=True).close()
     assert Path(path).read_bytes() == data
 
@@ -685,6 +705,47 @@ def test_durus43_files_open_here_unpacked_and_packed(tmp_path: Path) -> None:
     storage.close()
     # Durus allocated its 5 oids in a process that then exited: the same walk here.
     assert our_oids == their_oids
+
+
+DURUS43_PACK_DURING_COMMITS = """
+import sys
+from durus.connection import Connection
+from durus.file_storage import FileStorage
+from durus.persistent_dict import PersistentDict
+storage = FileStorage(sys.argv[1])
+connection = Connection(storage)
+root = connection.get_root()
+root["x"] = PersistentDict(y=PersistentDict())
+root["junk"] = PersistentDict()
+connection.commit()
+del root["junk"]
+connection.commit()
+packer = storage.get_packer()
+next(packer)
+root["x"]["a"] = 1
+root["x"]["y"]["b"] = 2
+connection.commit()
+for _ in packer:
+    pass
+storage.close()
+"""
+
+
+@pytest.mark.compat
+def test_durus43_pack_during_commits_opens_here(tmp_path: Path) -> None:
+    """Durus 4.3 copies the commits made during a pack one oid at a time and
+    writes an empty transaction for an oid it already copied, often last.
+    """
+    ending_empty = 0
+    for attempt in range(12):  # the copying order follows a set of oids, so it varies by process
+        path = str(tmp_path / f"theirs{attempt}.durus")
+        run_durus43(tmp_path, DURUS43_PACK_DURING_COMMITS, path)
+        ending_empty += Path(path).read_bytes().endswith(bytes(8))
+        storage = FileStorage(path, readonly=True)
+        root = Connection(storage).get_root()
+        assert sorted(root) == ["x"] and root["x"]["a"] == 1 and root["x"]["y"]["b"] == 2
+        storage.close()
+    assert ending_empty  # the case in hand really was met
 
 
 @pytest.mark.compat
