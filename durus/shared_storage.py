@@ -18,10 +18,10 @@ server.  There is one implementation of the rules, here:
   stale.  A turn can be revoked from a session that is slow to send its
   records; its commit then succeeds only if nothing was committed meanwhile.
 - Oids: no oid is handed to two sessions; each session's unused oids are
-  remembered, a commit with a record for a new oid the session was not given
-  is refused, and a closed session's unused oids are handed out again (so
-  the first oid of an empty storage, the root's, is 0 even if the client that
-  first received it went away).
+  remembered, and a commit with a record for a new oid the session was not
+  given is refused.  The one exception: while no root is stored, oid 0 goes
+  back to be handed out again when the session holding it closes, since a
+  Connection creates the root with the first oid it receives.
 - Durability: a commit returns once it is on disk.  With a storage that can
   defer its disk sync, commits written while a sync is underway share the
   next one (group commit).
@@ -29,7 +29,6 @@ server.  There is one implementation of the rules, here:
 
 from __future__ import annotations
 
-import heapq
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -41,7 +40,7 @@ from durus.error import (
     ReadConflictError,
     WriteConflictError,
 )
-from durus.record import oid_to_int
+from durus.record import ROOT_OID, oid_to_int
 from durus.storage import InvalidationHandler, Storage
 
 log = logging.getLogger("durus.storage_server")
@@ -148,7 +147,7 @@ class SharedStorage:
         self._committer: StorageSession | None = None
         self._sessions: set[StorageSession] = set()
         self._given_to: dict[bytes, StorageSession] = {}
-        self._returned_oids: list[bytes] = []  # a heap: lowest first
+        self._root_returned = False  # oid 0 given, then returned unused
         self._freed_oids: set[bytes] = set()  # packed away; reuse once all know
         self._packer: Iterator[object] | None = None
         # A storage that can defer its disk sync says so with sync_to_disk().
@@ -237,8 +236,9 @@ class SharedStorage:
 
     def _allocate_oid(self, session: StorageSession) -> bytes:
         while True:
-            if self._returned_oids:
-                oid = heapq.heappop(self._returned_oids)
+            if self._root_returned:
+                self._root_returned = False
+                oid = ROOT_OID
             else:
                 oid = self.storage.new_oid()
             if oid in self._given_to:
@@ -285,7 +285,8 @@ class SharedStorage:
         for oid in oids:
             if self._given_to.pop(oid, None) is not None:
                 session.given.discard(oid)
-        self.bytes_since_pack += sum(len(record) for record in records.values()) + 12 * len(records)
+        # As Durus 4.3 counts: the commit data (tdata) and 8 for its length.
+        self.bytes_since_pack += sum(len(record) for record in records.values()) + 12 * len(records) + 8
         serial = self.group_sync.note_write()
         if self._packer is None and 0 < self.gcbytes <= self.bytes_since_pack:
             self.start_pack()
@@ -474,7 +475,7 @@ class StorageSession(Storage):
                 yield None
 
     def close(self) -> None:
-        """End the session; its unused oids go back to be handed out again."""
+        """End the session; an unused root oid goes back to be handed out again."""
         shared = self.shared
         with shared._lock:
             if self.closed:
@@ -485,7 +486,8 @@ class StorageSession(Storage):
             for oid in self.given:
                 if shared._given_to.get(oid) is self:
                     del shared._given_to[oid]
-                    heapq.heappush(shared._returned_oids, oid)
+                    if oid == ROOT_OID:
+                        shared._root_returned = True
             self.given.clear()
             self._spare_oids.clear()
             self.invalid.clear()

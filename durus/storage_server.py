@@ -283,8 +283,9 @@ class StorageServer:
         max_transaction_size: int = DEFAULT_MAX_TRANSACTION_SIZE,
         commit_turn_timeout: float = DEFAULT_COMMIT_TURN_TIMEOUT,
     ) -> None:
-        if not isinstance(gcbytes, int) or gcbytes < 0:
-            raise ValueError(f"gcbytes must be a whole number of bytes >= 0, not {gcbytes!r}")
+        if isinstance(gcbytes, bool) or not isinstance(gcbytes, (int, float)) or not 0 <= gcbytes < float("inf"):
+            raise ValueError(f"gcbytes must be a number of bytes >= 0, not {gcbytes!r}")
+        gcbytes = int(gcbytes)  # Durus 4.3 takes floats too (1e8)
         self.storage = storage
         self.shared = SharedStorage(storage, readonly=readonly, gcbytes=gcbytes)
         self.address = SocketAddress.new(address, host, port)
@@ -519,6 +520,18 @@ class StorageServer:
         log.log(level, "dropping client %s: %s", client.name, reason)
         self._close(client)
 
+    def _drop_for_bad_input(self, client: _ClientConnection, reason: str) -> None:
+        """Drop a client that broke the rules, after one try at sending the
+        replies to its earlier requests, as Durus 4.3 does (it answers each
+        request before it reads the next).
+        """
+        if client.outbuf:
+            try:
+                client.sock.send(client.outbuf)
+            except OSError:
+                pass
+        self._drop(client, reason)
+
     def _close(self, client: _ClientConnection) -> None:
         if client.closed:
             return
@@ -551,7 +564,7 @@ class StorageServer:
                 try:
                     waiting_for_input = self._parse(client)
                 except (ProtocolError, _DropClient, RequestRefusedError) as error:
-                    self._drop(client, str(error))
+                    self._drop_for_bad_input(client, str(error))
                     return
                 except Exception as error:
                     log.exception("error serving %s", client.name)
@@ -620,8 +633,9 @@ class StorageServer:
                 client.closing = True
         elif command == protocol.PACK:
             if self.shared.readonly:
-                raise _DropClient("asked to pack a read-only storage")
-            self.shared.start_pack()
+                log.info("not packing for %s: the storage is read-only", client.name)
+            else:
+                self.shared.start_pack()
             self._reply(client, protocol.STATUS_OKAY)
         elif command == protocol.AUTHENTICATE:
             self._start_authentication(client, request.argument)

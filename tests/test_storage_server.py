@@ -21,6 +21,7 @@ from durus.error import ReadConflictError, WriteConflictError
 from durus.record import ROOT_OID, int4, int_to_oid, oid_to_int, pack_record
 from durus.shared_storage import RequestRefusedError, SharedStorage
 from durus.storage import MemoryStorage
+from durus.storage_server import StorageServer
 
 PROMPT = 0.5  # seconds within which a healthy client must be answered
 
@@ -192,15 +193,16 @@ def test_oids_are_never_shared(server):
     assert ROOT_OID not in handed
 
 
-def test_unused_oids_come_back_when_a_client_leaves(tmp_path):
+def test_only_the_root_oid_comes_back_when_a_client_leaves(tmp_path):
     with ServerProcess(tmp_path / "empty.durus") as server:
         first = RawClient(server.address)
-        assert first.new_oids(2) == [ROOT_OID, int_to_oid(1)]
+        assert first.new_oids(3) == [ROOT_OID, int_to_oid(1), int_to_oid(2)]
         first.send(b".")
         assert first.is_dropped()
         # The root's oid goes to the next client: it creates the root.
+        # The others are never handed out again.
         second = RawClient(server.address)
-        assert second.new_oids(1) == [ROOT_OID]
+        assert second.new_oids(2) == [ROOT_OID, int_to_oid(3)]
 
 
 def test_version_mismatch_drops_only_that_client(server):
@@ -254,6 +256,26 @@ def test_bad_input_drops_that_client_only(server, kind):
     assert os.path.getsize(server.file) == size  # nothing of it written
     assert_served_promptly(other)
     assert "dropping client" in server.log()
+
+
+def test_replies_to_requests_before_a_bad_one_are_sent(server):
+    client = RawClient(server.address)
+    client.send(b"S" + b"L" + ROOT_OID + b"Z")  # in one write
+    assert client.read(4) == int4(0)
+    assert client.read(1) == b"O"
+    assert client.read(int.from_bytes(client.read(4), "big")) == record(ROOT_OID, b"root")
+    assert client.is_dropped()
+
+
+def test_pack_on_a_readonly_server_answers_and_packs_nothing(server):
+    server.stop()
+    size = os.path.getsize(server.file)
+    with ServerProcess(server.file, args=["--readonly"]) as readonly:
+        client = RawClient(readonly.address)
+        client.send(b"P")
+        assert client.read(1) == b"O"
+        assert client.load(ROOT_OID) == (b"O", record(ROOT_OID, b"root"))
+    assert os.path.getsize(server.file) == size
 
 
 def test_commit_to_a_readonly_server_drops_the_client(server):
@@ -583,14 +605,19 @@ def test_sessions_hold_bounded_unused_oids():
         session.new_oid()
 
 
-def test_closed_session_oids_are_handed_out_again_lowest_first():
+def test_closed_session_oids_are_not_handed_out_again_but_the_root_s():
     shared = SharedStorage(MemoryStorage())
     first = shared.session()
     assert [oid_to_int(oid) for oid in first.new_oids(3)] == [0, 1, 2]
     second = shared.session()
     assert oid_to_int(second.new_oid()) == 3
     first.close()
-    assert [oid_to_int(oid) for oid in shared.session().new_oids(4)] == [0, 1, 2, 4]
+    third = shared.session()
+    assert [oid_to_int(oid) for oid in third.new_oids(3)] == [0, 4, 5]
+    with pytest.raises(RequestRefusedError, match="never given"):
+        third.begin()
+        third.store(int_to_oid(1), record(int_to_oid(1)))
+        third.end()
 
 
 def test_threads_commit_in_turns():
@@ -858,3 +885,10 @@ def test_in_process_sessions_on_a_file_share_disk_syncs(tmp_path):
     reopened = SharedStorage(WatchedFileStorage(str(tmp_path / "data.durus"))).session()
     assert all(reopened.load(oid) == record(oid, b"24") for oid in oids)
     reopened.shared.close()
+
+
+def test_gcbytes_may_be_given_as_a_float_as_in_durus43():
+    assert StorageServer(MemoryStorage(), port=0, gcbytes=1e6).gcbytes == 1_000_000
+    for bad in (-1, float("nan"), "100"):
+        with pytest.raises(ValueError, match="gcbytes"):
+            StorageServer(MemoryStorage(), port=0, gcbytes=bad)
