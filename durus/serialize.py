@@ -5,16 +5,20 @@ pickle of its state.  Inside the state, a reference to another persistent
 object is the persistent id ``(oid, class)``, so a reference can become a
 ghost of the right class without loading its record.
 
-The state pickle is zlib-compressed when that pays: compressing a small pickle
-costs several times what pickling it does and saves a few bytes, so states
-under ``COMPRESS_THRESHOLD`` bytes are stored plain.  Readers (this one and
-Durus 4.3's) tell the two apart by the first byte: a zlib stream with the
-default window starts with ``0x78``, a protocol-2 pickle with ``0x80``.
+The state pickle is stored as a zlib stream, as Durus 4.3 stores it.  Running
+deflate on a small pickle costs many times what pickling it does (zlib sets
+up a fresh compressor each call) and saves a few bytes, so a state under
+``COMPRESS_THRESHOLD`` bytes goes into the stream as one stored block: the
+very bytes ``zlib.compress(state, 0)`` gives, framed here at the cost of an
+Adler-32.  Readers tell a zlib stream from a plain pickle by the first byte
+(``0x78`` for the default window, ``0x80`` for a protocol-2 pickle) and read
+both.
 """
 
 from __future__ import annotations
 
 import pickle
+import struct
 import zlib
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
@@ -105,10 +109,16 @@ def _class_pickle_end(data: bytes) -> int:
     return stream.tell()
 
 
+_STORED_BLOCK_HEADER = b"\x78\x01\x01"  # zlib header (default window, level 0), final stored block
+_stored_lengths = struct.Struct("<HH").pack
+_adler32 = struct.Struct(">I").pack
+
+
 def compress_state(pickled: bytes) -> bytes:
-    """The stored form of a state pickle (see the module docstring)."""
-    if len(pickled) < COMPRESS_THRESHOLD:
-        return pickled
+    """The stored form of a state pickle, a zlib stream (see the module docstring)."""
+    size = len(pickled)
+    if size < COMPRESS_THRESHOLD:
+        return _STORED_BLOCK_HEADER + _stored_lengths(size, size ^ 0xFFFF) + pickled + _adler32(zlib.adler32(pickled))
     return zlib.compress(pickled)
 
 

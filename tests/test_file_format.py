@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import pickle
 import re
+import zlib
 from pathlib import Path
 from struct import unpack_from
 
@@ -100,6 +103,34 @@ def test_record_layout() -> None:
     assert int4_at(record, 8) == 5
     assert record[12:17] == b"data!"
     assert record[17:] == oid(1) + oid(9)
+
+
+@pytest.mark.parametrize("size", [0, 1, 50, 255, 256, 5000])
+def test_every_state_pickle_is_a_zlib_stream(size: int) -> None:
+    """As in Durus 4.3: the data is the class pickle, then the state pickle
+    zlib-compressed; a small one as the stored block zlib's level 0 makes.
+    """
+    from durus.connection import Connection
+    from durus.persistent import Persistent
+    from durus.storage import MemoryStorage
+
+    obj = Persistent()
+    obj.text = "t" * size
+    connection = Connection(MemoryStorage())
+    connection.get_root()["obj"] = obj
+    connection.commit()
+    record = connection.get_storage().load(obj._p_oid)
+    data = record[12:12 + int4_at(record, 8)]
+    stream = io.BytesIO(data)
+    assert pickle.load(stream) is Persistent
+    end = stream.tell()
+    assert data[end] == 0x78
+    state_pickle = zlib.decompress(data[end:])
+    assert pickle.loads(state_pickle) == {"text": "t" * size}
+    if len(state_pickle) < 256:
+        assert data[end:] == zlib.compress(state_pickle, 0)
+    else:
+        assert len(data) - end < len(state_pickle)  # really deflated
 
 
 def test_encode_transaction_offsets() -> None:
