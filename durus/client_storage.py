@@ -3,13 +3,19 @@
 It speaks wire protocol version 1 (:mod:`durus.protocol`), so it works with
 this package's server and with a Durus 4.3 server alike.
 
-Loading many objects one by one would cost one network round trip each.
-When a record arrives, the client therefore asks, in one bulk request sent
-ahead, for the records it refers to that this client has not loaded yet; the
-answers wait in a small buffer.  A buffered record is as good as a fresh
-load: the server answers ``I`` for an oid committed by another client since
-this one last synced, and every invalidation the server reports drops the
-oid from the buffer.
+Loading many objects one by one costs one network round trip each, as in
+Durus 4.3.  With ``prefetch=True`` the client instead asks, when a record
+arrives, for the records it refers to that this client has not loaded yet,
+in one bulk request sent ahead; the answers wait in a small buffer, and
+every invalidation the server reports drops the oid from it.  That changes
+when a conflict shows: a buffered record is the state committed when the
+server answered (``I`` if another client had committed it since this one
+last synced), so the objects a transaction reads form a consistent snapshot,
+but a record another client commits after that is found stale only at
+commit time (WriteConflictError) instead of when it is loaded
+(ReadConflictError).  Off by default, so loads behave exactly as in Durus
+4.3; turn it on for read-mostly work over large object graphs, where it
+saves most round trips.
 
 When the connection breaks (the server restarted), the transaction underway
 fails with :class:`DisconnectedError`, a ConflictError: abort and retry.
@@ -90,7 +96,8 @@ class ClientStorage(Storage):
 
     - ``address``: the server's :class:`~durus.storage_server.SocketAddress`.
     - ``timeout``: seconds any socket operation may take.
-    - ``prefetch``: whether records referred to by loaded ones are fetched ahead.
+    - ``prefetch``: whether records referred to by loaded ones are fetched
+      ahead (see the module docstring).
     - ``max_transaction_size``: the largest commit, in bytes, this client sends
       (the server's limit; by default the server's default).
     - ``records``: the commit being collected by ``store``.
@@ -105,7 +112,7 @@ class ClientStorage(Storage):
         timeout: float | None = DEFAULT_TIMEOUT,
         secret: bytes | None = None,
         keyfile: str | None = None,
-        prefetch: bool = True,
+        prefetch: bool = False,
         max_transaction_size: int = DEFAULT_MAX_TRANSACTION_SIZE,
     ) -> None:
         self.address = SocketAddress.new(address, host, port)
@@ -261,6 +268,9 @@ class ClientStorage(Storage):
         return record
 
     def bulk_load(self, oids: Iterable[bytes]) -> Iterator[bytes]:
+        """The records of ``oids``, in order: a generator, as in every
+        storage, so a missing or invalid oid raises while it is iterated.
+        """
         self._check_usable()
         oids = list(oids)
         records: dict[bytes, bytes] = {}
@@ -287,7 +297,8 @@ class ClientStorage(Storage):
             raise self._lose(error) from None
         for oid in oids:
             self._note_known(oid)
-        return iter([records[oid] for oid in oids])
+        for oid in oids:
+            yield records[oid]
 
     def _note_known(self, oid: bytes) -> None:
         known = self._known

@@ -86,8 +86,8 @@ def test_read_then_write_elsewhere_conflicts(server):
         two.commit()
 
 
-def _read_a_then_b_after_another_commit(server, prefetch: bool):
-    one, two = connect(server), connect(server, prefetch=prefetch)
+def _read_a_then_b_after_another_commit(server, **options):
+    one, two = connect(server), connect(server, **options)
     root = one.get_root()
     root["a"], root["b"] = PersistentDict(v=1), PersistentDict(v=1)
     one.commit()
@@ -101,7 +101,7 @@ def _read_a_then_b_after_another_commit(server, prefetch: bool):
 
 
 def test_read_conflict_when_loading_a_changed_object(server):
-    two, two_root = _read_a_then_b_after_another_commit(server, prefetch=False)
+    two, two_root = _read_a_then_b_after_another_commit(server)  # as in Durus 4.3, by default
     # Loading b means catching up, which finds that a, already read, is stale.
     with pytest.raises(ReadConflictError):
         two_root["b"]["v"]
@@ -138,7 +138,7 @@ def test_new_oids_are_recycled_after_a_conflict(server):
 
 
 def test_prefetched_records_never_outlive_an_invalidation(server):
-    writer, reader = connect(server), connect(server)
+    writer, reader = connect(server), connect(server, prefetch=True)
     writer.get_root()["items"] = PersistentList(PersistentDict(n=n) for n in range(50))
     writer.commit()
     reader.abort()
@@ -158,7 +158,7 @@ def test_cold_loads_take_few_round_trips(server):
     writer = connect(server)
     writer.get_root()["items"] = PersistentList(PersistentDict(n=n) for n in range(2000))
     writer.commit()
-    reader = connect(server)
+    reader = connect(server, prefetch=True)
     storage = reader.get_storage()
     sent = []
 
