@@ -41,6 +41,7 @@ from collections.abc import ItemsView, Iterable, Iterator, MutableMapping, Value
 from operator import itemgetter
 from typing import Any
 
+from durus.mapping_names import Durus43MappingNames
 from durus.merge import merge_bnode
 from durus.persistent import UNSAVED, PersistentObject
 
@@ -502,7 +503,7 @@ class _ValuesView(ValuesView):
         return map(_item_value, _descending(self._mapping.root, _MISSING, True))
 
 
-class BTree(PersistentObject, MutableMapping):
+class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
     """A persistent mapping that keeps its keys in order.
 
     Keys must be mutually comparable with ``<`` and ``==``.  Iteration,

@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Self
 
+from durus.mapping_names import Durus43MappingNames
 from durus.merge import merge_mapping
 from durus.persistent import PersistentObject, container_repr
 
 _MISSING = object()
 
 
-class PersistentDict(PersistentObject, MutableMapping):
+class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
     """A persistent mapping with the whole ``dict`` API.
 
     Instance attributes:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from durus.btree import BTree
 from durus.connection import Connection
 from durus.file_storage import FileStorage
 from durus.persistent import PersistentObject
@@ -278,3 +279,19 @@ def test_the_same_key_changed_on_both_sides_conflicts() -> None:
         second.commit()
     second.abort()
     assert second.root["d"] == {"a": 10, "b": 2}
+
+
+@pytest.mark.parametrize("make", [PersistentDict, lambda items: _btree(items)])
+def test_durus43_mapping_names(make) -> None:
+    mapping = make({"b": 2, "a": 1})
+    assert mapping.has_key("a") and not mapping.has_key("z")
+    assert sorted(mapping.iteritems()) == [("a", 1), ("b", 2)]
+    assert sorted(mapping.iterkeys()) == ["a", "b"] and sorted(mapping.itervalues()) == [1, 2]
+    iterator = mapping.iteritems()
+    assert next(iterator) in {("a", 1), ("b", 2)}  # an iterator, not a list
+
+
+def _btree(items: dict) -> BTree:
+    tree = BTree()
+    tree.update(items)
+    return tree
