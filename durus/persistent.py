@@ -72,11 +72,31 @@ def tracking_class(cls: type) -> type:
         "__setattr__": _first_use_setattr,
         "__delattr__": _first_use_delattr,
     }
-    tracker = type(cls)(cls.__name__, (cls,), namespace)
+    tracker = _subclass_unannounced(cls, namespace)
     _real_classes[tracker] = cls
     if cls.__new__ is PersistentObject.__new__:
         _plain_new_classes.add(cls)
     return _tracking_classes.setdefault(cls, tracker)
+
+
+@classmethod
+def _no_init_subclass(cls: type, **kwargs: Any) -> None:
+    pass
+
+
+def _subclass_unannounced(cls: type, namespace: dict[str, Any]) -> type:
+    """A subclass of ``cls`` made without running ``cls.__init_subclass__``:
+    an application's registry of its model classes must not see trackers.
+    """
+    own = cls.__dict__.get("__init_subclass__")
+    type.__setattr__(cls, "__init_subclass__", _no_init_subclass)
+    try:
+        return type(cls)(cls.__name__, (cls,), namespace)
+    finally:
+        if own is None:
+            type.__delattr__(cls, "__init_subclass__")
+        else:
+            type.__setattr__(cls, "__init_subclass__", own)
 
 
 def new_ghost(cls: type, oid: bytes, connection: Any) -> PersistentObject:

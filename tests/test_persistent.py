@@ -116,6 +116,31 @@ def test_tracking_class_is_invisible_to_class_checks() -> None:
     assert type(ghost) is not Item and isinstance(ghost, Item)
 
 
+registry: list[type] = []
+
+
+class Model(Persistent):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        registry.append(cls)
+
+
+class Note(Model):
+    pass
+
+
+def test_tracking_classes_are_not_announced_to_init_subclass() -> None:
+    connection = Connection(MemoryStorage())
+    connection.get_root()["notes"] = [Note(), Model()]
+    connection.commit()
+    fresh = Connection(connection.get_storage())
+    notes = fresh.get_root()["notes"]
+    assert {real_class(type(note)) for note in notes} == {Note, Model}
+    assert any(type(note) is not note.__class__ for note in notes)  # trackers were made
+    assert registry == [Note]
+    assert "__init_subclass__" in Model.__dict__ and "__init_subclass__" not in Note.__dict__
+
+
 def test_custom_setstate_filling_defaults_does_not_mark_changed() -> None:
     obj = WithDefaults()
     obj.x = 1
