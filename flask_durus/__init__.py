@@ -16,5 +16,21 @@ from __future__ import annotations
 
 from flask_durus.errors import EmbeddedStorageError, StorageUnavailable
 from flask_durus.extension import Durus
+from flask_durus.signals import (
+    conflict_detected,
+    connection_checked_out,
+    request_retried,
+    transaction_aborted,
+    transaction_committed,
+)
 
-__all__ = ["Durus", "EmbeddedStorageError", "StorageUnavailable"]
+__all__ = [
+    "Durus",
+    "EmbeddedStorageError",
+    "StorageUnavailable",
+    "conflict_detected",
+    "connection_checked_out",
+    "request_retried",
+    "transaction_aborted",
+    "transaction_committed",
+]

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 import click
 from durus.client_storage import ClientStorage, ServerUnavailableError
@@ -27,11 +28,18 @@ from flask.cli import AppGroup
 from flask_durus.settings import DurusSettings
 from flask_durus.storage_uri import MEMORY
 
+if TYPE_CHECKING:
+    from flask_durus.extension import Durus
+
 durus_group = AppGroup("durus", help="Serve, pack, stop and inspect the app's Durus database.")
 
 
+def _current_durus() -> Durus:
+    return current_app.extensions["durus"]
+
+
 def _settings() -> DurusSettings:
-    return current_app.extensions["durus"].settings()
+    return _current_durus().settings()
 
 
 def _server_address(settings: DurusSettings) -> SocketAddress:
@@ -115,23 +123,41 @@ def pack_command() -> None:
     """Drop the objects the root no longer reaches."""
     settings = _settings()
     location = settings.location
-    if location.kind == MEMORY:
-        raise click.ClickException("DURUS_STORAGE is memory://: there is no file to pack")
-    if location.is_embedded:
-        storage = _open_file(location.file)
+    if not location.is_embedded:
+        storage = _client(settings)
         try:
-            before = os.path.getsize(location.file)
             storage.pack()
-            click.echo(f"Packed {location.file}: {before} -> {os.path.getsize(location.file)} bytes; finished.")
         finally:
             storage.close()
+        click.echo(f"Pack started on the server at {location}; it runs in the background.")
         return
-    storage = _client(settings)
-    try:
-        storage.pack()
-    finally:
-        storage.close()
-    click.echo(f"Pack started on the server at {location}; it runs in the background.")
+    before = _file_size(location.file)
+    if _holds_embedded_storage():
+        _current_durus().connection.pack()
+    elif location.kind == MEMORY:
+        raise click.ClickException(
+            "DURUS_STORAGE is memory://, and this process has not opened it: there is nothing to pack")
+    else:
+        storage = _open_file(location.file)
+        try:
+            storage.pack()
+        finally:
+            storage.close()
+    sizes = "" if before is None else f": {before} -> {_file_size(location.file)} bytes"
+    click.echo(f"Packed {location}{sizes}; finished.")
+
+
+def _holds_embedded_storage() -> bool:
+    """This process has the app's embedded storage open (it served requests,
+    say, as under ``app.test_cli_runner()``): work through the app's pool,
+    since the file's lock refuses a second open even in this process, and a
+    memory:// store exists nowhere else.
+    """
+    return _current_durus().holds_embedded_storage()
+
+
+def _file_size(path: str | None) -> int | None:
+    return os.path.getsize(path) if path and os.path.exists(path) else None
 
 
 @durus_group.command("stop")
@@ -154,27 +180,42 @@ def info_command() -> None:
     settings = _settings()
     location = settings.location
     click.echo(f"Storage: {location}" + ("" if location.uri else " (the embedded default)"))
+    if _holds_embedded_storage():
+        count = _count_reachable(_current_durus().connection.get_storage())
+    elif location.kind == MEMORY:
+        click.echo("memory:// lives inside each app process, and this one has not opened it: "
+                   "nothing to inspect from here.")
+        return
+    else:
+        storage = _open_to_read(settings)
+        try:
+            count = 0 if storage is None else _count_reachable(storage)
+        finally:
+            if storage is not None:
+                storage.close()
+    click.echo(f"Objects reachable from the root: {count}")
     if location.kind == MEMORY:
-        click.echo("memory:// lives inside each app process: nothing to inspect from here.")
         return
     if location.is_embedded:
-        # Read-only opens need no lock: this works beside a running `flask run`.
-        storage: Storage = (_open_file(location.file, readonly=True) if os.path.exists(location.file)
-                            else None)
-        size_file = location.file
-    else:
-        storage = _client(settings)
-        size_file = settings.server_file
-    try:
-        count = 0 if storage is None else _count_reachable(storage)
-    finally:
-        if storage is not None:
-            storage.close()
-    click.echo(f"Objects reachable from the root: {count}")
-    if os.path.exists(size_file):
-        click.echo(f"File: {size_file} ({os.path.getsize(size_file)} bytes)")
-    else:
-        click.echo(f"File: {size_file} (not on this machine, or not created yet)")
+        size = _file_size(location.file)
+        click.echo(f"File: {location.file} ({'not created yet' if size is None else f'{size} bytes'})")
+        return
+    # The protocol reports no file size, and the server may run elsewhere or
+    # serve another file: only the configured file here can be measured.
+    size = _file_size(settings.server_file)
+    click.echo("File size: not reported by the server; DURUS_SERVER_FILE on this machine, "
+               f"{settings.server_file}, " + ("does not exist" if size is None else f"is {size} bytes"))
+
+
+def _open_to_read(settings: DurusSettings) -> Storage | None:
+    """A client of the server, or the embedded file opened read-only (that
+    needs no lock: this works beside a running `flask run`); None if the file
+    does not exist yet.
+    """
+    location = settings.location
+    if not location.is_embedded:
+        return _client(settings)
+    return _open_file(location.file, readonly=True) if os.path.exists(location.file) else None
 
 
 def _count_reachable(storage: Storage) -> int:
@@ -187,7 +228,7 @@ def _count_reachable(storage: Storage) -> int:
 @durus_group.command("shell")
 def shell_command() -> None:
     """A Python shell with `root` and `connection` (commit with connection.commit())."""
-    durus = current_app.extensions["durus"]
+    durus = _current_durus()
     namespace = {"app": current_app, "durus": durus, "connection": durus.connection, "root": durus.root}
     banner = (f"Durus shell on {_settings().location} (app {current_app.name})\n"
               "    root, connection, durus, app\n"

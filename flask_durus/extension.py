@@ -18,8 +18,14 @@ The life of a request:
    lost after the commit data went out (the outcome is unknown).  A
    connection lost before that raises DisconnectedError, a ConflictError:
    the request is replayed, on a new connection.
-5. When the app context ends the connection goes back to the pool; changes
-   that were never committed (outside a request, say) are aborted.
+5. When the request ends its connection goes back to the pool, and so does
+   an app context's when that ends; changes that were never committed
+   (outside a request, say) are aborted.
+
+A request always has a transaction of its own, even inside an app context
+that was already pushed (a test's ``with app.app_context():``), whose ``g``
+Flask lends to the request: the context's own transaction is set aside, left
+uncommitted, and is current again once the request ends.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any
 from durus.connection import Connection
 from durus.error import ConflictError
 from durus.persistent import PersistentObject
-from flask import Flask, Response, current_app, g, has_app_context, has_request_context, request
+from flask import Flask, Request, Response, current_app, g, has_app_context, has_request_context, request
 from werkzeug.exceptions import Conflict
 
 from flask_durus import signals
@@ -48,11 +54,15 @@ _G_KEY = "_durus_transaction"
 
 @dataclass
 class ContextTransaction:
-    """The extension's state for one app context (kept on ``flask.g``).
+    """The extension's state for one request or app context (on ``flask.g``).
 
     Instance attributes:
 
     - ``pool``: where the connection comes from and goes back to.
+    - ``owner``: the request this transaction belongs to, or None for an app
+      context's own.
+    - ``outer``: the app context's transaction this request's set aside, to
+      be current again when the request ends.
     - ``connection``: the checked-out connection, once used.
     - ``conflict``: a ConflictError met with no connection to remember it
       (a conflict creating the root, or raised by the app itself).
@@ -62,6 +72,8 @@ class ContextTransaction:
     """
 
     pool: ConnectionPool
+    owner: Request | None = None
+    outer: ContextTransaction | None = None
     connection: PooledConnection | None = None
     conflict: ConflictError | None = None
     lost: BaseException | None = None
@@ -106,7 +118,9 @@ class Durus:
         # App-wide after-request hooks run last-registered first: go first in
         # the list, so the commit sees the response every other hook made.
         app.after_request_funcs.setdefault(None, []).insert(0, self._finish_request)
-        app.teardown_request(self._end_request)
+        # Teardown hooks run last-registered first too: end the transaction
+        # after any app hook that still used the connection.
+        app.teardown_request_funcs.setdefault(None, []).insert(0, self._end_request)
         app.teardown_appcontext(self._end_context)
         app.register_error_handler(ConflictError, self._handle_conflict)
         self._watch_for_conflicts(app)
@@ -121,7 +135,7 @@ class Durus:
 
     @property
     def connection(self) -> Connection:
-        """The current app context's connection, checked out on first use."""
+        """The current request's connection (else the app context's), checked out on first use."""
         transaction = self._transaction()
         if transaction.connection is None:
             app = current_app._get_current_object()
@@ -139,7 +153,7 @@ class Durus:
 
     @property
     def root(self) -> PersistentObject:
-        """The root object of the current app context's connection."""
+        """The root object of :attr:`connection`."""
         return self.connection.get_root()
 
     def settings(self, app: Flask | None = None) -> DurusSettings:
@@ -165,6 +179,15 @@ class Durus:
             pool = self._pools.setdefault(app, pool)
         return pool
 
+    def holds_embedded_storage(self, app: Flask | None = None) -> bool:
+        """True if ``app``'s pool in this process has its embedded storage open.
+
+        The CLI then works through the pool: the file's lock refuses a second
+        open even in this process, and a memory:// store exists only here.
+        """
+        pool = self._pools.get(_resolve_app(app))
+        return pool is not None and not pool.closed and pool.opener.holds_storage()
+
     def close(self, app: Flask | None = None) -> None:
         """Close ``app``'s pool in this process (its embedded storage too).
 
@@ -177,16 +200,32 @@ class Durus:
     # -- the request's transaction -------------------------------------------
 
     def _transaction(self) -> ContextTransaction:
+        """The current request's transaction, else the app context's.
+
+        Both live on ``g``; a request in an app context pushed before it
+        shares that context's ``g``, so its own transaction displaces the
+        context's (kept as ``outer``) until :meth:`_end_request`.
+        """
         app = _current_app()
+        owner = request._get_current_object() if has_request_context() else None
         transaction = g.get(_G_KEY)
-        if transaction is None:
-            transaction = ContextTransaction(self.get_pool(app))
+        if transaction is None or transaction.owner is not owner:
+            transaction = ContextTransaction(self.get_pool(app), owner=owner, outer=transaction)
             setattr(g, _G_KEY, transaction)
+        return transaction
+
+    def _request_transaction(self) -> ContextTransaction | None:
+        """The current request's transaction, if it has begun one; never the
+        app context's, which a request must neither commit nor end.
+        """
+        transaction = g.get(_G_KEY)
+        if transaction is None or transaction.owner is not request._get_current_object():
+            return None
         return transaction
 
     def _finish_request(self, response: Response) -> Response:
         """Commit, abort or replay: the last after-request hook."""
-        transaction = g.get(_G_KEY)
+        transaction = self._request_transaction()
         if transaction is None:
             return response
         app = current_app._get_current_object()
@@ -254,27 +293,32 @@ class Durus:
         signals.transaction_aborted.send(app, connection=connection, reason=reason)
 
     def _end_request(self, exception: BaseException | None) -> None:
-        """Close the request's transaction; the app context may live on
-        (a test's ``with app.app_context():`` around requests), and the next
-        request in it must start clean.
+        """End the request's transaction and make the app context's own (if
+        the request displaced one) current again: the app context may live on
+        (a test's ``with app.app_context():`` around requests).
         """
-        transaction = g.get(_G_KEY)
-        if transaction is not None:
-            self._close_transaction(transaction, "error" if exception else "context ended")
-            transaction.conflict = transaction.lost = None
+        transaction = self._request_transaction()
+        if transaction is None:
+            return
+        self._end_transaction(transaction, "error" if exception else "context ended")
+        if transaction.outer is None:
+            g.pop(_G_KEY)
+        else:
+            setattr(g, _G_KEY, transaction.outer)
 
     def _end_context(self, exception: BaseException | None) -> None:
         transaction = g.pop(_G_KEY, None)
-        if transaction is not None and transaction.connection is not None:
-            self._close_transaction(transaction, "context ended")
-            transaction.pool.checkin(transaction.connection)
+        if transaction is not None:
+            self._end_transaction(transaction, "context ended")
 
-    def _close_transaction(self, transaction: ContextTransaction, reason: str) -> None:
-        """Abort what was neither committed nor aborted."""
+    def _end_transaction(self, transaction: ContextTransaction, reason: str) -> None:
+        """Abort what was neither committed nor aborted; return the connection."""
         connection = transaction.connection
-        if connection is not None and not transaction.at_boundary and not connection.broken:
+        if connection is None:
+            return
+        if not transaction.at_boundary and not connection.broken:
             self._abort(current_app._get_current_object(), connection, reason)
-            transaction.at_boundary = True
+        transaction.pool.checkin(connection)
 
     # -- error handlers ----------------------------------------------------------
 
@@ -282,17 +326,35 @@ class Durus:
         """Note every ConflictError the hooks or the view raise, before any
         error handler sees it: an app's own handler may turn it into an
         ordinary response, and the request must be replayed all the same.
+
+        Flask hands an error raised by an after-request hook to no error
+        handler (it answers 500, or raises it in a test), and the hooks after
+        it, the commit among them, never run: so a ConflictError raised there
+        is caught where the hooks run, and the request is finished as one
+        that met a conflict.
         """
         handle_user_exception = app.handle_user_exception
+        process_response = app.process_response
 
         def noting_conflicts(error: Exception) -> Any:
             if isinstance(error, ConflictError):
-                transaction = self._transaction()
-                if transaction.met_conflict() is None:
-                    transaction.conflict = error
+                self._note_conflict(error)
             return handle_user_exception(error)
 
+        def finishing_after_conflicts(response: Response) -> Response:
+            try:
+                return process_response(response)
+            except ConflictError as error:
+                self._note_conflict(error)
+                return self._finish_request(response)
+
         app.handle_user_exception = noting_conflicts  # type: ignore[method-assign]
+        app.process_response = finishing_after_conflicts  # type: ignore[method-assign]
+
+    def _note_conflict(self, error: ConflictError) -> None:
+        transaction = self._transaction()
+        if transaction.met_conflict() is None:
+            transaction.conflict = error
 
     def _handle_conflict(self, error: ConflictError) -> Any:
         """A stand-in answer: the request hook replays, or answers 409."""

@@ -80,6 +80,10 @@ class StorageOpener:
     def open(self) -> Storage:
         raise NotImplementedError
 
+    def holds_storage(self) -> bool:
+        """True if this process has the storage itself open (embedded)."""
+        return False
+
     def forget_after_fork(self) -> None:
         """In a forked child: drop what the parent opened, closing nothing."""
 
@@ -150,6 +154,9 @@ class EmbeddedStorageOpener(StorageOpener):
                 "`flask durus serve` and set DURUS_STORAGE to its address "
                 "(durus://127.0.0.1:2972)."
             ) from None
+
+    def holds_storage(self) -> bool:
+        return self.shared is not None
 
     def forget_after_fork(self) -> None:
         self._lock = threading.Lock()

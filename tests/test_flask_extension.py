@@ -136,6 +136,15 @@ def test_one_durus_serves_two_apps_with_separate_data(tmp_path):
     assert durus.get_pool(apps[0]) is not durus.get_pool(apps[1])
 
 
+def test_the_signals_are_importable_from_the_package_too():
+    import flask_durus
+
+    for name in ("connection_checked_out", "transaction_committed", "transaction_aborted",
+                 "conflict_detected", "request_retried"):
+        assert getattr(flask_durus, name) is getattr(signals, name)
+        assert name in flask_durus.__all__
+
+
 # -- the request cycle ------------------------------------------------------------
 
 
@@ -299,6 +308,68 @@ def test_a_write_conflict_at_commit_replays_the_whole_request(app_durus):
     assert committed_value(app, durus, "n") == 6  # 1 from elsewhere + 5, once
     assert [(k["attempt"], k["will_retry"]) for _, k in conflicts] == [(1, True)]
     assert [k["attempt"] for _, k in retries] == [2]
+
+
+@pytest.mark.parametrize("testing", [False, True])
+def test_a_read_conflict_met_in_an_after_request_hook_replays(tmp_path, caplog, testing):
+    app, durus = make_app(tmp_path, TESTING=testing)  # TESTING: Flask would raise hooks' errors
+    with app.app_context():
+        durus.root  # this connection goes back to the pool last: requests get it
+        with app.app_context():  # written through another, so a and b are ghosts in the first
+            durus.root["a"] = Item(1)
+            durus.root["b"] = Item(2)
+            durus.connection.commit()
+    runs, hook_runs = [], []
+
+    @app.after_request
+    def read_b(response):
+        hook_runs.append(1)
+        response.headers["X-B"] = str(durus.root["b"].n)  # b is stale next to a: ReadConflictError
+        return response
+
+    @app.get("/")
+    def view():
+        runs.append(1)
+        a = durus.root["a"]
+        a.n  # read a
+        if len(runs) == 1:
+            with app.app_context():  # another client changes a and b
+                durus.root["a"].n += 10
+                durus.root["b"].n += 10
+                durus.connection.commit()
+        return str(a.n)
+
+    with recorded(signals.conflict_detected) as conflicts, caplog.at_level(logging.INFO):
+        response = app.test_client().get("/")
+    assert (response.status_code, response.text, response.headers["X-B"]) == (200, "11", "12")
+    assert len(runs) == len(hook_runs) == 2  # the hook ran once per run
+    assert [k["attempt"] for _, k in conflicts] == [1]
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+    durus.close(app)
+
+
+def test_a_conflict_raised_by_an_after_request_hook_replays_then_gives_409(tmp_path):
+    app, durus = make_app(tmp_path, DURUS_RETRY_ATTEMPTS=2, TESTING=True)
+    runs = []
+
+    @app.after_request
+    def conflicting_hook(response):
+        runs.append(1)
+        durus.root["n"] = len(runs)
+        if request.args.get("always") or len(runs) == 1:
+            raise ConflictError([b"\0" * 8])
+        return response
+
+    app.add_url_rule("/", "view", lambda: "ok", methods=["POST"])
+    client = app.test_client()
+    response = client.post("/")
+    assert (response.status_code, response.text, len(runs)) == (200, "ok", 2)
+    assert committed_value(app, durus, "n") == 2
+    runs.clear()
+    assert client.post("/?always=1").status_code == 409
+    assert len(runs) == 3
+    assert committed_value(app, durus, "n") == 2
+    durus.close(app)
 
 
 def test_a_read_conflict_on_get_replays(app_durus):
@@ -588,6 +659,32 @@ def test_requests_inside_an_app_context_each_commit_their_own_transaction(app_du
         assert client.post("/400").status_code == 400
         assert client.post("/200").status_code == 200
     assert committed_value(app, durus, "n") == 3
+
+
+def test_a_request_inside_a_pushed_app_context_has_a_transaction_of_its_own(app_durus):
+    app, durus = app_durus
+    seen = []
+
+    @app.get("/noop")
+    def noop():
+        seen.append((durus.root.get("outer"), durus.root.get("elsewhere")))
+        return "ok"
+
+    client = app.test_client()
+    with app.app_context():
+        root = durus.root
+        root["outer"] = "uncommitted"
+        commit_elsewhere(app, durus, "elsewhere")
+        with recorded(signals.transaction_aborted) as aborts:
+            assert client.get("/noop").status_code == 200
+        # The request was synchronised at its start, on its own connection:
+        assert seen == [(None, 1)]
+        assert aborts == []  # and it left the outer transaction alone
+        assert durus.root is root and durus.connection.has_changes()
+        assert committed_value(app, durus, "outer") is None
+        durus.connection.commit()  # the outer transaction is current again
+    assert committed_value(app, durus, "outer") == "uncommitted"
+    assert durus.get_pool(app).idle_count() == 2  # both connections went back
 
 
 def test_a_commit_that_fails_answers_500_and_stores_nothing(app_durus):

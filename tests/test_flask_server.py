@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -16,9 +18,9 @@ from durus.client_storage import ClientStorage
 
 from flask_durus import signals
 from flask_durus.testing import StorageServerProcess, app_root, storage_server
-from tests.flask_apps.bank import create_app
+from tests.flask_apps.bank import Account, create_app
 from tests.server_process import ServerProcess
-from tests.test_flask_extension import recorded, run_in_fork
+from tests.test_flask_extension import REPO, recorded, run_in_fork
 
 # The plugin's fixtures, until the package registers the plugin itself.
 from flask_durus.testing import durus_app, durus_client, durus_config, durus_root, durus_server  # noqa: F401
@@ -190,6 +192,10 @@ def test_cli_info_pack_and_stop(app, server):
     assert result.exit_code == 0, result.output
     assert f"durus://{server.address[0]}:{server.address[1]}" in result.output
     assert "Objects reachable from the root: 1" in result.output
+    # It cannot know the server's file: it says whose size it shows.
+    server_file = app.extensions["durus"].settings(app).server_file
+    assert f"not reported by the server; DURUS_SERVER_FILE on this machine, {server_file}, " in result.output
+    assert str(server.file) not in result.output
     result = runner.invoke(args=["durus", "pack"])
     assert result.exit_code == 0 and "background" in result.output
     result = runner.invoke(args=["durus", "stop"])
@@ -213,6 +219,63 @@ def test_cli_on_the_embedded_file(tmp_path):
     assert result.exit_code != 0 and "no server to stop" in result.output
     assert json.loads(app.test_client().get("/counter").data)["counter"] == 1
     app.extensions["durus"].close(app)
+
+
+def test_cli_on_memory_works_through_the_apps_own_store():
+    app = create_app({"DURUS_STORAGE": "memory://"})
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["durus", "info"])  # nothing opened memory:// in this process yet
+    assert result.exit_code == 0 and "Objects reachable" not in result.output
+    assert runner.invoke(args=["durus", "pack"]).exit_code != 0
+    app.test_client().post("/counter")
+    with app_root(app) as root:  # an object committed, then left unreachable
+        root["junk"] = Account("junk", 1)
+    with app_root(app) as root:
+        del root["junk"]
+    store = app.extensions["durus"].get_pool(app).opener.shared.storage  # the MemoryStorage
+    assert len(store.records) == 2
+    result = runner.invoke(args=["durus", "info"])
+    assert result.exit_code == 0 and "Objects reachable from the root: 1" in result.output
+    result = runner.invoke(args=["durus", "pack"])
+    assert result.exit_code == 0 and "Packed memory://; finished." in result.output
+    assert len(store.records) == 1
+    assert app.test_client().get("/counter").json["counter"] == 1
+    app.extensions["durus"].close(app)
+
+
+def test_cli_on_the_embedded_file_this_process_holds_open(tmp_path):
+    path = tmp_path / "data.durus"
+    app = create_app({"DURUS_STORAGE": f"file://{path}"})
+    client = app.test_client()
+    for _ in range(3):
+        client.post("/counter")  # the app's pool now holds the file (and its lock)
+    before = path.stat().st_size
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["durus", "pack"])
+    assert result.exit_code == 0, result.output
+    assert f"{before} -> {path.stat().st_size} bytes; finished." in result.output
+    assert path.stat().st_size < before  # the two old roots are gone
+    result = runner.invoke(args=["durus", "info"])
+    assert result.exit_code == 0 and "Objects reachable from the root: 1" in result.output
+    assert f"({path.stat().st_size} bytes)" in result.output
+    assert client.post("/counter").json["counter"] == 4  # the app goes on, on the same pool
+    app.extensions["durus"].close(app)
+
+
+def test_cli_pack_of_a_file_another_process_holds_says_so(tmp_path):
+    path = tmp_path / "data.durus"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from durus.file_storage import FileStorage\n"
+         f"storage = FileStorage({str(path)!r}); print('open', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert holder.stdout.readline() == "open\n"
+        app = create_app({"DURUS_STORAGE": f"file://{path}"})
+        result = app.test_cli_runner().invoke(args=["durus", "pack"])
+        assert result.exit_code != 0
+        assert "in use by another process" in result.output and "flask durus serve" in result.output
+    finally:
+        holder.communicate("", timeout=30)
 
 
 def test_the_shells_have_root_and_connection(tmp_path):
