@@ -480,8 +480,10 @@ class Connection:
         for _ in range(self.resolution_rounds):
             if any(oid not in changed or oid not in base_data for oid in oids):
                 return None
+            ordered = list(oids)
             try:
-                return {oid: unpack_record(self.storage.load(oid))[1] for oid in oids}
+                # One round trip to a server, however many objects merge.
+                records = list(self.storage.bulk_load(ordered))
             except ReadConflictError:
                 try:
                     self._handle_invalidations(self.storage.sync())
@@ -489,6 +491,8 @@ class Connection:
                     oids.update(more.oids or ())
             except DurusKeyError:
                 return None
+            else:
+                return {oid: unpack_record(record)[1] for oid, record in zip(ordered, records)}
         return None
 
     def _handle_invalidations(self, oids: list[bytes], read_oid: bytes | None = None) -> None:

@@ -119,7 +119,42 @@ def compress_state(pickled: bytes) -> bytes:
     size = len(pickled)
     if size < COMPRESS_THRESHOLD:
         return _STORED_BLOCK_HEADER + _stored_lengths(size, size ^ 0xFFFF) + pickled + _adler32(zlib.adler32(pickled))
-    return zlib.compress(pickled)
+    # Level 1 with a small hash table (memLevel 4): a state is a few KB, so
+    # setting up zlib's default tables costs more than deflating; this is
+    # about three times faster for 5 % more bytes.
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 4)
+    return compressor.compress(pickled) + compressor.flush()
+
+
+_ATOMS = frozenset({str, int, float, bool, bytes, complex, type(None)})
+_COLLECTIONS = frozenset({list, tuple, set, frozenset})
+
+
+def holds_no_objects(value: Any, depth: int = 4) -> bool:
+    """True if ``value`` is built of builtin atoms and containers only, no
+    deeper than ``depth`` (so it holds no persistent object); False when
+    unsure.
+
+    Such a state pickles without the ``persistent_id`` hook, which costs a
+    Python call for every object pickled: a set of 1,000 strings is 1,000
+    calls with the hook and one fast C loop without it.
+    """
+    kind = type(value)
+    if kind in _ATOMS:
+        return True
+    if depth == 0:
+        return False
+    if kind is dict:
+        return _all_hold_no_objects(value, depth) and _all_hold_no_objects(value.values(), depth)
+    if kind in _COLLECTIONS:
+        return _all_hold_no_objects(value, depth)
+    return False
+
+
+def _all_hold_no_objects(values: Any, depth: int) -> bool:
+    if _ATOMS.issuperset(map(type, values)):
+        return True
+    return all(holds_no_objects(value, depth - 1) for value in values)
 
 
 class _StatePickler(pickle.Pickler):
@@ -157,6 +192,7 @@ class ObjectWriter:
         self.refs: set[bytes] = set()
         self._buffer = BytesIO()
         self._pickler = _StatePickler(self._buffer, self)
+        self._plain_pickler = pickle.Pickler(self._buffer, PICKLE_PROTOCOL)
 
     def reference(self, obj: PersistentObject) -> tuple[bytes, type]:
         """The persistent id of ``obj``, giving it an oid if it is new."""
@@ -179,11 +215,13 @@ class ObjectWriter:
         buffer = self._buffer
         buffer.seek(0)
         buffer.truncate()
-        self._pickler.clear_memo()
         refs = self.refs
         refs.clear()
         cls = real_class(type(obj))
-        self._pickler.dump(cls.__getstate__(obj))
+        state = cls.__getstate__(obj)
+        pickler = self._plain_pickler if holds_no_objects(state) else self._pickler
+        pickler.clear_memo()
+        pickler.dump(state)
         data = class_pickle(cls) + compress_state(buffer.getvalue())
         refs.discard(obj._p_oid)
         return data, b"".join(sorted(refs))
