@@ -73,7 +73,6 @@ class GroupSync:
         self.deferred = sync_to_disk is not None
         self._condition = threading.Condition(threading.Lock())
         self._syncing = False
-        self._closed = False
         self.written = 0
         self.synced = 0
 
@@ -83,7 +82,6 @@ class GroupSync:
             self.written += 1
             if not self.deferred:
                 self.synced = self.written
-            self._condition.notify_all()
             return self.written
 
     def wait(self, serial: int) -> None:
@@ -104,17 +102,6 @@ class GroupSync:
                     self._syncing = False
                     condition.notify_all()
                 self.synced = max(self.synced, target)
-
-    def wait_for_write(self, after: int, timeout: float | None = None) -> int:
-        """Block until a commit later than ``after`` is written (or close())."""
-        with self._condition:
-            self._condition.wait_for(lambda: self.written > after or self._closed, timeout)
-            return self.written
-
-    def close(self) -> None:
-        with self._condition:
-            self._closed = True
-            self._condition.notify_all()
 
 
 class SharedStorage:
@@ -171,7 +158,6 @@ class SharedStorage:
         with self._lock:
             for session in list(self._sessions):
                 session.close()
-            self.group_sync.close()
             self.storage.close()
 
     # -- packing -----------------------------------------------------------

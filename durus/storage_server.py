@@ -302,6 +302,7 @@ class StorageServer:
         self._stopping = False
         self._failure: BaseException | None = None
         self._wake_read = self._wake_write = -1
+        self._sync_wanted = threading.Event()  # written commits await the sync thread
 
     # -- running -------------------------------------------------------------
 
@@ -332,6 +333,7 @@ class StorageServer:
     def stop(self) -> None:
         """Ask the serving loop to stop (safe from another thread or a signal handler)."""
         self._stopping = True
+        self._sync_wanted.set()  # so the sync thread sees it too
         self._wake()
 
     def _bound_address(self, listener: socket.socket) -> SocketAddress:
@@ -399,18 +401,19 @@ class StorageServer:
             pass
 
     def _sync_to_disk_loop(self) -> None:
-        """Make written commits durable, one sync per batch, and wake the loop."""
+        """Make the commits handed over durable, one sync per batch, and wake
+        the loop.  Commits written meanwhile share the next sync.
+        """
         group = self.shared.group_sync
         if not group.deferred:
             return
-        done = 0
+        wanted = self._sync_wanted
         while not self._stopping:
-            written = group.wait_for_write(done, timeout=1.0)
-            if written <= done:
+            if not wanted.wait(timeout=1.0):
                 continue
-            if not self._make_durable(written):
+            wanted.clear()
+            if not self._make_durable(group.written):
                 return
-            done = written
             self._wake()
 
     def _make_durable(self, serial: int) -> bool:
@@ -722,8 +725,10 @@ class StorageServer:
         self._release_turn(client)
         if self._turn_holder is None and not self._commit_queue:
             # No other commit to overlap the disk sync with: sync here and
-            # spare the round trip through the sync thread.
+            # spare the hand-over to the sync thread.
             self._make_durable(serial)
+        else:
+            self._sync_wanted.set()
         self._acknowledge_durable()
 
     def _release_turn(self, client: _ClientConnection) -> None:
