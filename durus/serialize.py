@@ -18,6 +18,7 @@ both.
 from __future__ import annotations
 
 import pickle
+import pickletools
 import struct
 import zlib
 from io import BytesIO
@@ -94,6 +95,23 @@ def _decompress(state: bytes) -> bytes:
         return zlib.decompress(state)
     except zlib.error:
         return state  # not compressed after all; let the unpickler judge
+
+
+def extract_class_name(record: bytes) -> str:
+    """The name of the class of the object in ``record`` (``"Item"``, without
+    its module, as Durus 4.3 gives it), read from the class pickle without
+    importing the class; ``"?"`` if the record has no readable class pickle.
+    """
+    data = unpack_record(record)[1]
+    try:
+        for opcode, argument, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                return argument.partition(" ")[2]
+            if opcode.name == "STOP":
+                break
+    except ValueError:
+        pass
+    return "?"
 
 
 def _class_pickle_end(data: bytes) -> int:

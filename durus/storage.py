@@ -7,10 +7,11 @@ records all together or not at all.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 from durus.error import DurusKeyError
-from durus.record import ROOT_OID, int_to_oid, record_refs
+from durus.record import ROOT_OID, int_to_oid, record_refs, split_oids
 
 InvalidationHandler = Callable[[list[bytes]], None]
 
@@ -103,6 +104,41 @@ def gen_reachable_records(
                 if ref not in seen:
                     seen.add(ref)
                     todo.append(ref)
+
+
+def gen_referring_oid_record(storage: Storage, referred_oid: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """``(oid, record)`` of every stored record that refers to ``referred_oid``."""
+    for oid, record in storage.gen_oid_record():
+        if referred_oid in split_oids(record_refs(record)):
+            yield oid, record
+
+
+def gen_oid_class(storage: Storage, *classes: str | bytes) -> Iterator[tuple[bytes, str]]:
+    """``(oid, class name)`` of every stored record, or of those whose class
+    name (``"Item"``, without the module) is one of ``classes``.  The classes
+    need not be importable here.
+    """
+    from durus.serialize import extract_class_name  # storages otherwise never look into records
+
+    wanted = {name.decode() if isinstance(name, bytes) else name for name in classes}
+    for oid, record in storage.gen_oid_record():
+        name = extract_class_name(record)
+        if not wanted or name in wanted:
+            yield oid, name
+
+
+def get_census(storage: Storage) -> dict[str, int]:
+    """How many stored records there are of each class name."""
+    return dict(Counter(name for _, name in gen_oid_class(storage)))
+
+
+def get_reference_index(storage: Storage) -> dict[bytes, list[bytes]]:
+    """For every oid that stored records refer to, the oids referring to it."""
+    index: dict[bytes, list[bytes]] = {}
+    for oid, record in storage.gen_oid_record():
+        for referred in split_oids(record_refs(record)):
+            index.setdefault(referred, []).append(oid)
+    return index
 
 
 class MemoryStorage(Storage):

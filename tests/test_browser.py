@@ -25,6 +25,7 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         allow_module_level=True,
     )
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e '.[test]')")
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -75,17 +76,34 @@ def fill(browser, **fields: str) -> None:
         element.send_keys(value)
 
 
-def submit(browser, css: str = "main form button[type=submit]") -> None:
+def navigate(browser, element) -> None:
+    """Click ``element`` and wait until the browser has left the page it was on."""
     old = browser.find_element(By.TAG_NAME, "html")
-    browser.find_element(By.CSS_SELECTOR, css).click()
-    WebDriverWait(browser, 20).until(expected_conditions.staleness_of(old))
+    element.click()
+
+    def left(_) -> bool:
+        try:
+            old.is_enabled()
+        except WebDriverException:  # stale; Chromium may also say the node left the document
+            return True
+        return False
+
+    WebDriverWait(browser, 20).until(left)
+
+
+def submit(browser, css: str = "main form button[type=submit]") -> None:
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, css))
+
+
+def follow(browser, link_text: str) -> None:
+    navigate(browser, browser.find_element(By.LINK_TEXT, link_text))
 
 
 def test_sign_up_create_edit_and_find_a_page(site, browser, screenshots):
     wait = WebDriverWait(browser, 20)
     browser.get(site + "/")
     assert "This wiki has no pages yet." in browser.page_source
-    browser.find_element(By.LINK_TEXT, "Sign up").click()
+    follow(browser, "Sign up")
 
     # A mistake in the form is shown next to the field, and what was typed stays.
     fill(browser, name="grace", password="a long password", confirm="a different one")
@@ -96,7 +114,7 @@ def test_sign_up_create_edit_and_find_a_page(site, browser, screenshots):
     submit(browser)
     assert browser.find_element(By.CSS_SELECTOR, ".who").text == "grace"
 
-    browser.find_element(By.LINK_TEXT, "New page").click()
+    follow(browser, "New page")
     fill(
         browser,
         title="Object Databases",
@@ -107,7 +125,7 @@ def test_sign_up_create_edit_and_find_a_page(site, browser, screenshots):
     assert browser.find_element(By.CSS_SELECTOR, ".page h1").text == "Object Databases"
     assert browser.find_element(By.CSS_SELECTOR, ".text strong").text == "Python objects"
 
-    browser.find_element(By.LINK_TEXT, "Edit").click()
+    follow(browser, "Edit")
     text = browser.find_element(By.NAME, "text")
     text.send_keys(Keys.CONTROL, Keys.END)
     text.send_keys("\n\nTransactions commit or abort as a whole, like a **zeppelin** landing.")
@@ -124,15 +142,15 @@ def test_sign_up_create_edit_and_find_a_page(site, browser, screenshots):
     assert browser.find_element(By.CSS_SELECTOR, ".excerpt mark").text.lower() in {"zeppelin", "transactions"}
     browser.save_screenshot(str(screenshots / "search.png"))
 
-    results[0].click()
-    wait.until(expected_conditions.title_contains("Object Databases"))
-    browser.find_element(By.LINK_TEXT, "History").click()
+    navigate(browser, results[0])
+    assert "Object Databases" in browser.title
+    follow(browser, "History")
     rows = browser.find_elements(By.CSS_SELECTOR, "table.history tbody tr")
     assert [row.find_element(By.TAG_NAME, "td").text for row in rows] == ["2", "1"]
     assert "explain transactions" in rows[0].text
     browser.save_screenshot(str(screenshots / "history.png"))
 
-    browser.find_element(By.LINK_TEXT, "Recent").click()
+    follow(browser, "Recent")
     changes = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "ul.listing .meta")]
     assert changes[0].startswith("revision 2 by grace") and "explain transactions" in changes[0]
     assert changes[1].startswith("revision 1 by grace")
