@@ -40,7 +40,7 @@ from durus.persistent import (
     settle_instance_dict,
     tracking_class,
 )
-from durus.record import ROOT_OID, int_to_oid, pack_record, record_refs, unpack_record
+from durus.record import ROOT_OID, int_to_oid, pack_record, record_refs, split_oids, unpack_record
 from durus.serialize import ObjectReader, ObjectWriter
 from durus.storage import Storage
 
@@ -421,12 +421,7 @@ class Connection:
             _setattribute(obj, "_p_connection", None)
         if not new:
             return []
-        referring = []
-        for obj, _, record in records.values():
-            refs = record_refs(record)
-            if any(refs[start:start + 8] in new for start in range(0, len(refs), 8)):
-                referring.append(obj)
-        return referring
+        return [obj for obj, _, record in records.values() if not new.isdisjoint(split_oids(record_refs(record)))]
 
     def _send(self, records: dict[bytes, tuple[PersistentObject, bytes, bytes]]) -> None:
         storage = self.storage

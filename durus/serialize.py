@@ -40,7 +40,6 @@ __all__ = [
 
 PICKLE_PROTOCOL = 2
 COMPRESS_THRESHOLD = 1024
-_ZLIB_FIRST_BYTE = 0x78
 _CLASS_PICKLE_TAIL = b"q\x00."  # BINPUT 0, STOP: how a protocol-2 class pickle ends
 
 _class_pickles: dict[type, bytes] = {}
