@@ -169,7 +169,13 @@ def client_main(argv: Sequence[str]) -> int:
 
     storage = _open_storage(options)
     connection = Connection(storage, cache_size=options.cache_size)
-    namespace = {"connection": connection, "root": connection.get_root(), "get": connection.get}
+    from pprint import pprint
+
+    from durus.utils import int8_to_str, str_to_int8
+
+    # What Durus 4.3's console has in scope too, so its habits carry over.
+    namespace = {"connection": connection, "root": connection.get_root(), "get": connection.get,
+                 "pp": pprint, "int8_to_str": int8_to_str, "str_to_int8": str_to_int8, "os": os, "sys": sys}
     console = code.InteractiveConsole(namespace)
     if options.startup:
         with open(os.path.expanduser(options.startup)) as file:

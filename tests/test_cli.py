@@ -54,6 +54,9 @@ def test_console_on_a_file(tmp_path):
     storage = FileStorage(path, readonly=True)
     assert Connection(storage).get_root()["x"] == [1, 2]
     storage.close()
+    # Durus 4.3's console names are there too.
+    result = durus("-c", "--file", path, stdin="pp(str_to_int8(int8_to_str(7)) + len(get(int8_to_str(0))))\n")
+    assert result.returncode == 0 and "8" in result.stdout.split(), result.stderr
 
 
 def test_pack_a_file_and_over_a_server(tmp_path):
