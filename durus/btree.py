@@ -424,10 +424,22 @@ def _delete(root: BNode, key: Any) -> tuple[Any, Any]:
 # -- ordered iteration ------------------------------------------------------
 
 
-def _ascending(node: BNode, key: Any, closed: bool) -> Iterator[tuple[Any, Any]]:
+def _preloaded(node: BNode, items: list[tuple[Any, Any]], preload: bool) -> list[tuple[Any, Any]]:
+    """``items`` of a leaf about to be iterated; with ``preload``, their
+    values loaded first with one bulk load (see ``Connection.preload``).
+    """
+    connection = node._p_connection
+    if preload and connection is not None and len(items) > 1:
+        connection.preload([value for _, value in items])
+    return items
+
+
+def _ascending(node: BNode, key: Any, closed: bool, preload: bool = False) -> Iterator[tuple[Any, Any]]:
     """Items of the subtree in ascending key order, from ``key`` on if given.
 
-    With ``closed`` the item with ``key`` itself is included.
+    With ``closed`` the item with ``key`` itself is included; with
+    ``preload`` (the caller will use the values) each leaf's values are
+    loaded in one batch.
     """
     find = bisect_left if closed else bisect_right
     pending = []  # (items, nodes, index of the next item to yield)
@@ -436,7 +448,7 @@ def _ascending(node: BNode, key: Any, closed: bool) -> Iterator[tuple[Any, Any]]
         i = 0 if key is _MISSING else find(items, key, key=_item_key)
         nodes = node.nodes
         if nodes is None:
-            yield from items[i:]
+            yield from _preloaded(node, items[i:], preload)
             break
         pending.append((items, nodes, i))
         node = nodes[i]
@@ -449,13 +461,14 @@ def _ascending(node: BNode, key: Any, closed: bool) -> Iterator[tuple[Any, Any]]
             while node.nodes is not None:
                 pending.append((node.items, node.nodes, 0))
                 node = node.nodes[0]
-            yield from node.items
+            yield from _preloaded(node, node.items, preload)
 
 
-def _descending(node: BNode, key: Any, closed: bool) -> Iterator[tuple[Any, Any]]:
+def _descending(node: BNode, key: Any, closed: bool, preload: bool = False) -> Iterator[tuple[Any, Any]]:
     """Items of the subtree in descending key order, from ``key`` down if given.
 
-    With ``closed`` the item with ``key`` itself is included.
+    With ``closed`` the item with ``key`` itself is included; ``preload`` as
+    for :func:`_ascending`.
     """
     find = bisect_right if closed else bisect_left
     pending = []  # (items, nodes, number of items still to yield)
@@ -464,7 +477,7 @@ def _descending(node: BNode, key: Any, closed: bool) -> Iterator[tuple[Any, Any]
         i = len(items) if key is _MISSING else find(items, key, key=_item_key)
         nodes = node.nodes
         if nodes is None:
-            yield from reversed(items[:i])
+            yield from reversed(_preloaded(node, items[:i], preload))
             break
         pending.append((items, nodes, i))
         node = nodes[i]
@@ -477,7 +490,7 @@ def _descending(node: BNode, key: Any, closed: bool) -> Iterator[tuple[Any, Any]
             while node.nodes is not None:
                 pending.append((node.items, node.nodes, len(node.items)))
                 node = node.nodes[-1]
-            yield from reversed(node.items)
+            yield from reversed(_preloaded(node, node.items, preload))
 
 
 # -- the mapping ------------------------------------------------------------
@@ -487,20 +500,20 @@ class _ItemsView(ItemsView):
     """``tree.items()``: walks the nodes rather than looking up each key."""
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        return _ascending(self._mapping.root, _MISSING, True)
+        return _ascending(self._mapping.root, _MISSING, True, preload=True)
 
     def __reversed__(self) -> Iterator[tuple[Any, Any]]:
-        return _descending(self._mapping.root, _MISSING, True)
+        return _descending(self._mapping.root, _MISSING, True, preload=True)
 
 
 class _ValuesView(ValuesView):
     """``tree.values()``: walks the nodes rather than looking up each key."""
 
     def __iter__(self) -> Iterator[Any]:
-        return map(_item_value, _ascending(self._mapping.root, _MISSING, True))
+        return map(_item_value, _ascending(self._mapping.root, _MISSING, True, preload=True))
 
     def __reversed__(self) -> Iterator[Any]:
-        return map(_item_value, _descending(self._mapping.root, _MISSING, True))
+        return map(_item_value, _descending(self._mapping.root, _MISSING, True, preload=True))
 
 
 class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
@@ -575,17 +588,17 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
 
     def items_backward(self) -> Iterator[tuple[Any, Any]]:
         """All items, largest key first."""
-        return _descending(self.root, _MISSING, True)
+        return _descending(self.root, _MISSING, True, preload=True)
 
     def items_from(self, key: Any, closed: bool = True) -> Iterator[tuple[Any, Any]]:
         """Items with keys >= ``key`` (> ``key`` if not ``closed``), ascending."""
-        return _ascending(self.root, key, closed)
+        return _ascending(self.root, key, closed, preload=True)
 
     def items_backward_from(
         self, key: Any, closed: bool = False
     ) -> Iterator[tuple[Any, Any]]:
         """Items with keys < ``key`` (<= ``key`` if ``closed``), descending."""
-        return _descending(self.root, key, closed)
+        return _descending(self.root, key, closed, preload=True)
 
     def items_range(
         self, start: Any, end: Any, closed_start: bool = True, closed_end: bool = False
@@ -596,13 +609,13 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
         say whether items with exactly those keys are included.
         """
         if start <= end:
-            for item in _ascending(self.root, start, closed_start):
+            for item in _ascending(self.root, start, closed_start, preload=True):
                 if item[0] < end or (closed_end and item[0] == end):
                     yield item
                 else:
                     return
         else:
-            for item in _descending(self.root, start, closed_start):
+            for item in _descending(self.root, start, closed_start, preload=True):
                 if item[0] > end or (closed_end and item[0] == end):
                     yield item
                 else:

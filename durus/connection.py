@@ -21,7 +21,8 @@ import os
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from durus.error import (
     ConflictError,
@@ -204,6 +205,32 @@ class Connection:
         obj = new_ghost(cls, oid, self)
         self._cache.add(obj)
         return obj
+
+    def preload(self, objects: Iterable[Any]) -> None:
+        """Load the ghosts of this connection among ``objects`` with one bulk
+        load (one round trip to a server), as an iteration over a container
+        is about to use them all.
+
+        Each state is the one committed now, as if the object were used now.
+        A batch that meets another client's newer commit (or a missing
+        record) is left alone: each object then loads, and raises, by itself
+        when it is used, as it would have.
+        """
+        invalid = self._invalid_oids
+        ghosts = [
+            obj for obj in objects
+            if isinstance(obj, PersistentObject) and obj._p_connection is self and obj._p_status == GHOST
+            and obj._p_oid not in invalid
+        ]
+        if len(ghosts) < 2:
+            return
+        try:
+            records = list(self.storage.bulk_load([obj._p_oid for obj in ghosts]))
+        except (ReadConflictError, DurusKeyError):
+            return
+        for obj, record in zip(ghosts, records):
+            if obj._p_status == GHOST:
+                self._set_state(obj, unpack_record(record)[1])
 
     def get_crawler(self, start_oid: bytes = ROOT_OID, batch_size: int = 100) -> Iterator[PersistentObject]:
         """Every object reachable from ``start_oid``, loaded in batches."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import reprlib
 from sys import intern
+from collections.abc import Iterator
 from typing import Any, Callable
 
 UNSAVED = 1
@@ -156,6 +157,24 @@ def _first_use_delattr(self: Any, name: str) -> None:
     else:
         _first_use(self)
         delattr(self, name)
+
+
+PRELOAD_BATCH = 100
+
+
+def iterate_preloading(owner: PersistentObject, values: list) -> Iterator[Any]:
+    """Iterate over ``values`` (held by ``owner``), loading the ghosts among
+    them a batch at a time with one bulk load, rather than one round trip
+    to the server each (see ``Connection.preload``).
+    """
+    connection = _getattribute(owner, "_p_connection")
+    if connection is None:
+        yield from values
+        return
+    for start in range(0, len(values), PRELOAD_BATCH):
+        batch = values[start:start + PRELOAD_BATCH]
+        connection.preload(batch)
+        yield from batch
 
 
 def _refill_dict(instance_dict: dict, state: dict) -> None:

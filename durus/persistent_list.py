@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, MutableSequence
 from operator import index as as_index
 from typing import Any, Self
 
-from durus.persistent import PersistentObject, container_repr
+from durus.persistent import PersistentObject, container_repr, iterate_preloading
 
 
 def _plain(other: Any) -> Any:
@@ -49,7 +49,7 @@ class PersistentList(PersistentObject, MutableSequence):
         return item in self.data
 
     def __iter__(self):
-        return iter(self.data)
+        return iterate_preloading(self, self.data)
 
     def __reversed__(self):
         return reversed(self.data)

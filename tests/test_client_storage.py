@@ -25,6 +25,7 @@ from durus.client_storage import (
     ServerUnavailableError,
     TransactionTooLargeError,
 )
+from durus.btree import BTree
 from durus.connection import Connection
 from durus.error import ConflictError, ReadConflictError, WriteConflictError
 from durus.persistent_dict import PersistentDict
@@ -161,21 +162,60 @@ def test_cold_loads_take_few_round_trips(server):
     reader = connect(server, prefetch=True)
     storage = reader.get_storage()
     sent = []
-
-    class CountingSocket:
-        def __init__(self, sock):
-            self.sock = sock
-
-        def sendall(self, data):
-            sent.append(data[:1])
-            self.sock.sendall(data)
-
-        def __getattr__(self, name):
-            return getattr(self.sock, name)
-
-    storage._sock = CountingSocket(storage._sock)
+    storage._sock = CountingSocket(storage._sock, sent)
     assert sum(item["n"] for item in reader.get_root()["items"]) == sum(range(2000))
     assert len(sent) < 50  # bulk loads ahead, not one load per object
+
+
+class CountingSocket:
+    """Counts the requests a ClientStorage sends (their command bytes)."""
+
+    def __init__(self, sock, sent: list[bytes]):
+        self.sock = sock
+        self.sent = sent
+
+    def sendall(self, data):
+        self.sent.append(data[:1])
+        self.sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+@pytest.mark.parametrize("container", ["list", "btree"])
+def test_iterating_a_container_loads_its_objects_in_batches(server, container):
+    writer = connect(server)
+    items = [PersistentDict(n=n) for n in range(2000)]
+    if container == "list":
+        writer.get_root()["items"] = PersistentList(items)
+    else:
+        writer.get_root()["items"] = tree = BTree()
+        tree.update(enumerate(items))
+    writer.commit()
+    reader = connect(server)  # prefetch off: batches come from iterating
+    sent = []
+    reader.get_storage()._sock = CountingSocket(reader.get_storage()._sock, sent)
+    found = reader.get_root()["items"]
+    values = found if container == "list" else found.values()
+    assert sum(item["n"] for item in values) == sum(range(2000))
+    assert len(sent) < len(items) / 4  # a bulk load per batch or leaf, not a load per object
+    assert sent.count(b"B") >= 20
+
+
+def test_a_batch_that_meets_a_newer_commit_loads_one_by_one(server):
+    one, two = connect(server), connect(server)
+    one.get_root()["items"] = PersistentList(PersistentDict(n=n) for n in range(3))
+    one.commit()
+    two.abort()
+    items = two.get_root()["items"]
+    assert len(items) == 3  # two now uses the list; its items are ghosts
+    one.get_root()["items"][1]["n"] = 10
+    one.commit()
+    # The bulk load meets the newer commit of item 1, so the batch is left
+    # alone: each item loads by itself, item 1 catching up with the commit
+    # (nothing two used is stale), never a stale copy.
+    assert [item["n"] for item in items] == [0, 10, 2]
+    two.commit()
 
 
 def test_no_server_is_a_clear_error():

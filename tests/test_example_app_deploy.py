@@ -323,8 +323,12 @@ def test_python_m_example_app_runs_both_servers_and_stops_both(tmp_path, sig):
         client = Client(port)
         assert client.signup("erin").status == 302
         assert client.post_form("/new", {"title": "Deployed", "text": "through python -m"}).status == 302
-        children = children_of(process.pid)
-        assert len(children) >= 6  # the storage server, gunicorn's master and its 4 workers
+        # The storage server, gunicorn's master and its 4 workers (the first
+        # worker may answer before the last one has started).
+        deadline = time.monotonic() + 30
+        while len(children := children_of(process.pid)) < 6 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(children) >= 6
         process.send_signal(sig)
         assert process.wait(60) == 0, log.read_text()
     finally:
