@@ -428,9 +428,10 @@ def _preloaded(node: BNode, items: list[tuple[Any, Any]], preload: bool) -> list
     """``items`` of a leaf about to be iterated; with ``preload``, their
     values loaded first with one bulk load (see ``Connection.preload``).
     """
-    connection = node._p_connection
-    if preload and connection is not None and len(items) > 1:
-        connection.preload([value for _, value in items])
+    if preload and len(items) > 1:
+        connection = node._p_connection
+        if connection is not None and connection.preloads:
+            connection.preload([value for _, value in items])
     return items
 
 

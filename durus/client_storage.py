@@ -103,6 +103,8 @@ class ClientStorage(Storage):
     - ``records``: the commit being collected by ``store``.
     """
 
+    batched_bulk_load = True
+
     def __init__(
         self,
         host: str = DEFAULT_HOST,

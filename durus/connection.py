@@ -46,6 +46,7 @@ from durus.serialize import ObjectReader, ObjectWriter
 from durus.storage import Storage
 
 _setattribute = object.__setattr__
+_getattribute = object.__getattribute__
 
 # How long a connection waits for another client to finish creating the root.
 ROOT_CREATION_TIMEOUT = 10.0
@@ -114,6 +115,9 @@ class Connection:
     - ``resolution_rounds``: how many times a commit may merge conflicting
       changes (classes with ``_p_resolve_conflict``) and try again; 0 turns
       conflict resolution off, as in Durus 4.3.
+    - ``preloads``: whether iterating a container loads its objects in
+      batches (:meth:`preload`): where the storage's bulk loads save round
+      trips.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class Connection:
 
             storage = FileStorage(os.fspath(storage))
         self.storage = storage
+        self.preloads = getattr(storage, "batched_bulk_load", False)
         self.transaction_serial = 1
         self.resolution_rounds = MAX_RESOLUTION_ROUNDS
         self._cache_size = 0
@@ -219,8 +224,8 @@ class Connection:
         invalid = self._invalid_oids
         ghosts = [
             obj for obj in objects
-            if isinstance(obj, PersistentObject) and obj._p_connection is self and obj._p_status == GHOST
-            and obj._p_oid not in invalid
+            if isinstance(obj, PersistentObject) and _getattribute(obj, "_p_status") == GHOST
+            and _getattribute(obj, "_p_connection") is self and _getattribute(obj, "_p_oid") not in invalid
         ]
         if len(ghosts) < 2:
             return

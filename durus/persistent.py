@@ -163,14 +163,18 @@ PRELOAD_BATCH = 100
 
 
 def iterate_preloading(owner: PersistentObject, values: list) -> Iterator[Any]:
-    """Iterate over ``values`` (held by ``owner``), loading the ghosts among
-    them a batch at a time with one bulk load, rather than one round trip
-    to the server each (see ``Connection.preload``).
+    """An iterator over ``values`` (held by ``owner``) that loads the ghosts
+    among them a batch at a time with one bulk load, rather than one round
+    trip to the server each, where the connection does that (see
+    ``Connection.preload``); else a plain one.
     """
     connection = _getattribute(owner, "_p_connection")
-    if connection is None:
-        yield from values
-        return
+    if connection is None or not connection.preloads:
+        return iter(values)
+    return _iterate_preloading(connection, values)
+
+
+def _iterate_preloading(connection: Any, values: list) -> Iterator[Any]:
     for start in range(0, len(values), PRELOAD_BATCH):
         batch = values[start:start + PRELOAD_BATCH]
         connection.preload(batch)

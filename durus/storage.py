@@ -17,7 +17,14 @@ InvalidationHandler = Callable[[list[bytes]], None]
 
 
 class Storage:
-    """The narrow interface a Connection uses; subclasses implement it."""
+    """The narrow interface a Connection uses; subclasses implement it.
+
+    ``batched_bulk_load`` (a class attribute) is True where ``bulk_load``
+    fetches all its records in one round trip, so that loading objects in
+    batches ahead of their use pays (a client of a server).
+    """
+
+    batched_bulk_load = False
 
     def load(self, oid: bytes) -> bytes:
         """The record stored for ``oid``; DurusKeyError if there is none.
