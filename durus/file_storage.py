@@ -329,11 +329,7 @@ class FileStorage(Storage):
             shelf = self.__dict__.pop("shelf", None)
             if shelf is None:
                 return
-            try:
-                if self.sync_error is None:
-                    shelf.sync_appended()
-            finally:
-                shelf.close()
+            shelf.close(sync=self.sync_error is None)
         if self._pack_file is not None:
             _unlink(self._pack_file)
         self._remove_temporary()

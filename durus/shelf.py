@@ -39,10 +39,23 @@ the end of the last complete transaction; the whole transactions before
 it are kept, synced or not, as they are whole commits in commit order.
 Damage anywhere before that cannot come from a crash, so it is reported,
 never cut.
+
+Free space: a writable shelf reserves room at the end of the file ahead of
+its commits (``posix_fallocate``, which reads as zeros), because an
+fdatasync after writing into space the file already has skips the update of
+the file's size, and takes about a third less time than after an append.
+Zeros after the last transaction, 8 bytes or more of them, are that free
+space (read as empty transactions where they come in whole 8-byte steps),
+and the next commit is written over them; fewer than 8 are what a crash
+leaves of a transaction's length, torn as ever.  The shelf keeps the free
+space at 0 or at least 8 bytes, and gives it back when it is closed, so a
+closed file is as Durus 4.3 writes it; after a crash Durus 4.3 needs
+``repair=True`` to drop it (this package does not).
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import sys
@@ -67,6 +80,8 @@ _LOAD_CHUNK = 1024
 _MIN_ENTRY_LENGTH = 8 + 12
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
+# How much free space a shelf reserves at a time, ahead of its commits.
+RESERVE = 1 << 20
 
 
 class ShelfError(DurusError):
@@ -245,7 +260,11 @@ class Shelf:
     - ``map_words``: the N words of the map as ints (offsets below S, links
       at or above S).
     - ``recent``: oid -> offset of its newest record after the map.
-    - ``end``: the position where the next transaction goes.
+    - ``end``: the position where the next transaction goes: the end of
+      the last one, where the free space (if any) begins.
+    - ``size``: the file's size, ``end`` plus the free space.
+    - ``writable``: whether the file was opened for writing (only then is
+      free space reserved and given back).
     - ``sync``: whether appends are fdatasynced (not for throwaway files).
     - ``unsynced``: True when transactions were appended with
       ``sync=False`` since the last fdatasync.
@@ -256,6 +275,7 @@ class Shelf:
         self.path = path
         self.sync = sync
         self.unsynced = False
+        self.writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
         size = os.fstat(fd).st_size
         if size == 0:
             write_all(fd, empty_shelf(), 0)
@@ -297,6 +317,7 @@ class Shelf:
         self.map_words = _widen_words(buffer[map_start + 24:map_end], width, count)
         self.recent: dict[bytes, int] = {}
         self.end = self._read_transactions(buffer, map_end, size, repair)
+        self.size = os.fstat(self.fd).st_size
 
     def _read_transactions(self, buffer: mmap.mmap | bytes, position: int, size: int, repair: bool) -> int:
         """Index the transactions after the map; return where the last one ends."""
@@ -305,6 +326,8 @@ class Shelf:
         while position < size:
             torn = position if zeros_from is None else zeros_from
             if position + 8 > size:
+                if zeros_from is not None and buffer[position:size].count(0) == size - position:
+                    break  # free space, 8 bytes or more, that ends short of a whole step
                 return self._torn(torn, repair)
             end = position + 8 + read_int8(buffer, position)[0]
             entries, problem, offset, damaged_to = _parse_entries(buffer, position + 8, end, size)
@@ -319,15 +342,17 @@ class Shelf:
             if end == position + 8:
                 if zeros_from is None:
                     zeros_from = position
+                    if _zeros_to_end(buffer, position, size):
+                        break  # free space: no need to step through it
             else:
                 zeros_from = None
             self.recent.update(entries)
             position = end
-        if zeros_from is not None and repair:
-            # Empty transactions are valid (Durus 4.3's packer writes them),
-            # but at the end they may as well be zeros a crash left: they
-            # hold nothing, so a repair may drop them.
-            return self._torn(zeros_from, repair)
+        if zeros_from is not None:
+            # Free space (or empty transactions, which Durus 4.3's packer
+            # writes): nothing in it, so the next commit goes over it, and a
+            # repair drops it.
+            return self._torn(zeros_from, repair) if repair else zeros_from
         return position
 
     def _torn(self, position: int, repair: bool) -> int:
@@ -397,15 +422,20 @@ class Shelf:
         file is cut back, so it never keeps part of it.
         """
         data, offsets = encode_transaction(records, self.end)
+        end = self.end + len(data)
+        if end > self.size or 0 < self.size - end < 8:
+            self._reserve(end)
         try:
             write_all(self.fd, data, self.end)
             if sync:
                 self._sync()
         except BaseException:
             os.ftruncate(self.fd, self.end)
+            self.size = self.end
             raise
         self.recent.update(offsets)
-        self.end += len(data)
+        self.end = end
+        self.size = max(self.size, end)
         if not sync:
             self.unsynced = True
 
@@ -462,5 +492,33 @@ class Shelf:
         for position, oid in current:
             yield oid, position
 
-    def close(self) -> None:
-        os.close(self.fd)
+    def _reserve(self, end: int) -> None:
+        """Make the free space reach past ``end`` by at least ``RESERVE``.
+
+        Where the file system cannot (no room, no support), the free space is
+        given back and the commit is appended as a plain write.
+        """
+        try:
+            os.posix_fallocate(self.fd, self.end, end + RESERVE - self.end)
+            self.size = end + RESERVE
+        except OSError:
+            self._give_back_free_space()
+
+    def _give_back_free_space(self) -> None:
+        if self.writable and self.size > self.end:
+            os.ftruncate(self.fd, self.end)
+            self.size = self.end
+
+    def close(self, sync: bool = True) -> None:
+        """Give back the free space (so the file is as Durus 4.3 writes it)
+        and, with ``sync``, make that and any transactions appended with
+        ``sync=False`` durable in one fdatasync; then close the file.
+        """
+        try:
+            trimmed = self.writable and self.size > self.end
+            if trimmed:
+                self._give_back_free_space()
+            if sync and (trimmed or self.unsynced):
+                self._sync()
+        finally:
+            os.close(self.fd)

@@ -163,7 +163,7 @@ def test_sync_returns_nothing_without_a_pack(path: str) -> None:
 def test_failed_write_leaves_no_partial_transaction(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     storage = FileStorage(path)
     commit(storage, {0: (b"root", [])})
-    size = os.path.getsize(path)
+    size = storage.shelf.end
     real_pwrite = os.pwrite
 
     def half_then_full_disk(fd: int, data: bytes, position: int) -> int:
@@ -297,7 +297,7 @@ def two_commit_file(path: str) -> tuple[bytes, int]:
     """
     storage = FileStorage(path)
     commit(storage, {0: (b"root", [1]), 1: (b"first", [])})
-    size = os.path.getsize(path)
+    size = storage.shelf.end
     commit(storage, {1: (b"second", [2]), 2: (b"new", [])})
     storage.close()
     with open(path, "rb") as file:
@@ -338,13 +338,11 @@ def test_torn_new_file_at_every_cut(tmp_path: Path) -> None:
         assert Path(torn).read_bytes() == empty
 
 
-@pytest.mark.parametrize("damage", ["all zeros", "entries zeroed", "zeros after a prefix"])
+@pytest.mark.parametrize("damage", ["entries zeroed", "zeros after a prefix"])
 def test_last_transaction_full_length_but_zeros(path: str, damage: str) -> None:
     data, size_before_last = two_commit_file(path)
     last = bytearray(data[size_before_last:])
-    if damage == "all zeros":
-        last = bytearray(len(last))
-    elif damage == "entries zeroed":
+    if damage == "entries zeroed":
         last[8:] = bytes(len(last) - 8)
     else:
         last[30:] = bytes(len(last) - 30)
@@ -352,14 +350,67 @@ def test_last_transaction_full_length_but_zeros(path: str, damage: str) -> None:
     assert_repaired(path, size_before_last)
 
 
-@pytest.mark.parametrize("extra", [1, 13, 4095])
-def test_zeros_after_the_last_transaction(path: str, extra: int) -> None:
+def test_last_transaction_all_zeros_is_free_space(path: str) -> None:
+    """Nothing of the last commit landed, not even its length: the file
+    holds only the commits before it, followed by free space.
+    """
+    data, size_before_last = two_commit_file(path)
+    Path(path).write_bytes(data[:size_before_last] + bytes(len(data) - size_before_last))
+    storage = FileStorage(path)
+    assert all_records(storage) == {oid(0): record(0, b"root", [1]), oid(1): record(1, b"first")}
+    storage.close()
+    assert os.path.getsize(path) == size_before_last  # given back on close
+
+
+@pytest.mark.parametrize("extra", [1, 7])
+def test_fewer_than_8_zeros_after_the_last_transaction_are_torn(path: str, extra: int) -> None:
+    """What a crash leaves of the length of a transaction (its first bytes are zeros)."""
     data, _ = two_commit_file(path)
     Path(path).write_bytes(data + bytes(extra))
     with pytest.raises(TornTransactionError):
         FileStorage(path)
     FileStorage(path, repair=True).close()
     assert Path(path).read_bytes() == data
+
+
+@pytest.mark.parametrize("extra", [8, 13, 4095])
+def test_8_zeros_or_more_after_the_last_transaction_are_free_space(path: str, extra: int) -> None:
+    data, _ = two_commit_file(path)
+    Path(path).write_bytes(data + bytes(extra))
+    storage = FileStorage(path)
+    expected = all_records(storage)
+    commit(storage, {5: (b"over the free space", [])})
+    storage.close()
+    assert os.path.getsize(path) == len(data) + 8 + 16 + len(record(5, b"over the free space"))
+    storage = FileStorage(path)
+    assert all_records(storage) == {**expected, oid(5): record(5, b"over the free space")}
+    storage.close()
+    Path(path).write_bytes(data + bytes(extra))
+    FileStorage(path, repair=True).close()
+    assert Path(path).read_bytes() == data
+
+
+def test_commits_go_into_reserved_free_space_given_back_on_close(path: str) -> None:
+    storage = FileStorage(path)
+    commit(storage, {0: (b"root", [])})
+    end, size = storage.shelf.end, os.path.getsize(path)
+    assert size >= end + durus.shelf.RESERVE
+    commit(storage, {1: (b"one", [])})
+    assert os.path.getsize(path) == size > storage.shelf.end > end  # the file did not grow
+    reader = FileStorage(path, readonly=True)  # the free space reads as such meanwhile
+    assert reader.load(oid(1)) == record(1, b"one")
+    reader.close()
+    storage.close()
+    assert os.path.getsize(path) == storage_end(path)
+    assert Path(path).read_bytes()[-1:] != b"\0"
+
+
+def storage_end(path: str) -> int:
+    storage = FileStorage(path, readonly=True)
+    try:
+        return storage.shelf.end
+    finally:
+        storage.close()
 
 
 @pytest.mark.parametrize("empty", [1, 512])
@@ -385,7 +436,7 @@ def three_transactions_after_map(path: str) -> tuple[bytes, list[int]]:
     storage = FileStorage(path)
     starts = []
     for n in range(3):
-        starts.append(os.path.getsize(path))
+        starts.append(storage.shelf.end)
         commit(storage, {n: (b"data %d" % n, [])})
     storage.close()
     return Path(path).read_bytes(), starts
