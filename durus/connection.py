@@ -59,7 +59,7 @@ MAX_LOAD_ATTEMPTS = 10
 
 def resolves_conflicts(cls: type) -> bool:
     """Whether instances of ``cls`` can merge concurrent changes."""
-    return getattr(cls, "_p_resolve_conflict", None) is not None
+    return cls._p_resolve_conflict is not None
 
 
 class ObjectCache:

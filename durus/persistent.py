@@ -254,6 +254,12 @@ class PersistentObject:
 
     __slots__ = ("_p_status", "_p_serial", "_p_connection", "_p_oid", "__weakref__")
 
+    # A class that can merge concurrent changes defines
+    # ``_p_resolve_conflict(self, old_state, committed_state, my_state)``
+    # (see durus.connection); None here says this one cannot, and asking
+    # costs no failed attribute lookup on every load.
+    _p_resolve_conflict = None
+
     def __new__(cls, *args: Any, **kwargs: Any) -> PersistentObject:
         obj = object.__new__(cls)
         _setattribute(obj, "_p_status", UNSAVED)

@@ -364,8 +364,7 @@ class ObjectReader:
         try:
             return unpickler.load()
         finally:
-            self._busy = busy
-            unpickler.source.reset(b"")
+            self._busy = busy  # the source keeps the state's bytes till the next load
 
     def get_state_pickle(self, data: bytes) -> bytes:
         """The decompressed state pickle, unpickled by no one."""

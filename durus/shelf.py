@@ -396,9 +396,11 @@ class Shelf:
 
     def load(self, oid: bytes) -> bytes | None:
         """``oid``'s newest record, or None if it has none."""
-        position = self.get_position(oid)
+        position = self.recent.get(oid)
         if position is None:
-            return None
+            position = self.get_position(oid)
+            if position is None:
+                return None
         return self.read_record(oid, position)
 
     def read_record(self, oid: bytes, position: int) -> bytes:
