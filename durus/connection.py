@@ -41,7 +41,7 @@ from durus.persistent import (
     settle_instance_dict,
     tracking_class,
 )
-from durus.record import ROOT_OID, int_to_oid, pack_record, record_refs, split_oids, unpack_record
+from durus.record import ROOT_OID, int_to_oid, pack_record, record_data, record_refs, split_oids, unpack_record
 from durus.serialize import ObjectReader, ObjectWriter
 from durus.storage import Storage
 
@@ -300,7 +300,7 @@ class Connection:
             # A ghost whose record is gone: a pack removed it after another
             # client made it unreachable, so this transaction is stale.
             raise ReadConflictError([oid]) from None
-        self._set_state(obj, unpack_record(record)[1])
+        self._set_state(obj, record_data(record))
 
     # -- internals ------------------------------------------------------------
 

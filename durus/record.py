@@ -56,6 +56,14 @@ def unpack_record(record: bytes) -> tuple[bytes, bytes, bytes]:
     return record[:8], record[12:end], record[end:]
 
 
+def record_data(record: bytes) -> bytes:
+    """The data of a record (class and state pickles), without its oid and refs."""
+    end = 12 + _int4.unpack_from(record, 8)[0]
+    if end > len(record):
+        raise ValueError("record is shorter than its data length says")
+    return record[12:end]
+
+
 def record_refs(record: bytes) -> bytes:
     """The concatenated oids a record refers to, without copying its data."""
     return record[12 + _int4.unpack_from(record, 8)[0]:]

@@ -273,10 +273,6 @@ class _StateSource:
         self.data = b""
         self.position = 0
 
-    def reset(self, data: bytes) -> None:
-        self.data = data
-        self.position = 0
-
     def peek(self, size: int = 0) -> bytes:
         return self.data[self.position:] if self.position else self.data
 
@@ -341,7 +337,7 @@ class ObjectReader:
         ``cls``, when the caller knows the object's class, saves parsing the
         class pickle when the record starts with the usual one.
         """
-        prefix = None if cls is None else class_pickle(cls)
+        prefix = None if cls is None else (_class_pickles.get(cls) or class_pickle(cls))
         if prefix is not None and data.startswith(prefix):
             state = data[len(prefix):]
             if state[:1] == b"x":
@@ -355,11 +351,13 @@ class ObjectReader:
             unpickler = _StateUnpickler(self.connection)
         else:
             unpickler = self._unpickler
-        unpickler.source.reset(state)
+        source = unpickler.source
+        source.data = state
+        source.position = 0
         # Durus 4.3 pickles class and state with one pickler, so its state
         # pickles may refer back to the class as memo entry 0.  Assigning
         # the memo also drops the previous load's entries.
-        unpickler.memo = class_memo(cls)
+        unpickler.memo = _class_memos.get(cls) or class_memo(cls)
         busy, self._busy = self._busy, True
         try:
             return unpickler.load()
