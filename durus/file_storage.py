@@ -15,12 +15,14 @@ renames it over the file.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import logging
 import os
 import tempfile
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from struct import Struct
 
@@ -32,6 +34,21 @@ from durus.storage import InvalidationHandler, Storage, gen_reachable_records
 __all__ = ["FileStorage", "TempFileStorage", "FileLockedError", "ReadOnlyError"]
 
 log = logging.getLogger("durus.file_storage")
+
+# Storages open for writing in this process, closed at its exit: that syncs
+# deferred commits and gives back the shelf's free space, so a program that
+# never calls close() still leaves a file Durus 4.3 opens as it is.
+_open_for_writing: weakref.WeakSet[FileStorage] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for storage in list(_open_for_writing):
+        if storage._pid == os.getpid():  # never a storage inherited through a fork
+            try:
+                storage.close()
+            except Exception:
+                log.exception("closing %s at exit", storage.filename)
 
 _int8 = Struct(">Q")
 
@@ -102,6 +119,8 @@ class FileStorage(Storage):
             self._remove_temporary()
             raise
         self._unused_oids = self.shelf.gen_unused_oids()
+        if not readonly:
+            _open_for_writing.add(self)
 
     def _open_file(self) -> int:
         """The file's descriptor: locked exclusively unless readonly."""

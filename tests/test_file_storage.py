@@ -800,6 +800,28 @@ def test_durus43_pack_during_commits_opens_here(tmp_path: Path) -> None:
 
 
 @pytest.mark.compat
+def test_a_program_that_never_closes_its_storage_leaves_a_file_durus43_opens(tmp_path: Path) -> None:
+    path = str(tmp_path / "unclosed.durus")
+    result = run_ours(tmp_path, (
+        "import sys\n"
+        "from durus.connection import Connection\n"
+        "from durus.file_storage import FileStorage\n"
+        "connection = Connection(FileStorage(sys.argv[1]))\n"
+        "connection.get_root()['answer'] = 42\n"
+        "connection.commit()\n"
+        "assert connection.get_storage().shelf.size > connection.get_storage().shelf.end  # free space\n"
+    ), path)
+    assert result.returncode == 0, result.stderr
+    out = run_durus43(tmp_path, (
+        "import sys\n"
+        "from durus.connection import Connection\n"
+        "from durus.file_storage import FileStorage\n"
+        "print(Connection(FileStorage(sys.argv[1], readonly=True)).get_root()['answer'])\n"
+    ), path)
+    assert out.strip() == "42"
+
+
+@pytest.mark.compat
 def test_our_files_open_in_durus43_unpacked_and_packed(tmp_path: Path, path: str) -> None:
     storage = FileStorage(path)
     rng = random.Random(7)
