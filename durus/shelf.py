@@ -506,10 +506,13 @@ class Shelf:
         except OSError:
             self._give_back_free_space()
 
-    def _give_back_free_space(self) -> None:
-        if self.writable and self.size > self.end:
-            os.ftruncate(self.fd, self.end)
-            self.size = self.end
+    def _give_back_free_space(self) -> bool:
+        """Cut the file back to ``end``; whether there was free space to cut."""
+        if not (self.writable and self.size > self.end):
+            return False
+        os.ftruncate(self.fd, self.end)
+        self.size = self.end
+        return True
 
     def close(self, sync: bool = True) -> None:
         """Give back the free space (so the file is as Durus 4.3 writes it)
@@ -517,9 +520,7 @@ class Shelf:
         ``sync=False`` durable in one fdatasync; then close the file.
         """
         try:
-            trimmed = self.writable and self.size > self.end
-            if trimmed:
-                self._give_back_free_space()
+            trimmed = self._give_back_free_space()
             if sync and (trimmed or self.unsynced):
                 self._sync()
         finally:

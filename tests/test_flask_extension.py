@@ -310,15 +310,38 @@ def test_a_write_conflict_at_commit_replays_the_whole_request(app_durus):
     assert [k["attempt"] for _, k in retries] == [2]
 
 
-@pytest.mark.parametrize("testing", [False, True])
-def test_a_read_conflict_met_in_an_after_request_hook_replays(tmp_path, caplog, testing):
-    app, durus = make_app(tmp_path, TESTING=testing)  # TESTING: Flask would raise hooks' errors
+def store_a_and_b_as_ghosts_for_requests(app, durus) -> None:
+    """Items a (1) and b (2), ghosts in the pooled connection requests get."""
     with app.app_context():
         durus.root  # this connection goes back to the pool last: requests get it
         with app.app_context():  # written through another, so a and b are ghosts in the first
             durus.root["a"] = Item(1)
             durus.root["b"] = Item(2)
             durus.connection.commit()
+
+
+def change_a_and_b_elsewhere(app, durus) -> None:
+    """Another client adds 10 to a and b: whoever read a now meets b stale."""
+    with app.app_context():
+        durus.root["a"].n += 10
+        durus.root["b"].n += 10
+        durus.connection.commit()
+
+
+def read_a_then_see_it_changed_on_the_first_run(app, durus, runs: list) -> Item:
+    """A view's work: read a; on the first run another client then changes a and b."""
+    runs.append(1)
+    a = durus.root["a"]
+    a.n
+    if len(runs) == 1:
+        change_a_and_b_elsewhere(app, durus)
+    return a
+
+
+@pytest.mark.parametrize("testing", [False, True])
+def test_a_read_conflict_met_in_an_after_request_hook_replays(tmp_path, caplog, testing):
+    app, durus = make_app(tmp_path, TESTING=testing)  # TESTING: Flask would raise hooks' errors
+    store_a_and_b_as_ghosts_for_requests(app, durus)
     runs, hook_runs = [], []
 
     @app.after_request
@@ -329,14 +352,7 @@ def test_a_read_conflict_met_in_an_after_request_hook_replays(tmp_path, caplog, 
 
     @app.get("/")
     def view():
-        runs.append(1)
-        a = durus.root["a"]
-        a.n  # read a
-        if len(runs) == 1:
-            with app.app_context():  # another client changes a and b
-                durus.root["a"].n += 10
-                durus.root["b"].n += 10
-                durus.connection.commit()
+        a = read_a_then_see_it_changed_on_the_first_run(app, durus, runs)
         return str(a.n)
 
     with recorded(signals.conflict_detected) as conflicts, caplog.at_level(logging.INFO):
@@ -374,24 +390,12 @@ def test_a_conflict_raised_by_an_after_request_hook_replays_then_gives_409(tmp_p
 
 def test_a_read_conflict_on_get_replays(app_durus):
     app, durus = app_durus
-    with app.app_context():
-        durus.root  # this connection goes back to the pool last: requests get it
-        with app.app_context():  # written through another, so a and b are ghosts in the first
-            durus.root["a"] = Item(1)
-            durus.root["b"] = Item(2)
-            durus.connection.commit()
+    store_a_and_b_as_ghosts_for_requests(app, durus)
     runs = []
 
     @app.get("/")
     def view():
-        runs.append(1)
-        a = durus.root["a"]
-        a.n  # read a
-        if len(runs) == 1:
-            with app.app_context():  # another client changes a and b
-                durus.root["a"].n += 10
-                durus.root["b"].n += 10
-                durus.connection.commit()
+        a = read_a_then_see_it_changed_on_the_first_run(app, durus, runs)
         return str(a.n + durus.root["b"].n)  # b is stale next to a: ReadConflictError
 
     response = app.test_client().get("/")
