@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -30,6 +29,7 @@ from durus.error import (
     ReadConflictError,
     WriteConflictError,
 )
+from durus.object_cache import ObjectCache
 from durus.persistent import (
     GHOST,
     SAVED,
@@ -60,47 +60,6 @@ MAX_LOAD_ATTEMPTS = 10
 def resolves_conflicts(cls: type) -> bool:
     """Whether instances of ``cls`` can merge concurrent changes."""
     return cls._p_resolve_conflict is not None
-
-
-class ObjectCache:
-    """The objects of one connection by oid, held weakly.
-
-    Loaded objects are also held strongly, in LRU order, by the connection;
-    this map only guarantees that each oid has at most one object.  Its weak
-    references have no callback (they are cheaper to make, on the path of
-    every ghost); dead entries are swept when the map has doubled.
-    """
-
-    def __init__(self) -> None:
-        self._refs: dict[bytes, weakref.ref] = {}
-        self._sweep_at = 1024
-
-    def get(self, oid: bytes) -> PersistentObject | None:
-        ref = self._refs.get(oid)
-        return None if ref is None else ref()
-
-    def add(self, obj: PersistentObject) -> None:
-        refs = self._refs
-        refs[obj._p_oid] = weakref.ref(obj)
-        if len(refs) > self._sweep_at:
-            self.sweep()
-
-    def discard(self, oid: bytes) -> None:
-        self._refs.pop(oid, None)
-
-    def sweep(self) -> None:
-        """Drop the entries of objects that no longer exist."""
-        refs = self._refs
-        for oid in [oid for oid, ref in refs.items() if ref() is None]:
-            del refs[oid]
-        self._sweep_at = max(1024, 2 * len(refs))
-
-    def __len__(self) -> int:
-        return len(self.objects())
-
-    def objects(self) -> list[PersistentObject]:
-        """A snapshot of the live objects."""
-        return [obj for obj in (ref() for ref in list(self._refs.values())) if obj is not None]
 
 
 class Connection:
@@ -202,11 +161,9 @@ class Connection:
 
     def get_instance(self, oid: bytes, cls: type) -> PersistentObject:
         """The cached object for ``oid``, or a new ghost of class ``cls``."""
-        ref = self._cache._refs.get(oid)
-        if ref is not None:
-            obj = ref()
-            if obj is not None and real_class(type(obj)) is cls:
-                return obj
+        obj = self._cache.objects.get(oid)
+        if obj is not None and real_class(type(obj)) is cls:
+            return obj
         obj = new_ghost(cls, oid, self)
         self._cache.add(obj)
         return obj

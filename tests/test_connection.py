@@ -147,6 +147,23 @@ def test_cache_count_counts_live_objects(storage: MemoryStorage) -> None:
     assert connection.get_cache_count() == 11
 
 
+def test_ghosts_nothing_refers_to_are_let_go_and_the_rest_keep_their_identity(storage: MemoryStorage) -> None:
+    writer = Connection(storage)
+    writer.root["a"] = PersistentDict({i: Item(str(i)) for i in range(3000)})
+    writer.root["b"] = Item("b")
+    writer.commit()
+    connection = Connection(storage)
+    items = connection.root["a"]
+    kept = items[7]
+    assert kept._p_is_ghost()
+    assert connection.get_cache_count() == 1 + 2 + 3000
+    items._p_set_status_ghost()  # its 3000 ghosts lose their last referrer
+    assert connection.root["b"].name == "b"  # (the last load's state goes)
+    assert connection.get_cache_count() == 1 + 2 + 1  # root, a, b, kept
+    assert items[7] is kept
+    assert items[8]._p_is_ghost() and items[8].name == "8"
+
+
 def test_filename_opens_a_file_storage(tmp_path) -> None:
     path = tmp_path / "data.durus"
     connection = Connection(str(path))
