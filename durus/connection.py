@@ -41,7 +41,16 @@ from durus.persistent import (
     settle_instance_dict,
     tracking_class,
 )
-from durus.record import ROOT_OID, int_to_oid, pack_record, record_data, record_refs, split_oids, unpack_record
+from durus.record import (
+    ROOT_OID,
+    int_to_oid,
+    pack_record,
+    record_data,
+    record_data_and_refers,
+    record_refs,
+    split_oids,
+    unpack_record,
+)
 from durus.serialize import ObjectReader, ObjectWriter
 from durus.storage import Storage
 
@@ -192,7 +201,7 @@ class Connection:
             return
         for obj, record in zip(ghosts, records):
             if obj._p_status == GHOST:
-                self._set_state(obj, unpack_record(record)[1])
+                self._set_state(obj, record)
 
     def get_crawler(self, start_oid: bytes = ROOT_OID, batch_size: int = 100) -> Iterator[PersistentObject]:
         """Every object reachable from ``start_oid``, loaded in batches."""
@@ -257,7 +266,7 @@ class Connection:
             # A ghost whose record is gone: a pack removed it after another
             # client made it unreachable, so this transaction is stale.
             raise ReadConflictError([oid]) from None
-        self._set_state(obj, record_data(record))
+        self._set_state(obj, record)
 
     # -- internals ------------------------------------------------------------
 
@@ -313,17 +322,17 @@ class Connection:
         raise ReadConflictError([oid])
 
     def _object_from_record(self, oid: bytes, record: bytes) -> PersistentObject:
-        data = unpack_record(record)[1]
         obj = self._cache.get(oid)
         if obj is None:
-            obj = self.get_instance(oid, self._reader.get_class(data))
+            obj = self.get_instance(oid, self._reader.get_class(record_data(record)))
         if obj._p_status == GHOST:
-            self._set_state(obj, data)
+            self._set_state(obj, record)
         return obj
 
-    def _set_state(self, obj: PersistentObject, data: bytes) -> None:
+    def _set_state(self, obj: PersistentObject, record: bytes) -> None:
         cls = real_class(type(obj))
-        state = self._reader.get_state(data, cls)
+        data, refers = record_data_and_refers(record)
+        state = self._reader.get_state(data, cls, refers)
         # UNSAVED while __setstate__ runs, so attribute writes in a custom
         # __setstate__ (filling in defaults, say) don't mark the object changed.
         _setattribute(obj, "_p_status", UNSAVED)

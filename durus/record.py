@@ -58,10 +58,15 @@ def unpack_record(record: bytes) -> tuple[bytes, bytes, bytes]:
 
 def record_data(record: bytes) -> bytes:
     """The data of a record (class and state pickles), without its oid and refs."""
+    return record_data_and_refers(record)[0]
+
+
+def record_data_and_refers(record: bytes) -> tuple[bytes, bool]:
+    """The data of a record, and whether the record refers to other objects."""
     end = 12 + _int4.unpack_from(record, 8)[0]
     if end > len(record):
         raise ValueError("record is shorter than its data length says")
-    return record[12:end]
+    return record[12:end], end < len(record)
 
 
 def record_refs(record: bytes) -> bytes:

@@ -22,6 +22,8 @@ import pickletools
 import struct
 import zlib
 from io import BytesIO
+from pickle import UnpicklingError
+from pickle import loads as _loads
 from typing import TYPE_CHECKING, Any
 
 from durus.persistent import PersistentObject, real_class
@@ -331,11 +333,16 @@ class ObjectReader:
     def get_class(self, data: bytes) -> type:
         return split_data(data)[0]
 
-    def get_state(self, data: bytes, cls: type | None = None) -> Any:
+    def get_state(self, data: bytes, cls: type | None = None, refers: bool = True) -> Any:
         """The state in ``data``, its references resolved through the cache.
 
         ``cls``, when the caller knows the object's class, saves parsing the
-        class pickle when the record starts with the usual one.
+        class pickle when the record starts with the usual one.  ``refers``
+        False says the record lists no references, so the state (most
+        likely) holds no persistent ids and a plain ``pickle.loads`` can
+        read it, at half the cost.  What that cannot read (a Durus 4.3 state
+        naming its class by memo, or a persistent id after all) is read as
+        any other state.
         """
         prefix = None if cls is None else (_class_pickles.get(cls) or class_pickle(cls))
         if prefix is not None and data.startswith(prefix):
@@ -345,6 +352,11 @@ class ObjectReader:
         else:
             cls, state = split_data(data)
         self.load_count += 1
+        if not refers:
+            try:
+                return _loads(state)
+            except UnpicklingError:
+                pass
         if self._busy:
             # Unpickling made something load another object (a __hash__ or
             # __setstate__ that reads a ghost, say): use a fresh unpickler.
@@ -355,14 +367,16 @@ class ObjectReader:
         source.data = state
         source.position = 0
         # Durus 4.3 pickles class and state with one pickler, so its state
-        # pickles may refer back to the class as memo entry 0.  Assigning
-        # the memo also drops the previous load's entries.
+        # pickles may refer back to the class as memo entry 0.
         unpickler.memo = _class_memos.get(cls) or class_memo(cls)
         busy, self._busy = self._busy, True
         try:
             return unpickler.load()
         finally:
-            self._busy = busy  # the source keeps the state's bytes till the next load
+            # The memo would keep what the state holds alive; the source
+            # keeps only the state's bytes, till the next load.
+            unpickler.memo.clear()
+            self._busy = busy
 
     def get_state_pickle(self, data: bytes) -> bytes:
         """The decompressed state pickle, unpickled by no one."""

@@ -1,4 +1,5 @@
-"""The state pickler's shortcut for states that hold no objects."""
+"""The shortcuts for states that hold no objects: pickling them, and loading
+the records that list no references."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from durus.connection import Connection
 from durus.persistent import Persistent
 from durus.persistent_dict import PersistentDict
 from durus.persistent_set import PersistentSet
+from durus.record import pack_record
 from durus.serialize import holds_no_objects
 from durus.storage import MemoryStorage
+from tests.models import Item
 
 
 class Text(str):
@@ -75,3 +78,46 @@ def test_a_set_of_persistent_objects_still_refers_to_them() -> None:
     fresh = Connection(connection.get_storage())
     (member,) = fresh.get_root()["members"]
     assert member.n == 1 and member._p_oid is not None
+
+
+class ReferringPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        return (obj._p_oid, Item) if isinstance(obj, Item) else None
+
+
+def store_raw(storage: MemoryStorage, oid: bytes, cls: type, state: object, refs: bytes = b"") -> bytes:
+    """Store a record pickled as Durus 4.3 does (class and state by one
+    pickler, so the state may name the class through the memo); its state pickle.
+    """
+    stream = io.BytesIO()
+    pickler = ReferringPickler(stream, 2)
+    pickler.dump(cls)
+    class_end = stream.tell()
+    pickler.dump(state)
+    pickled = stream.getvalue()
+    data = pickled[:class_end] + zlib.compress(pickled[class_end:])
+    storage.begin()
+    storage.store(oid, pack_record(oid, data, refs))
+    storage.end()
+    return pickled[class_end:]
+
+
+def test_a_state_without_references_may_name_its_class_by_memo() -> None:
+    storage = MemoryStorage()
+    connection = Connection(storage)
+    oid = connection.new_oid()
+    assert b"h\x00" in store_raw(storage, oid, Item, {"name": "x", "kind": Item})  # BINGET 0
+    loaded = Connection(storage).get(oid)
+    assert loaded.name == "x" and loaded.kind is Item
+
+
+def test_a_record_that_lists_no_references_yet_holds_one_still_loads() -> None:
+    storage = MemoryStorage()
+    connection = Connection(storage)
+    connection.get_root()["target"] = target = Item("target")
+    connection.commit()
+    oid = connection.new_oid()
+    store_raw(storage, oid, Item, {"name": "x", "other": target})
+    fresh = Connection(storage)
+    assert fresh.get(oid).other is fresh.get_root()["target"]
+    assert fresh.get(oid).other.name == "target"
