@@ -31,6 +31,8 @@ from sys import intern
 from collections.abc import Iterator
 from typing import Any, Callable
 
+from durus.speedups import speedups
+
 UNSAVED = 1
 SAVED = 0
 GHOST = -1
@@ -75,6 +77,8 @@ def tracking_class(cls: type) -> type:
     }
     tracker = _subclass_unannounced(cls, namespace)
     _real_classes[tracker] = cls
+    if speedups is not None:
+        speedups.install_hooks(tracker)
     if cls.__new__ is PersistentObject.__new__:
         _plain_new_classes.add(cls)
     return _tracking_classes.setdefault(cls, tracker)
@@ -204,6 +208,15 @@ def settle_instance_dict(obj: Any) -> None:
     except AttributeError:
         return
     _refill_dict(instance_dict, dict(instance_dict))
+
+
+if speedups is not None:
+    # The same functions in C (see durus.speedups), on the path of every
+    # object a load meets; tracking_class() installs the C attribute hooks.
+    speedups.configure(_real_classes, _tracking_classes, _plain_new_classes, tracking_class, GHOST)
+    new_ghost = speedups.new_ghost  # noqa: F811
+    _first_use = speedups.first_use  # noqa: F811
+    _refill_dict = speedups.refill_dict  # noqa: F811
 
 
 def _mangle(cls: type, name: str) -> str:

@@ -24,13 +24,15 @@ import zlib
 from io import BytesIO
 from pickle import UnpicklingError
 from pickle import loads as _loads
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from durus.persistent import PersistentObject, real_class
 from durus.record import pack_record, split_oids, unpack_record
+from durus.speedups import speedups
 
 if TYPE_CHECKING:
     from durus.connection import Connection
+    from durus.object_cache import ObjectCache
 
 __all__ = [
     "ObjectReader",
@@ -307,12 +309,26 @@ class _StateUnpickler(pickle.Unpickler):
         self.source = _StateSource()
         super().__init__(self.source)
         self.connection = connection
+        self.persistent_load = PersistentLoader(connection, connection._cache)
 
-    def persistent_load(self, pid: Any) -> PersistentObject:
-        if isinstance(pid, tuple):
+
+def persistent_loader(connection: Connection, cache: ObjectCache) -> Callable[[Any], PersistentObject]:
+    """The ``persistent_load`` of a connection's unpickler: an ``(oid,
+    class)`` id becomes the connection's object (see
+    ``Connection.get_instance``), a bare oid what ``get()`` gives.
+    """
+    get_instance = connection.get_instance
+
+    def persistent_load(pid: Any) -> PersistentObject:
+        if type(pid) is tuple:
             oid, cls = pid
-            return self.connection.get_instance(oid, cls)
-        return self.connection.get(pid)
+            return get_instance(oid, cls)
+        return connection.get(pid)
+
+    return persistent_load
+
+
+PersistentLoader = persistent_loader if speedups is None else speedups.PersistentLoader
 
 
 class ObjectReader:

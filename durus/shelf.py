@@ -385,20 +385,21 @@ class Shelf:
     def get_position(self, oid: bytes) -> int | None:
         """The offset of the entry holding ``oid``'s newest record, if any."""
         position = self.recent.get(oid)
-        if position is None:
-            try:
-                word = self.map_words[_unpack_int8(oid)[0]]
-            except (IndexError, struct_error):
-                return None
-            if word < self.map_start:
-                return word
-        return position
+        return self._map_position(oid) if position is None else position
+
+    def _map_position(self, oid: bytes) -> int | None:
+        """The offset of ``oid``'s record in the initial transaction, if any."""
+        try:
+            word = self.map_words[_unpack_int8(oid)[0]]
+        except (IndexError, struct_error):
+            return None
+        return word if word < self.map_start else None
 
     def load(self, oid: bytes) -> bytes | None:
         """``oid``'s newest record, or None if it has none."""
         position = self.recent.get(oid)
         if position is None:
-            position = self.get_position(oid)
+            position = self._map_position(oid)
             if position is None:
                 return None
         return self.read_record(oid, position)
