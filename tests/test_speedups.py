@@ -1,0 +1,146 @@
+"""The optional C accelerator and the pure-Python versions it stands in for.
+
+The behaviour tests here run in both modes, as every other test does: CI
+runs the whole suite once with the accelerator and once more (the slow test
+at the end) with ``DURUS_PURE_PYTHON=1``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zlib
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+
+import durus.persistent
+import durus.serialize
+from durus.connection import Connection
+from durus.error import ReadConflictError
+from durus.persistent import Persistent
+from durus.record import pack_record
+from durus.speedups import speedups
+from durus.storage import MemoryStorage
+from tests.models import Item
+
+REPO = Path(__file__).resolve().parent.parent
+PURE = os.environ.get("DURUS_PURE_PYTHON", "") not in ("", "0")
+
+
+def can_build_extensions() -> bool:
+    compiler = (sysconfig.get_config_var("CC") or "").split()
+    headers = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    return bool(compiler) and shutil.which(compiler[0]) is not None and headers.exists()
+
+
+@pytest.mark.skipif(PURE, reason="pure Python asked for")
+@pytest.mark.skipif(not can_build_extensions(), reason="no C compiler or Python headers here")
+def test_the_accelerator_is_built_and_used_where_it_can_be() -> None:
+    assert speedups is not None, "durus._speedups was not built: see the install's output"
+    assert durus.persistent.new_ghost is speedups.new_ghost
+    assert durus.serialize.PersistentLoader is speedups.PersistentLoader
+
+
+def test_the_environment_can_ask_for_pure_python() -> None:
+    code = "import durus.persistent as p, durus.speedups as s; print(s.speedups, p.new_ghost.__module__)"
+    env = {**os.environ, "DURUS_PURE_PYTHON": "1"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["None", "durus.persistent"]
+
+
+def stored(*objects: Persistent) -> MemoryStorage:
+    connection = Connection(MemoryStorage())
+    connection.root["objects"] = list(objects)
+    connection.commit()
+    return connection.get_storage()
+
+
+def test_a_load_that_fails_leaves_a_ghost_that_loads_once_it_can() -> None:
+    storage = stored(Item("a", 1))
+    fresh = Connection(storage)
+    ghost = fresh.get_instance(b"\x00" * 7 + b"\x63", Item)  # no such record
+    with pytest.raises(ReadConflictError):
+        ghost.name
+    assert ghost._p_is_ghost() and type(ghost) is not Item  # still tracked
+    assert fresh.root["objects"][0].name == "a"
+
+
+class Late(Persistent):
+    pass
+
+
+def test_a_class_given_its_own_getattribute_later_is_still_tracked() -> None:
+    late = Late()
+    late.x = 1
+    storage = stored(late)
+    Connection(storage).root["objects"][0].x  # makes Late's tracking class
+    reads = []
+
+    def counting(self, name):
+        reads.append(name)
+        return object.__getattribute__(self, name)
+
+    Late.__getattribute__ = counting
+    try:
+        fresh = Connection(storage)
+        ghost = fresh.root["objects"][0]
+        assert ghost.x == 1 and "x" in reads
+        assert type(ghost) is Late
+        fresh.commit()
+        assert type(ghost) is not Late  # tracked again at the boundary
+    finally:
+        del Late.__getattribute__
+
+
+def test_loaded_attribute_names_are_interned_for_fast_reads() -> None:
+    storage = stored(Item("a", 1))
+    loaded = Connection(storage).root["objects"][0]
+    assert loaded.name == "a"
+    assert all(sys.intern(name) is name for name in vars(loaded))
+
+
+def test_a_state_may_be_any_mapping() -> None:
+    obj = Item("a", 1)
+    obj.__setstate__(MappingProxyType({"name": "b", "value": 2}))
+    assert vars(obj) == {"name": "b", "value": 2}
+    assert all(sys.intern(name) is name for name in vars(obj))
+
+
+class WrongIds(pickle.Pickler):
+    def persistent_id(self, obj):
+        return (obj._p_oid, Item, "extra") if isinstance(obj, Item) else None
+
+
+def test_a_persistent_id_of_the_wrong_shape_is_an_error() -> None:
+    storage = stored(Item("target"))
+    stream = io.BytesIO()
+    pickler = WrongIds(stream, 2)
+    pickler.dump(Item)
+    class_end = stream.tell()
+    pickler.dump({"name": "x", "other": Connection(storage).root["objects"][0]})
+    pickled = stream.getvalue()
+    oid = b"\x00" * 7 + b"\x50"
+    storage.begin()
+    storage.store(oid, pack_record(oid, pickled[:class_end] + zlib.compress(pickled[class_end:]), b"\x00" * 8))
+    storage.end()
+    with pytest.raises(ValueError):
+        Connection(storage).get(oid)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(PURE, reason="this is the pure-Python run")
+def test_the_pure_python_versions_pass_every_test() -> None:
+    env = {**os.environ, "DURUS_PURE_PYTHON": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout.splitlines()[-1]
