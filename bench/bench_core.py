@@ -184,14 +184,18 @@ def main(argv: list[str] | None = None) -> int:
                     directory = root / implementation.name
                     if benchmark.workload == "cold_load" and not (directory / "btree.durus").exists():
                         run(implementation, "build_btree", size, directory)
-                    runs = [
-                        run(implementation, benchmark.workload, size, directory)
-                        for _ in range(max(options.repeat, 1))
-                    ]
-                    results[implementation.name] = benchmark.best(runs)
+                # Rounds of one run each, so that a slow spell of the
+                # machine falls on both sides of a ratio.
+                runs: dict[str, list[dict[str, Any]]] = {i.name: [] for i in benchmark.implementations}
+                for _ in range(max(options.repeat, 1)):
+                    for implementation in benchmark.implementations:
+                        runs[implementation.name].append(
+                            run(implementation, benchmark.workload, size, root / implementation.name))
+                for implementation in benchmark.implementations:
+                    results[implementation.name] = benchmark.best(runs[implementation.name])
                     if options.profile and implementation is OURS:
                         profile = root / f"{benchmark.name}.prof"
-                        run(implementation, benchmark.workload, size, directory, profile)
+                        run(implementation, benchmark.workload, size, root / implementation.name, profile)
                         print_profile(benchmark.name, profile)
             except reference.ReferenceEnvError as error:
                 failed = True
