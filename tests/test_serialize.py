@@ -13,10 +13,10 @@ from durus.connection import Connection
 from durus.persistent import Persistent
 from durus.persistent_dict import PersistentDict
 from durus.persistent_set import PersistentSet
-from durus.record import pack_record
 from durus.serialize import holds_no_objects
 from durus.storage import MemoryStorage
 from tests.models import Item
+from tests.raw_records import store_raw
 
 
 class Text(str):
@@ -78,28 +78,6 @@ def test_a_set_of_persistent_objects_still_refers_to_them() -> None:
     fresh = Connection(connection.get_storage())
     (member,) = fresh.get_root()["members"]
     assert member.n == 1 and member._p_oid is not None
-
-
-class ReferringPickler(pickle.Pickler):
-    def persistent_id(self, obj):
-        return (obj._p_oid, Item) if isinstance(obj, Item) else None
-
-
-def store_raw(storage: MemoryStorage, oid: bytes, cls: type, state: object, refs: bytes = b"") -> bytes:
-    """Store a record pickled as Durus 4.3 does (class and state by one
-    pickler, so the state may name the class through the memo); its state pickle.
-    """
-    stream = io.BytesIO()
-    pickler = ReferringPickler(stream, 2)
-    pickler.dump(cls)
-    class_end = stream.tell()
-    pickler.dump(state)
-    pickled = stream.getvalue()
-    data = pickled[:class_end] + zlib.compress(pickled[class_end:])
-    storage.begin()
-    storage.store(oid, pack_record(oid, data, refs))
-    storage.end()
-    return pickled[class_end:]
 
 
 def test_a_state_without_references_may_name_its_class_by_memo() -> None:

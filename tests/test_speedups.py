@@ -7,14 +7,12 @@ at the end) with ``DURUS_PURE_PYTHON=1``.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import shutil
 import subprocess
 import sys
 import sysconfig
-import zlib
 from pathlib import Path
 from types import MappingProxyType
 
@@ -25,10 +23,10 @@ import durus.serialize
 from durus.connection import Connection
 from durus.error import ReadConflictError
 from durus.persistent import Persistent
-from durus.record import pack_record
 from durus.speedups import speedups
 from durus.storage import MemoryStorage
 from tests.models import Item
+from tests.raw_records import store_raw
 
 REPO = Path(__file__).resolve().parent.parent
 PURE = os.environ.get("DURUS_PURE_PYTHON", "") not in ("", "0")
@@ -120,16 +118,9 @@ class WrongIds(pickle.Pickler):
 
 def test_a_persistent_id_of_the_wrong_shape_is_an_error() -> None:
     storage = stored(Item("target"))
-    stream = io.BytesIO()
-    pickler = WrongIds(stream, 2)
-    pickler.dump(Item)
-    class_end = stream.tell()
-    pickler.dump({"name": "x", "other": Connection(storage).root["objects"][0]})
-    pickled = stream.getvalue()
+    target = Connection(storage).root["objects"][0]
     oid = b"\x00" * 7 + b"\x50"
-    storage.begin()
-    storage.store(oid, pack_record(oid, pickled[:class_end] + zlib.compress(pickled[class_end:]), b"\x00" * 8))
-    storage.end()
+    store_raw(storage, oid, Item, {"name": "x", "other": target}, refs=target._p_oid, pickler_class=WrongIds)
     with pytest.raises(ValueError):
         Connection(storage).get(oid)
 
