@@ -212,7 +212,7 @@ def settle_instance_dict(obj: Any) -> None:
 
 if speedups is not None:
     # The same functions in C (see durus.speedups), on the path of every
-    # object a load meets; tracking_class() installs the C attribute hooks.
+    # object a load meets; tracking_class() installs the C read hook.
     speedups.configure(_real_classes, _tracking_classes, _plain_new_classes, tracking_class, GHOST)
     new_ghost = speedups.new_ghost  # noqa: F811
     _first_use = speedups.first_use  # noqa: F811
