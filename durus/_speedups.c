@@ -310,6 +310,142 @@ static PyTypeObject PersistentLoaderType = {
 };
 
 
+/* PersistentIdentifier(reference, base, connection, refs): a callable for a
+ * pickler's persistent_id, as durus.serialize's Python one: an instance of
+ * base (a persistent object) becomes reference(obj), its (oid, class) id;
+ * anything else None, to be pickled by value.  The pickler asks of every
+ * object in a state, atoms included.
+ *
+ * For an object already stored through connection, what reference() does
+ * is done here: its oid goes into refs, and the id is made.  Anything else
+ * (a new object, one of another connection) goes to reference().
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *reference;
+    PyObject *base;
+    PyObject *connection;
+    PyObject *refs;
+    vectorcallfunc vectorcall;
+} PersistentIdentifier;
+
+static PyObject *
+stored_reference(PersistentIdentifier *self, PyObject *obj)
+{
+    PyObject *oid, *connection, *type, *cls, *id;
+    oid = PyObject_GenericGetAttr(obj, str_p_oid);
+    if (oid == NULL)
+        return NULL;
+    connection = oid == Py_None ? NULL : PyObject_GenericGetAttr(obj, str_p_connection);
+    if (connection == NULL) {
+        Py_DECREF(oid);
+        if (PyErr_Occurred())
+            return NULL;
+        return PyObject_CallOneArg(self->reference, obj);
+    }
+    Py_DECREF(connection);
+    if (connection != self->connection) {
+        Py_DECREF(oid);
+        return PyObject_CallOneArg(self->reference, obj);
+    }
+    if (PySet_Add(self->refs, oid) < 0) {
+        Py_DECREF(oid);
+        return NULL;
+    }
+    type = (PyObject *)Py_TYPE(obj);
+    cls = PyDict_GetItemWithError(real_classes, type);
+    if (cls == NULL) {
+        if (PyErr_Occurred()) {
+            Py_DECREF(oid);
+            return NULL;
+        }
+        cls = type;
+    }
+    id = PyTuple_Pack(2, oid, cls);
+    Py_DECREF(oid);
+    return id;
+}
+
+static PyObject *
+identifier_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    PersistentIdentifier *self = (PersistentIdentifier *)callable;
+    int persistent;
+    if ((kwnames != NULL && PyTuple_GET_SIZE(kwnames)) || PyVectorcall_NARGS(nargsf) != 1) {
+        PyErr_SetString(PyExc_TypeError, "persistent_id() takes one argument");
+        return NULL;
+    }
+    persistent = PyObject_IsInstance(args[0], self->base);
+    if (persistent < 0)
+        return NULL;
+    if (!persistent)
+        Py_RETURN_NONE;
+    return stored_reference(self, args[0]);
+}
+
+static PyObject *
+identifier_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *reference, *base, *connection, *refs;
+    PersistentIdentifier *self;
+    if (check_configured() < 0)
+        return NULL;
+    if (!PyArg_ParseTuple(args, "OO!OO!:PersistentIdentifier", &reference, &PyType_Type, &base, &connection,
+                          &PySet_Type, &refs))
+        return NULL;
+    self = (PersistentIdentifier *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->reference = Py_NewRef(reference);
+    self->base = Py_NewRef(base);
+    self->connection = Py_NewRef(connection);
+    self->refs = Py_NewRef(refs);
+    self->vectorcall = identifier_vectorcall;
+    return (PyObject *)self;
+}
+
+static int
+identifier_traverse(PersistentIdentifier *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->reference);
+    Py_VISIT(self->base);
+    Py_VISIT(self->connection);
+    Py_VISIT(self->refs);
+    return 0;
+}
+
+static int
+identifier_clear(PersistentIdentifier *self)
+{
+    Py_CLEAR(self->reference);
+    Py_CLEAR(self->base);
+    Py_CLEAR(self->connection);
+    Py_CLEAR(self->refs);
+    return 0;
+}
+
+static void
+identifier_dealloc(PersistentIdentifier *self)
+{
+    PyObject_GC_UnTrack(self);
+    identifier_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject PersistentIdentifierType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "durus._speedups.PersistentIdentifier",
+    .tp_basicsize = sizeof(PersistentIdentifier),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "persistent_id for a connection's pickler: persistent object -> (oid, class)",
+    .tp_new = identifier_new,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(PersistentIdentifier, vectorcall),
+    .tp_traverse = (traverseproc)identifier_traverse,
+    .tp_clear = (inquiry)identifier_clear,
+    .tp_dealloc = (destructor)identifier_dealloc,
+};
+
 /* first_use(obj): as durus.persistent._first_use: move obj to its real
  * class, tell its connection, load it if it is a ghost (moving it back to
  * its tracking class if that fails).
@@ -474,12 +610,13 @@ PyInit__speedups(void)
     PyObject *module;
     if (intern_names() < 0 || (empty_tuple = PyTuple_New(0)) == NULL || (zero = PyLong_FromLong(0)) == NULL)
         return NULL;
-    if (PyType_Ready(&PersistentLoaderType) < 0)
+    if (PyType_Ready(&PersistentLoaderType) < 0 || PyType_Ready(&PersistentIdentifierType) < 0)
         return NULL;
     module = PyModule_Create(&module_def);
     if (module == NULL)
         return NULL;
-    if (PyModule_AddObjectRef(module, "PersistentLoader", (PyObject *)&PersistentLoaderType) < 0) {
+    if (PyModule_AddObjectRef(module, "PersistentLoader", (PyObject *)&PersistentLoaderType) < 0
+        || PyModule_AddObjectRef(module, "PersistentIdentifier", (PyObject *)&PersistentIdentifierType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -196,11 +196,28 @@ class _StatePickler(pickle.Pickler):
     def __init__(self, file: BytesIO, writer: ObjectWriter) -> None:
         super().__init__(file, PICKLE_PROTOCOL)
         self.writer = writer
+        self.persistent_id = PersistentIdentifier(writer.reference, PersistentObject, writer.connection, writer.refs)
 
-    def persistent_id(self, obj: Any) -> tuple[bytes, type] | None:
-        if isinstance(obj, PersistentObject):
-            return self.writer.reference(obj)
+
+def persistent_identifier(
+    reference: Callable[[PersistentObject], tuple[bytes, type]], base: type, connection: Connection, refs: set[bytes]
+) -> Callable[[Any], tuple[bytes, type] | None]:
+    """The ``persistent_id`` of a connection's pickler, which asks it of
+    every object in a state: an instance of ``base`` is pickled as its
+    ``reference()``, anything else by value.  (The C version does what
+    ``reference()`` does for an object stored through ``connection`` itself,
+    adding its oid to ``refs``.)
+    """
+
+    def persistent_id(obj: Any) -> tuple[bytes, type] | None:
+        if isinstance(obj, base):
+            return reference(obj)
         return None
+
+    return persistent_id
+
+
+PersistentIdentifier = persistent_identifier if speedups is None else speedups.PersistentIdentifier
 
 
 class ObjectWriter:
