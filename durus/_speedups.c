@@ -1,6 +1,7 @@
 /* The optional C accelerator of durus: the steps every object takes on its
  * way into a connection, which a cold load of a large tree takes hundreds of
- * thousands of times.
+ * thousands of times, and the question a pickler asks of every object in a
+ * state it writes (is this a persistent reference?).
  *
  * Each function here stands in for a pure-Python one of the same name and
  * does exactly what it does (durus/speedups.py says which, and picks one or
