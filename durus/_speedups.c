@@ -554,7 +554,8 @@ first_use_getattro(PyObject *self, PyObject *name)
 /* install_hooks(tracker): give a new tracking class the read hook above in
  * place of the Python one it names (which it falls back on should its
  * slots ever be recomputed, as when a class it derives from is given a new
- * __getattribute__). */
+ * __getattribute__).  A class with a __getattr__ keeps the Python hook, as
+ * only Python's slot calls __getattr__ when __getattribute__ fails. */
 static PyObject *
 install_hooks(PyObject *module, PyObject *tracker)
 {
@@ -566,6 +567,8 @@ install_hooks(PyObject *module, PyObject *tracker)
         return NULL;
     }
     type = (PyTypeObject *)tracker;
+    if (PyObject_HasAttrString(tracker, "__getattr__"))
+        Py_RETURN_NONE;
     type->tp_getattro = first_use_getattro;
     PyType_Modified(type);
     Py_RETURN_NONE;

@@ -97,6 +97,21 @@ def test_a_class_given_its_own_getattribute_later_is_still_tracked() -> None:
         del Late.__getattribute__
 
 
+class Fallback(Persistent):
+    def __getattr__(self, name):
+        return f"no {name}"
+
+
+def test_a_class_with_getattr_falls_back_to_it_while_tracked() -> None:
+    obj = Fallback()
+    obj.x = 1
+    storage = stored(obj)
+    ghost = Connection(storage).root["objects"][0]
+    assert type(ghost) is not Fallback  # tracked
+    assert ghost._p_missing == "no _p_missing"  # a _p_ name passes through, to __getattr__
+    assert ghost.x == 1 and ghost.y == "no y"
+
+
 def test_loaded_attribute_names_are_interned_for_fast_reads() -> None:
     storage = stored(Item("a", 1))
     loaded = Connection(storage).root["objects"][0]
