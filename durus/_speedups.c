@@ -3,11 +3,11 @@
  * thousands of times, and the question a pickler asks of every object in a
  * state it writes (is this a persistent reference?).
  *
- * Each function here stands in for a pure-Python one of the same name and
- * does exactly what it does (durus/speedups.py says which, and picks one or
- * the other at import); the tests run against both.  Nothing here knows more
- * of durus than those functions do: the tables they read are handed over by
- * configure().
+ * Each function or type here stands in for a pure-Python one, which its
+ * comment names, and does exactly what that does; durus.persistent and
+ * durus.serialize pick one or the other at import (see durus/speedups.py),
+ * and the tests run against both.  Nothing here knows more of durus than
+ * those functions do: the tables they read are handed over by configure().
  */
 
 #define PY_SSIZE_T_CLEAN
