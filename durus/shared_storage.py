@@ -40,12 +40,17 @@ from durus.error import (
     ReadConflictError,
     WriteConflictError,
 )
-from durus.record import ROOT_OID, oid_to_int
+from durus.record import ROOT_OID, oid_to_int, record_refs, split_oids
 from durus.storage import InvalidationHandler, Storage
 
 log = logging.getLogger("durus.storage_server")
 
 DEFAULT_MAX_GIVEN_OIDS = 1_000_000
+
+
+def _referred_oids(records: dict[bytes, bytes]) -> set[bytes]:
+    """The oids the records refer to."""
+    return {oid for record in records.values() for oid in split_oids(record_refs(record))}
 
 
 class RequestRefusedError(DurusError):
@@ -423,7 +428,9 @@ class StorageSession(Storage):
 
         Raises RequestRefusedError (nothing written) for a broken commit, and
         WriteConflictError for a record of a delivered oid, or, when this
-        session lost its turn, if anything was committed meanwhile.
+        session lost its turn, if anything was committed meanwhile, or if
+        a pack finished meanwhile and removed an object the commit stores
+        or refers to.
         """
         shared = self.shared
         with shared._lock:
@@ -434,8 +441,14 @@ class StorageSession(Storage):
             conflicts = [oid for oid in records if oid in self._delivered]
             if self.invalid:
                 # Others committed after the delivery: what this client read
-                # may be stale, and only it knows what it read.
-                conflicts.extend(self.invalid)
+                # may be stale, and only it knows what it read.  Oids a pack
+                # removed meanwhile stay pending (the next delivery brings
+                # them) and matter now only if this commit would bring one
+                # back.
+                removed = self.invalid & shared._freed_oids
+                conflicts.extend(self.invalid - removed)
+                if removed:
+                    conflicts.extend(removed & (records.keys() | _referred_oids(records)))
             if conflicts:
                 raise WriteConflictError(conflicts)
             return shared._write(self, records)

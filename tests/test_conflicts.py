@@ -14,7 +14,8 @@ import pytest
 from durus.connection import Connection
 from durus.error import ConflictError, ReadConflictError, WriteConflictError
 from durus.persistent_counter import PersistentCounter
-from durus.record import ROOT_OID
+from durus.file_storage import FileStorage
+from durus.record import ROOT_OID, pack_record, unpack_record
 from durus.shared_storage import SharedStorage
 from durus.storage import MemoryStorage
 from tests.models import Item
@@ -301,3 +302,40 @@ def test_new_objects_of_a_merged_commit_keep_their_records(connect) -> None:
     a = third.root["a"]
     assert (a.value.name, a.other.name) == ("made before the merge", "made after it")
     assert a.value._p_oid != a.other._p_oid
+
+
+def committed_with_garbage(tmp_path) -> tuple[SharedStorage, bytes, bytes]:
+    """A shared file storage whose root holds ``keep``, and whose ``junk`` the
+    root no longer refers to; the oids of both."""
+    shared = SharedStorage(FileStorage(str(tmp_path / "data.durus")))
+    writer = Connection(shared.session())
+    setup_items(writer, keep=1, junk=2)
+    keep, junk = writer.root["keep"]._p_oid, writer.root["junk"]._p_oid
+    del writer.root["junk"]
+    writer.commit()
+    return shared, keep, junk
+
+
+def test_a_pack_finishing_within_a_commit_does_not_refuse_it(tmp_path) -> None:
+    shared, keep, junk = committed_with_garbage(tmp_path)
+    session = shared.session()
+    record = session.load(keep)
+    assert session.claim_commit(wait=True)
+    assert session.take_invalidations() == []
+    shared.pack()  # between the delivery and the write, as a server's background pack may
+    session.apply_commit({keep: record})
+    session.release_commit()
+    assert session.sync() == [junk]  # still told, at the next delivery
+
+
+def test_a_commit_that_would_bring_back_what_a_pack_removed_is_refused(tmp_path) -> None:
+    shared, keep, junk = committed_with_garbage(tmp_path)
+    session = shared.session()
+    oid, data, _ = unpack_record(session.load(keep))
+    assert session.claim_commit(wait=True)
+    session.take_invalidations()
+    shared.pack()
+    with pytest.raises(WriteConflictError) as refused:
+        session.apply_commit({keep: pack_record(oid, data, junk)})
+    session.release_commit()
+    assert refused.value.oids == [junk]
