@@ -6,8 +6,8 @@ garbage collector traverses at every full collection: for a cold load of a
 large tree, whose every ghost lands here, that was a tenth of the time.
 
 So an entry that nothing but the map holds is dropped by a sweep instead,
-run when the map has doubled since the last one and before the live objects
-are counted or listed.  Such an object is unreachable from the program, so
+run when the map has doubled since the last one and before the objects are
+counted.  Such an object is unreachable from the program, so
 dropping it later rather than at once is not observable, beyond the memory
 it keeps until then: at most as much again as the map held after the last
 sweep.  (Loaded objects are held by the connection's LRU order anyway, until
