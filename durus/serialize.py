@@ -332,7 +332,8 @@ class _StateUnpickler(pickle.Unpickler):
 def persistent_loader(connection: Connection, cache: ObjectCache) -> Callable[[Any], PersistentObject]:
     """The ``persistent_load`` of a connection's unpickler: an ``(oid,
     class)`` id becomes the connection's object (see
-    ``Connection.get_instance``), a bare oid what ``get()`` gives.
+    ``Connection.get_instance``), a bare oid what ``get()`` gives.  (The C
+    version does what ``get_instance`` does itself, reading ``cache``.)
     """
     get_instance = connection.get_instance
 
