@@ -186,16 +186,12 @@ def _all_hold_no_objects(values: Any, depth: int) -> bool:
 
 
 class _StatePickler(pickle.Pickler):
-    """A pickler that writes persistent objects as ``(oid, class)`` ids.
-
-    Instance attributes:
-
-    - ``writer``: the ObjectWriter whose connection assigns new oids.
+    """A pickler that writes persistent objects as ``(oid, class)`` ids,
+    named through ``writer`` (an ObjectWriter).
     """
 
     def __init__(self, file: BytesIO, writer: ObjectWriter) -> None:
         super().__init__(file, PICKLE_PROTOCOL)
-        self.writer = writer
         self.persistent_id = PersistentIdentifier(writer.reference, PersistentObject, writer.connection, writer.refs)
 
 
@@ -314,18 +310,15 @@ class _StateSource:
 
 
 class _StateUnpickler(pickle.Unpickler):
-    """An unpickler that turns ``(oid, class)`` ids into cached objects.
+    """An unpickler that turns ``(oid, class)`` ids into the objects of
+    ``connection``'s cache.
 
-    Instance attributes:
-
-    - ``connection``: the Connection whose cache supplies the objects.
-    - ``source``: the _StateSource it reads from.
+    Instance attributes: ``source``, the _StateSource it reads from.
     """
 
     def __init__(self, connection: Connection) -> None:
         self.source = _StateSource()
         super().__init__(self.source)
-        self.connection = connection
         self.persistent_load = PersistentLoader(connection, connection._cache)
 
 

@@ -397,12 +397,8 @@ class Shelf:
 
     def load(self, oid: bytes) -> bytes | None:
         """``oid``'s newest record, or None if it has none."""
-        position = self.recent.get(oid)
-        if position is None:
-            position = self._map_position(oid)
-            if position is None:
-                return None
-        return self.read_record(oid, position)
+        position = self.get_position(oid)
+        return None if position is None else self.read_record(oid, position)
 
     def read_record(self, oid: bytes, position: int) -> bytes:
         """The record of the entry at ``position``, which must hold ``oid``."""

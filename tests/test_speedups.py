@@ -24,8 +24,8 @@ from durus.connection import Connection
 from durus.error import ReadConflictError
 from durus.persistent import Persistent
 from durus.speedups import speedups
-from durus.storage import MemoryStorage
 from tests.models import Item
+from tests.test_persistent import committed
 from tests.raw_records import store_raw
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,21 +53,14 @@ def test_the_environment_can_ask_for_pure_python() -> None:
     assert result.stdout.split() == ["None", "durus.persistent"]
 
 
-def stored(*objects: Persistent) -> MemoryStorage:
-    connection = Connection(MemoryStorage())
-    connection.root["objects"] = list(objects)
-    connection.commit()
-    return connection.get_storage()
-
-
 def test_a_load_that_fails_leaves_a_ghost_that_loads_once_it_can() -> None:
-    storage = stored(Item("a", 1))
+    _, storage = committed(Item("a", 1))
     fresh = Connection(storage)
     ghost = fresh.get_instance(b"\x00" * 7 + b"\x63", Item)  # no such record
     with pytest.raises(ReadConflictError):
         ghost.name
     assert ghost._p_is_ghost() and type(ghost) is not Item  # still tracked
-    assert fresh.root["objects"][0].name == "a"
+    assert fresh.root[0].name == "a"
 
 
 class Late(Persistent):
@@ -77,8 +70,8 @@ class Late(Persistent):
 def test_a_class_given_its_own_getattribute_later_is_still_tracked() -> None:
     late = Late()
     late.x = 1
-    storage = stored(late)
-    Connection(storage).root["objects"][0].x  # makes Late's tracking class
+    _, storage = committed(late)
+    Connection(storage).root[0].x  # makes Late's tracking class
     reads = []
 
     def counting(self, name):
@@ -88,7 +81,7 @@ def test_a_class_given_its_own_getattribute_later_is_still_tracked() -> None:
     Late.__getattribute__ = counting
     try:
         fresh = Connection(storage)
-        ghost = fresh.root["objects"][0]
+        ghost = fresh.root[0]
         assert ghost.x == 1 and "x" in reads
         assert type(ghost) is Late
         fresh.commit()
@@ -105,16 +98,16 @@ class Fallback(Persistent):
 def test_a_class_with_getattr_falls_back_to_it_while_tracked() -> None:
     obj = Fallback()
     obj.x = 1
-    storage = stored(obj)
-    ghost = Connection(storage).root["objects"][0]
+    _, storage = committed(obj)
+    ghost = Connection(storage).root[0]
     assert type(ghost) is not Fallback  # tracked
     assert ghost._p_missing == "no _p_missing"  # a _p_ name passes through, to __getattr__
     assert ghost.x == 1 and ghost.y == "no y"
 
 
 def test_loaded_attribute_names_are_interned_for_fast_reads() -> None:
-    storage = stored(Item("a", 1))
-    loaded = Connection(storage).root["objects"][0]
+    _, storage = committed(Item("a", 1))
+    loaded = Connection(storage).root[0]
     assert loaded.name == "a"
     assert all(sys.intern(name) is name for name in vars(loaded))
 
@@ -132,8 +125,8 @@ class WrongIds(pickle.Pickler):
 
 
 def test_a_persistent_id_of_the_wrong_shape_is_an_error() -> None:
-    storage = stored(Item("target"))
-    target = Connection(storage).root["objects"][0]
+    _, storage = committed(Item("target"))
+    target = Connection(storage).root[0]
     oid = b"\x00" * 7 + b"\x50"
     store_raw(storage, oid, Item, {"name": "x", "other": target}, refs=target._p_oid, pickler_class=WrongIds)
     with pytest.raises(ValueError):
