@@ -13,6 +13,11 @@ or deployed, with a storage server and four gunicorn workers::
 
     python -m example_app
 
+``flask --app example_app wiki check`` recomputes the search and tag indexes
+and the log of recent changes from the pages and reports every difference
+(exit status 1 if there is any); ``flask --app example_app backup DEST``
+copies the live data file.
+
 Configuration comes from, in order: ``instance/config.py``, environment
 variables prefixed ``FLASK_`` (``FLASK_DURUS_STORAGE=durus://127.0.0.1:2972``,
 ``FLASK_SECRET_KEY=...``), then the ``config`` mapping given to
@@ -56,11 +61,12 @@ def create_app(config: Mapping[str, Any] | None = None, instance_path: str | Non
     durus.init_app(app)
     init_csrf(app)
 
-    from example_app import auth, backup, views
+    from example_app import auth, backup, consistency, views
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(views.bp)
     app.cli.add_command(backup.backup_command)
+    app.cli.add_command(consistency.wiki_cli)
     app.jinja_env.filters["when"] = format_time
     app.register_error_handler(HTTPException, render_error)
     return app

@@ -19,6 +19,7 @@ so the view can show the newer text instead of losing either edit.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -30,6 +31,8 @@ from durus.persistent_set import PersistentSet
 from example_app.text import render, words
 
 WIKI_KEY = "wiki"
+
+log = logging.getLogger(__name__)
 
 # Nodes of the log of recent changes, which every edit appends to.  Conflict
 # resolution merges inserts of different keys into a node, but not two
@@ -217,9 +220,21 @@ class Wiki(Persistent):
 
     @staticmethod
     def _reindex(index: BTree, slug: str, old: set[str], new: set[str]) -> None:
-        """Move ``slug`` between posting sets; only changed keys are touched."""
+        """Move ``slug`` between posting sets; only changed keys are touched.
+
+        A key to remove ``slug`` from may have no entry, though the page's
+        previous revision has it: the index lost it (concurrent commits that
+        the database merged where it should have refused one).  There is then
+        nothing to remove, and the edit goes on instead of failing now and at
+        every later edit of the page.  It is logged; ``flask wiki check``
+        reports the damage (see :mod:`example_app.consistency`).
+        """
         for key in old - new:
-            postings = index[key]
+            postings = index.get(key)
+            if postings is None:
+                log.warning("The index has no entry for %r to remove the page %r from: "
+                            "it is inconsistent (run `flask wiki check`)", key, slug)
+                continue
             postings.discard(slug)
             if not postings:
                 del index[key]

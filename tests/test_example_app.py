@@ -205,6 +205,29 @@ def test_search_and_tags_follow_edits(alice, app):
     assert alice.client.get("/tags/nothing").status_code == 404
 
 
+def test_an_edit_that_finds_its_index_entry_gone_is_saved_and_the_check_still_sees_the_damage(
+        alice, app, caplog):
+    """An index damaged by a database bug must not make a page uneditable,
+    nor may the edit hide the damage it did not repair.
+    """
+    alice.create("Bananas", "Yellow fruit, grows in bunches.", "fruit tropical")
+    with app.app_context():
+        wiki = current_wiki()
+        del wiki.words["yellow"], wiki.words["fruit"], wiki.tags["tropical"]
+        app.extensions["durus"].connection.commit()
+    assert app.test_cli_runner().invoke(args=["wiki", "check"]).exit_code == 1
+
+    # The edit drops "yellow" and "tropical", whose entries are gone, and keeps "fruit".
+    with caplog.at_level("WARNING", logger="example_app.models"):
+        assert alice.edit("bananas", "Green fruit when picked.", base=1, tags="fruit").status_code == 302
+    assert sorted(record.args for record in caplog.records) == [("tropical", "bananas"), ("yellow", "bananas")]
+    assert "1 page with" in alice.client.get("/search?q=picked").text
+    check = app.test_cli_runner().invoke(args=["wiki", "check"])
+    assert check.exit_code == 1
+    assert check.output.splitlines()[:-1] == [
+        "search index: no entry for the word 'fruit', which page 'bananas' has"]
+
+
 def test_recent_changes_are_paginated_newest_first(alice, app):
     with app.app_context():
         wiki = current_wiki()

@@ -8,130 +8,19 @@ and stops both on Ctrl-C.
 
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass
-from http.cookies import SimpleCookie
-from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 from server_process import ServerProcess, free_port
 
 from durus.connection import Connection
 from durus.file_storage import FileStorage
-
-ROOT = Path(__file__).resolve().parent.parent
-GUNICORN_CONF = ROOT / "example_app" / "gunicorn.conf.py"
-FAST_HASH = "pbkdf2:sha256:1000"
-
-
-@dataclass
-class Response:
-    status: int
-    headers: http.client.HTTPMessage
-    text: str
-
-
-class Client:
-    """One visitor: a cookie jar and plain HTTP requests (redirects not followed)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.cookies: dict[str, str] = {}
-
-    def request(self, method: str, path: str, data: dict[str, str] | None = None) -> Response:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        headers = {}
-        if self.cookies:
-            headers["Cookie"] = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
-        body = None
-        if data is not None:
-            body = urlencode(data)
-            headers["Content-Type"] = "application/x-www-form-urlencoded"
-        try:
-            connection.request(method, path, body, headers)
-            reply = connection.getresponse()
-            text = reply.read().decode()
-        finally:
-            connection.close()
-        for header in reply.headers.get_all("Set-Cookie") or ():
-            for name, morsel in SimpleCookie(header).items():
-                if morsel.value:
-                    self.cookies[name] = morsel.value
-                else:
-                    self.cookies.pop(name, None)
-        return Response(reply.status, reply.headers, text)
-
-    def get(self, path: str) -> Response:
-        return self.request("GET", path)
-
-    def post_form(self, form_path: str, data: dict[str, str], path: str | None = None) -> Response:
-        """Fetch the form (for its CSRF token), then send it."""
-        page = self.get(form_path)
-        found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-        assert found, f"no form at {form_path} ({page.status}): {page.text[:300]}"
-        return self.request("POST", path or form_path, {"csrf_token": found.group(1), **data})
-
-    def signup(self, name: str, password: str = "long password") -> Response:
-        return self.post_form("/signup", {"name": name, "password": password, "confirm": password})
-
-    def edit(self, slug: str, title: str, text: str, base: int, tags: str = "") -> Response:
-        return self.post_form(
-            f"/wiki/{slug}/edit", {"title": title, "text": text, "base": str(base), "tags": tags})
-
-    def current_revision(self, slug: str) -> int:
-        return int(re.search(r'name="base" value="(\d+)"', self.get(f"/wiki/{slug}/edit").text).group(1))
-
-
-def wait_for_http(port: int, process: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if Client(port).get("/").status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"no answer on port {port} in {timeout} s:\n{log.read_text()}")
-
-
-class Gunicorn:
-    """``gunicorn -c example_app/gunicorn.conf.py`` on a free port, 4 workers."""
-
-    def __init__(self, instance: Path, storage_uri: str, workers: int = 4) -> None:
-        self.port = free_port()
-        self.log = instance / "gunicorn.log"
-        env = {**os.environ, "FLASK_DURUS_STORAGE": storage_uri, "FLASK_PASSWORD_HASH_METHOD": FAST_HASH}
-        command = [
-            sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
-            "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
-            f"example_app:create_app(instance_path={str(instance)!r})",
-        ]
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        try:
-            wait_for_http(self.port, self.process, self.log)
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+from tests.support.wiki_site import FAST_HASH, ROOT, Client, Gunicorn, run_clients, wait_for_http
 
 
 @pytest.fixture(scope="module")
@@ -147,29 +36,6 @@ def deployment(tmp_path_factory):
             web.stop()
     finally:
         server.stop()
-
-
-def run_clients(count: int, work) -> list:
-    """Run ``work(index)`` in ``count`` threads at once; their results, or raise."""
-    results: list = [None] * count
-    errors: list[BaseException] = []
-    start = threading.Barrier(count)
-
-    def run(index: int) -> None:
-        try:
-            start.wait()
-            results[index] = work(index)
-        except BaseException as error:  # reported below, in the test's thread
-            errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    if errors:
-        raise errors[0]
-    return results
 
 
 def revision_texts(client: Client, slug: str) -> dict[int, str]:

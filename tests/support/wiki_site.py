@@ -1,0 +1,174 @@
+"""The example wiki as real processes see it: gunicorn on a storage server,
+and HTTP visitors with cookies who fill in its forms.
+
+Used by the deployment tests (test_example_app_deploy.py) and the
+consistency stress test (test_example_app_consistency.py).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from flask_durus.testing import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+GUNICORN_CONF = ROOT / "example_app" / "gunicorn.conf.py"
+FAST_HASH = "pbkdf2:sha256:1000"
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+_BASE = re.compile(r'name="base" value="(\d+)"')
+
+
+@dataclass
+class Response:
+    status: int
+    headers: http.client.HTTPMessage
+    text: str
+
+
+class Client:
+    """One visitor: a cookie jar and plain HTTP requests (redirects not followed)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cookies: dict[str, str] = {}
+
+    def request(self, method: str, path: str, data: dict[str, str] | None = None) -> Response:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        headers = {}
+        if self.cookies:
+            headers["Cookie"] = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
+        body = None
+        if data is not None:
+            body = urlencode(data)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        try:
+            connection.request(method, path, body, headers)
+            reply = connection.getresponse()
+            text = reply.read().decode()
+        finally:
+            connection.close()
+        for header in reply.headers.get_all("Set-Cookie") or ():
+            for name, morsel in SimpleCookie(header).items():
+                if morsel.value:
+                    self.cookies[name] = morsel.value
+                else:
+                    self.cookies.pop(name, None)
+        return Response(reply.status, reply.headers, text)
+
+    def get(self, path: str) -> Response:
+        return self.request("GET", path)
+
+    def post_form(self, form_path: str, data: dict[str, str], path: str | None = None) -> Response:
+        """Fetch the form (for its CSRF token), then send it."""
+        page = self.get(form_path)
+        found = _CSRF.search(page.text)
+        assert found, f"no form at {form_path} ({page.status}): {page.text[:300]}"
+        return self.request("POST", path or form_path, {"csrf_token": found.group(1), **data})
+
+    def signup(self, name: str, password: str = "long password") -> Response:
+        return self.post_form("/signup", {"name": name, "password": password, "confirm": password})
+
+    def edit(self, slug: str, title: str, text: str, base: int, tags: str = "") -> Response:
+        return self.post_form(
+            f"/wiki/{slug}/edit", {"title": title, "text": text, "base": str(base), "tags": tags})
+
+    def edit_current(self, slug: str, title: str, text: str, tags: str = "") -> tuple[Response, Response]:
+        """Open the edit form and send it from the revision it shows: (form, answer).
+
+        The answer is None when the form itself did not come (the form's
+        response says why).
+        """
+        form = self.get(f"/wiki/{slug}/edit")
+        token, base = _CSRF.search(form.text), _BASE.search(form.text)
+        if form.status != 200 or not token or not base:
+            return form, None
+        data = {"csrf_token": token.group(1), "title": title, "text": text, "tags": tags,
+                "base": base.group(1)}
+        return form, self.request("POST", f"/wiki/{slug}/edit", data)
+
+    def current_revision(self, slug: str) -> int:
+        return int(_BASE.search(self.get(f"/wiki/{slug}/edit").text).group(1))
+
+
+def wait_for_http(port: int, process: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if Client(port).get("/").status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"no answer on port {port} in {timeout} s:\n{log.read_text()}")
+
+
+class Gunicorn:
+    """``gunicorn -c example_app/gunicorn.conf.py`` on a free port, 4 workers.
+
+    ``env`` adds to (or overrides) the workers' environment.
+    """
+
+    def __init__(self, instance: Path, storage_uri: str, workers: int = 4,
+                 env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.log = instance / "gunicorn.log"
+        self.env = {**os.environ, "FLASK_DURUS_STORAGE": storage_uri, "FLASK_PASSWORD_HASH_METHOD": FAST_HASH,
+                    **(env or {})}
+        self.app_spec = f"example_app:create_app(instance_path={str(instance)!r})"
+        command = [
+            sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF),
+            "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers), self.app_spec,
+        ]
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            wait_for_http(self.port, self.process, self.log)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def run_clients(count: int, work: Callable[[int], Any], timeout: float = 120.0) -> list:
+    """Run ``work(index)`` in ``count`` threads at once; their results, or raise."""
+    results: list = [None] * count
+    errors: list[BaseException] = []
+    start = threading.Barrier(count)
+
+    def run(index: int) -> None:
+        try:
+            start.wait()
+            results[index] = work(index)
+        except BaseException as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    if errors:
+        raise errors[0]
+    return results

@@ -1,0 +1,375 @@
+"""The wiki's consistency check, ``flask wiki check``, and the wiki under
+concurrent edits that share words and tags (the slow test).
+
+The unit tests build a small wiki through the models, break one derived
+structure at a time, and expect the check to say exactly what broke.  The
+slow test runs six editors against ``gunicorn -w 4`` and a storage server,
+then asks ``flask wiki check`` (against the same server) whether the
+indexes still agree with the pages.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+from flask import Flask
+from server_process import ServerProcess
+
+from durus.error import ReadConflictError
+from durus.persistent_set import PersistentSet
+from example_app import consistency, create_app
+from example_app.consistency import check_wiki, inspect_wiki
+from example_app.database import current_wiki
+from tests.support.wiki_site import FAST_HASH, ROOT, Client, Gunicorn, run_clients
+
+
+def make_app(tmp_path, storage: str = "memory://") -> Flask:
+    return create_app({"DURUS_STORAGE": storage, "PASSWORD_HASH_METHOD": FAST_HASH, "SECRET_KEY": "test"},
+                      instance_path=str(tmp_path / "instance"))
+
+
+def build(app: Flask) -> None:
+    """Two accounts, two pages, three revisions; words and tags that come and go."""
+    with app.app_context():
+        wiki = current_wiki()
+        ann = wiki.add_user("ann", "long password", FAST_HASH)
+        bob = wiki.add_user("Bob", "long password", FAST_HASH)
+        wiki.create_page("apples", "Apples", "Red fruit grows on trees.", ["fruit"], ann)
+        bananas = wiki.create_page("bananas", "Bananas", "Yellow fruit grows in bunches.", ["fruit", "tropical"], bob)
+        wiki.edit_page(bananas, 1, "Bananas", "Green fruit when picked.", ["tropical"], "greener", ann)
+        app.extensions["durus"].connection.commit()
+
+
+@pytest.fixture
+def app(tmp_path) -> Flask:
+    app = make_app(tmp_path)
+    build(app)
+    return app
+
+
+def problems_after(app: Flask, damage) -> list[str]:
+    """Commit ``damage(wiki)``, then check the wiki on a fresh transaction."""
+    with app.app_context():
+        damage(current_wiki())
+        app.extensions["durus"].connection.commit()
+    with app.app_context():
+        return check_wiki(app.extensions["durus"].root)
+
+
+def test_a_consistent_wiki_passes(app):
+    with app.app_context():
+        result = inspect_wiki(app.extensions["durus"].root)
+        assert result.problems == []
+        assert result.counts == {"pages": 2, "revisions": 3, "users": 2, "words": 10, "tags": 2}
+        assert check_wiki({}) == []  # no wiki yet: nothing is inconsistent
+
+
+def _move_recent(wiki):
+    key, revision = wiki.recent.get_max_item()
+    del wiki.recent[key]
+    wiki.recent[(key[0] + 1, key[1])] = revision
+
+
+def _file_user(wiki):
+    user = wiki.users["ann"]
+    del wiki.users["ann"]
+    wiki.users["anne"] = user
+
+
+def _rehtml(wiki):
+    wiki.pages["apples"].current.html = "<p>Something else</p>"
+
+
+DAMAGE = {
+    "lost posting": (
+        lambda wiki: wiki.words["fruit"].discard("bananas"),
+        ["search index: the entry for 'fruit' lacks page 'bananas', whose current revision has that word"]),
+    "lost word entry": (
+        lambda wiki: wiki.words.__delitem__("green"),
+        ["search index: no entry for the word 'green', which page 'bananas' has"]),
+    "stale posting": (
+        lambda wiki: wiki.words["red"].add("bananas"),
+        ["search index: the entry for 'red' lists page 'bananas', whose current revision lacks that word"]),
+    "stale word entry": (
+        lambda wiki: wiki.words.__setitem__("yellow", PersistentSet(["bananas"])),
+        ["search index: the entry for 'yellow' lists page 'bananas', whose current revision lacks that word"]),
+    "empty word entry": (
+        lambda wiki: wiki.words.__setitem__("nothing", PersistentSet()),
+        ["search index: the entry for 'nothing' is empty (empty entries are removed)"]),
+    "lost tag entry": (
+        lambda wiki: wiki.tags.__delitem__("tropical"),
+        ["tag index: no entry for the tag 'tropical', which page 'bananas' has"]),
+    "posting of no page": (
+        lambda wiki: wiki.tags["fruit"].add("cherries"),
+        ["tag index: the entry for 'fruit' lists page 'cherries', which the wiki does not have"]),
+    "stale tag posting": (
+        lambda wiki: wiki.tags["fruit"].add("bananas"),
+        ["tag index: the entry for 'fruit' lists page 'bananas', whose current revision lacks that tag"]),
+    "revision missing from the log": (
+        lambda wiki: wiki.recent.__delitem__(wiki.recent.get_max_item()[0]),
+        ["recent changes: revision 2 of 'bananas' is missing"]),
+    "log entry under a wrong key": (
+        _move_recent,
+        [re.compile(r"recent changes: revision 2 of 'bananas' saved at [\d.]+ is filed under \([\d.]+, 'bananas'\)")]),
+    "account under a wrong key": (_file_user, ["users: the account 'ann' is filed under 'anne'"]),
+    "author without an account": (
+        lambda wiki: wiki.users.__delitem__("bob"),
+        ["page 'bananas': revision 1 was written by 'Bob', who has no account"]),
+    "stale HTML": (_rehtml, ["page 'apples': revision 1's stored HTML is not its text rendered"]),
+    "current is not the newest": (
+        lambda wiki: setattr(wiki.pages["bananas"], "current", wiki.pages["bananas"].revisions[1]),
+        ["page 'bananas': its current revision is 1, but its newest is 2",
+         # and the indexes follow revision 2, not the current one:
+         "search index: no entry for the word 'bunches', which page 'bananas' has",
+         "search index: the entry for 'green' lists page 'bananas', whose current revision lacks that word",
+         "search index: the entry for 'grows' lacks page 'bananas', whose current revision has that word",
+         "search index: no entry for the word 'in', which page 'bananas' has",
+         "search index: the entry for 'picked' lists page 'bananas', whose current revision lacks that word",
+         "search index: the entry for 'when' lists page 'bananas', whose current revision lacks that word",
+         "search index: no entry for the word 'yellow', which page 'bananas' has",
+         "tag index: the entry for 'fruit' lacks page 'bananas', whose current revision has that tag"]),
+}
+
+
+@pytest.mark.parametrize("name", list(DAMAGE))
+def test_each_kind_of_damage_is_reported_exactly(app, name):
+    damage, expected = DAMAGE[name]
+    problems = problems_after(app, damage)
+    assert len(problems) == len(expected), problems
+    for want in expected:
+        if isinstance(want, str):
+            assert want in problems, problems
+        else:
+            assert any(want.fullmatch(problem) for problem in problems), problems
+
+
+def test_every_difference_is_reported_at_once(app):
+    def damage(wiki):
+        wiki.words["fruit"].discard("apples")
+        wiki.words["fruit"].discard("bananas")  # emptied, and both pages lost from it
+        del wiki.tags["tropical"]
+        wiki.words["trees"].add("bananas")
+    problems = problems_after(app, damage)
+    assert problems == [
+        "search index: the entry for 'fruit' is empty (empty entries are removed)",
+        "search index: the entry for 'fruit' lacks pages 'apples', 'bananas', whose current revision has that word",
+        "search index: the entry for 'trees' lists page 'bananas', whose current revision lacks that word",
+        "tag index: no entry for the tag 'tropical', which page 'bananas' has",
+    ]
+
+
+# -- flask wiki check ---------------------------------------------------------------------
+
+
+def test_cli_says_a_consistent_wiki_is_consistent(app):
+    result = app.test_cli_runner().invoke(args=["wiki", "check"])
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "The wiki is consistent: 2 pages, 3 revisions, 2 users, 10 indexed words, 2 tags.\n")
+
+
+def test_cli_lists_every_problem_and_fails(app):
+    problems_after(app, lambda wiki: (wiki.words.__delitem__("green"), wiki.tags["fruit"].add("cherries")))
+    result = app.test_cli_runner().invoke(args=["wiki", "check"])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        "search index: no entry for the word 'green', which page 'bananas' has",
+        "tag index: the entry for 'fruit' lists page 'cherries', which the wiki does not have",
+        "The wiki is inconsistent: 2 problems in 2 pages, 3 revisions, 2 users, 9 indexed words, 2 tags.",
+    ]
+
+
+def test_cli_reads_again_after_a_conflict_and_gives_up_after_a_few(app, monkeypatch):
+    real = consistency.inspect_wiki
+    calls = []
+
+    def conflicting(root, fail=1):
+        calls.append(1)
+        if len(calls) <= fail:
+            raise ReadConflictError([b"\0" * 8])
+        return real(root)
+
+    monkeypatch.setattr(consistency, "inspect_wiki", conflicting)
+    result = app.test_cli_runner().invoke(args=["wiki", "check"])
+    assert (result.exit_code, len(calls)) == (0, 2), result.output
+
+    calls.clear()
+    monkeypatch.setattr(consistency, "inspect_wiki", lambda root: conflicting(root, fail=99))
+    result = app.test_cli_runner().invoke(args=["wiki", "check"])
+    assert result.exit_code == 1
+    assert len(calls) == consistency.CHECK_ATTEMPTS
+    assert "kept changing while it was read" in result.output
+
+
+def test_cli_on_memory_storage_this_process_never_opened(tmp_path):
+    result = make_app(tmp_path).test_cli_runner().invoke(args=["wiki", "check"])
+    assert result.exit_code == 0
+    assert "nothing to check" in result.output
+
+
+def test_cli_beside_a_running_app_on_the_embedded_file(tmp_path):
+    """The file is locked by the app serving it (as by `flask run`): the check reads it read-only."""
+    data = tmp_path / "instance" / "data.durus"
+    serving = make_app(tmp_path, f"file://{data}")
+    build(serving)  # its pool keeps the file open and locked
+    with serving.app_context():
+        del current_wiki().words["green"]
+        serving.extensions["durus"].connection.commit()
+    result = make_app(tmp_path, f"file://{data}").test_cli_runner().invoke(args=["wiki", "check"])
+    assert result.exit_code == 1
+    assert "search index: no entry for the word 'green'" in result.output
+    serving.extensions["durus"].close(serving)
+
+    missing = make_app(tmp_path, f"file://{tmp_path / 'nothing.durus'}").test_cli_runner()
+    result = missing.invoke(args=["wiki", "check"])
+    assert result.exit_code == 1 and "There is no data file" in result.output
+
+
+def test_cli_through_a_storage_server(tmp_path):
+    with ServerProcess(tmp_path / "data.durus", log_path=tmp_path / "server.log") as server:
+        app = make_app(tmp_path, f"durus://127.0.0.1:{server.address[1]}")
+        build(app)
+        runner = app.test_cli_runner()
+        assert runner.invoke(args=["wiki", "check"]).exit_code == 0
+        with app.app_context():
+            current_wiki().words["red"].add("bananas")
+            app.extensions["durus"].connection.commit()
+        result = runner.invoke(args=["wiki", "check"])
+        assert result.exit_code == 1
+        assert result.output.splitlines()[0] == (
+            "search index: the entry for 'red' lists page 'bananas', whose current revision lacks that word")
+        app.extensions["durus"].close(app)
+
+
+# -- six editors, shared words, gunicorn -w 4 ------------------------------------------------
+
+EDITORS = 6
+EDITS = 80  # per editor
+EDIT_SECONDS = 75.0  # editors stop early rather than run past this
+# Few enough that a word is often in one page only, so edits empty its
+# entry (deleting it) while others add to it, or make it anew.
+VOCABULARY = ("amber", "birch", "cedar", "dune", "ember", "fjord", "grove", "heron", "iris", "juniper")
+TAGS = ("north", "south", "east", "west")
+MAX_409_SHARE = 0.05
+
+
+def shared_text(chooser: random.Random, editor: int, edit: int) -> tuple[str, str]:
+    """The text and tags of an edit: one to three shared words, zero to two shared tags."""
+    chosen = chooser.sample(VOCABULARY, chooser.randint(1, 3))
+    return (f"Editor {editor} wrote about {' and '.join(chosen)} (edit {edit}).",
+            " ".join(chooser.sample(TAGS, chooser.randint(0, 2))))
+
+
+def flask_wiki_check(web: Gunicorn) -> subprocess.CompletedProcess:
+    """``flask wiki check`` in its own process, on the server the workers use."""
+    return subprocess.run(
+        [sys.executable, "-m", "flask", "--app", web.app_spec, "wiki", "check"],
+        env=web.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_six_editors_sharing_words_keep_the_wiki_consistent(tmp_path):
+    """Six editors, each editing its own page, whose words and tags the others share.
+
+    Every edit must be saved (302) or, rarely, refused after the replays
+    (409); never a 500.  Then the indexes must agree with the pages (``flask
+    wiki check``), every page must still be editable, and no edit may have
+    met a damaged index on the way (the app logs those and carries on).
+    """
+    server = ServerProcess(tmp_path / "data.durus", log_path=tmp_path / "server.log").start()
+    try:
+        web = Gunicorn(tmp_path, f"durus://127.0.0.1:{server.address[1]}")
+        try:
+            _six_editors(web)
+        finally:
+            web.stop()
+    finally:
+        server.stop()
+
+
+def _six_editors(web: Gunicorn) -> None:
+    clients = [Client(web.port) for _ in range(EDITORS)]
+    titles = [f"Shared words {i}" for i in range(EDITORS)]
+    slugs = [f"shared-words-{i}" for i in range(EDITORS)]
+    for i, client in enumerate(clients):
+        assert client.signup(f"editor{i}").status == 302
+        text, tags = shared_text(random.Random(f"start {i}"), i, 0)
+        created = client.post_form("/new", {"title": titles[i], "text": text, "tags": tags})
+        assert created.status == 302, created.text[:500]
+
+    deadline = time.monotonic() + EDIT_SECONDS
+    errors: list[str] = []
+
+    def editor(i: int) -> tuple[Counter, Counter, int]:
+        chooser = random.Random(f"editor {i}")
+        forms, saves, saved = Counter(), Counter(), 0
+        for edit in range(1, EDITS + 1):
+            if time.monotonic() > deadline:
+                break
+            text, tags = shared_text(chooser, i, edit)
+            form, answer = clients[i].edit_current(slugs[i], titles[i], text, tags)
+            forms[form.status] += 1
+            if answer is None:
+                errors.append(f"editor {i}, edit {edit}: the form answered {form.status}: {form.text[:300]}")
+                continue
+            saves[answer.status] += 1
+            if answer.status == 302:
+                saved += 1
+            elif answer.status == 409 and "while you were editing" in answer.text:
+                errors.append(f"editor {i}, edit {edit}: an edit conflict on its own page")
+            elif answer.status != 409 and len(errors) < 20:
+                errors.append(f"editor {i}, edit {edit}: {answer.status}: {answer.text[:300]}")
+        return forms, saves, saved
+
+    started = time.monotonic()
+    results = run_clients(EDITORS, editor, timeout=EDIT_SECONDS + 60)
+    elapsed = time.monotonic() - started
+    forms = sum((result[0] for result in results), Counter())
+    saves = sum((result[1] for result in results), Counter())
+    attempted = sum(saves.values())
+    findings: list[str] = []
+    print(f"\n{attempted} edits by {EDITORS} editors in {elapsed:.1f} s; "
+          f"edit forms answered {dict(forms)}, edits answered {dict(saves)}")
+    if forms.keys() - {200} or saves.keys() - {302, 409}:
+        findings.append(f"statuses other than 200 (forms) and 302/409 (edits): forms {dict(forms)}, "
+                        f"edits {dict(saves)}; the first ones:\n" + "\n".join(errors[:5]))
+    if saves[409] > MAX_409_SHARE * attempted:
+        findings.append(f"{saves[409]} of {attempted} edits answered 409 (over {MAX_409_SHARE:.0%})")
+    if attempted < EDITORS * EDITS // 2:
+        findings.append(f"only {attempted} edits in {EDIT_SECONDS:.0f} s")
+
+    # Every saved edit is one revision: 1 (the creation) + those saved.
+    for i, (slug, (_, _, saved)) in enumerate(zip(slugs, results)):
+        history = clients[i].get(f"/wiki/{slug}/history")
+        counted = re.search(r"(\d+) revisions", history.text)
+        if history.status != 200 or not counted or int(counted.group(1)) != 1 + saved:
+            findings.append(f"{slug}: {counted and counted.group(1)} revisions "
+                            f"(history answered {history.status}), but 1 + {saved} saved")
+
+    checked = flask_wiki_check(web)
+    print(f"flask wiki check: exit {checked.returncode}, {checked.stdout.strip().splitlines()[-1:]}")
+    if checked.returncode != 0:
+        problems = checked.stdout.strip().splitlines()
+        findings.append(f"flask wiki check exited {checked.returncode} after the editors: "
+                        f"{len(problems) - 1} problems:\n" + "\n".join(problems[:15]) + checked.stderr[-2000:])
+
+    # Still editable: an edit that drops every shared word and tag.
+    for i, client in enumerate(clients):
+        _, answer = client.edit_current(slugs[i], titles[i], f"Editor {i} is done.")
+        if answer is None or answer.status != 302:
+            findings.append(f"{slugs[i]} cannot be edited any more: "
+                            f"{answer.status if answer else 'no form'}: {answer.text[:300] if answer else ''}")
+    warnings = [line for line in web.log.read_text(errors="replace").splitlines() if "is inconsistent" in line]
+    if warnings:
+        findings.append(f"{len(warnings)} edits met a damaged index, the first: {warnings[0]}")
+    final = flask_wiki_check(web)
+    if final.returncode != 0:
+        findings.append(f"flask wiki check exited {final.returncode} after the final edits: "
+                        + "\n".join(final.stdout.splitlines()[:5]))
+    assert not findings, "\n".join(findings)
