@@ -54,3 +54,42 @@ class ReadConflictError(ConflictError):
 
 class ProtocolError(DurusError):
     """The peer broke the storage server's wire protocol."""
+
+
+class DamagedRecordError(DurusError):
+    """A stored record cannot be read back: its class pickle, its compressed
+    state or its state pickle is damaged.
+
+    Attributes: ``problem``, what failed, as a phrase; ``oid``, the record's
+    8-byte oid, or None where the reader did not know it; ``location``,
+    where the record is stored (as a storage describes it, e.g. a byte
+    offset in a file), or None.  The reader that finds the damage often
+    knows neither; whoever asked for the record adds them with
+    :meth:`for_record`.  ``durus --check`` lists every damaged record of a
+    file.
+    """
+
+    def __init__(self, problem: str, oid: bytes | None = None, location: str | None = None) -> None:
+        super().__init__(problem, oid, location)
+        self.problem = problem
+        self.oid = oid
+        self.location = location
+
+    def for_record(self, oid: bytes | None, location: str | None = None) -> DamagedRecordError:
+        """A copy naming the record's ``oid`` and ``location``, with the same
+        cause, to raise in place of this one; this error itself if it names
+        an oid already (another record's, met by a nested load).
+        """
+        if self.oid is not None:
+            return self
+        copy = type(self)(self.problem, oid, location)
+        copy.__cause__ = self.__cause__
+        return copy
+
+    def __str__(self) -> str:
+        if self.oid is None:
+            record = "a record"
+        else:
+            record = f"the record of oid {int.from_bytes(self.oid, 'big')}"
+        where = f" ({self.location})" if self.location else ""
+        return f"{record}{where} is damaged: {self.problem}"

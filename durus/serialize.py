@@ -13,6 +13,12 @@ very bytes ``zlib.compress(state, 0)`` gives, framed here at the cost of an
 Adler-32.  Readers tell a zlib stream from a plain pickle by the first byte
 (``0x78`` for the default window, ``0x80`` for a protocol-2 pickle) and read
 both.
+
+A record that cannot be read raises :class:`~durus.error.DamagedRecordError`,
+saying which part failed: the class pickle, the zlib stream (its checksum or
+its framing) or the state pickle.  The reader seldom knows the record's oid;
+the caller names it with ``error.for_record(oid, record_location(storage,
+oid))``.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pickle import UnpicklingError
 from pickle import loads as _loads
 from typing import TYPE_CHECKING, Any, Callable
 
+from durus.error import DamagedRecordError, DurusError
 from durus.persistent import PersistentObject, real_class
 from durus.record import pack_record, split_oids, unpack_record
 from durus.speedups import speedups
@@ -37,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ObjectReader",
     "ObjectWriter",
+    "record_location",
     "pack_record",
     "split_oids",
     "unpack_record",
@@ -76,28 +84,71 @@ def class_memo(cls: type) -> Any:
         return memo
 
 
+# What unpickling raises for bytes that are not a good pickle.  What
+# application code raises while its objects are rebuilt (ImportError or
+# AttributeError for a class that is gone, say) is not damage and passes
+# through as it is, as does any DurusError (a nested load's).
+_UNPICKLING_ERRORS = (UnpicklingError, EOFError, ValueError, KeyError, IndexError, TypeError, OverflowError)
+
+
+def _unpickling_failed(part: str, error: BaseException) -> DamagedRecordError:
+    return DamagedRecordError(f"{part} fails to unpickle ({type(error).__name__}: {error})")
+
+
 def split_data(data: bytes) -> tuple[type, bytes]:
-    """Split record data into the class and the (decompressed) state pickle."""
-    end = _class_pickle_end(data)
-    prefix = data[:end]
-    try:
-        cls = _classes_by_pickle[prefix]
-    except KeyError:
-        cls = pickle.loads(prefix)
-        if not isinstance(cls, type):
-            raise ValueError(f"record data does not start with a class pickle: {prefix[:60]!r}")
-        _classes_by_pickle[prefix] = cls
+    """Split record data into the class and the (decompressed) state pickle;
+    DamagedRecordError if either cannot be read.
+    """
+    cls, end = _read_class(data)
     state = data[end:]
     if state[:1] == b"x":
         state = _decompress(state)
     return cls, state
 
 
+def _read_class(data: bytes) -> tuple[type, int]:
+    """The class named by the class pickle at the start of ``data``, and
+    where that pickle ends.
+    """
+    try:
+        end = _class_pickle_end(data)
+        prefix = data[:end]
+        cls = _classes_by_pickle.get(prefix)
+        if cls is not None:
+            return cls, end
+        cls = pickle.loads(prefix)
+    except DurusError:
+        raise
+    except _UNPICKLING_ERRORS as error:
+        raise _unpickling_failed("its class pickle", error) from error
+    if not isinstance(cls, type):
+        raise DamagedRecordError(f"its data does not start with a class pickle: {data[:60]!r}")
+    _classes_by_pickle[prefix] = cls
+    return cls, end
+
+
 def _decompress(state: bytes) -> bytes:
+    # No pickle starts with 0x78: a stream that fails to decompress is damaged.
     try:
         return zlib.decompress(state)
-    except zlib.error:
-        return state  # not compressed after all; let the unpickler judge
+    except zlib.error as error:
+        raise DamagedRecordError(
+            f"its state fails to decompress (zlib checksum or stream error: {error})") from error
+
+
+def record_location(storage: object, oid: bytes) -> str | None:
+    """Where ``storage`` keeps the record of ``oid``, as its
+    ``describe_record(oid)`` says (a file storage names the file and byte
+    offset), or None where it cannot say.  Only for error messages: it
+    never raises.
+    """
+    describe = getattr(storage, "describe_record", None)
+    if describe is None:
+        return None
+    try:
+        return describe(oid)
+    except Exception:
+        return None
 
 
 def extract_class_name(record: bytes) -> str:
@@ -358,7 +409,8 @@ class ObjectReader:
         self._busy = False
 
     def get_class(self, data: bytes) -> type:
-        return split_data(data)[0]
+        """The class of the object in record ``data`` (its state is not read)."""
+        return _read_class(data)[0]
 
     def get_state(self, data: bytes, cls: type | None = None, refers: bool = True) -> Any:
         """The state in ``data``, its references resolved through the cache.
@@ -370,6 +422,10 @@ class ObjectReader:
         read it, at half the cost.  What that cannot read (a Durus 4.3 state
         naming its class by memo, or a persistent id after all) is read as
         any other state.
+
+        Raises DamagedRecordError, naming neither oid nor location (the
+        caller adds them), if the class pickle, the zlib stream or the state
+        pickle is damaged.
         """
         prefix = None if cls is None else (_class_pickles.get(cls) or class_pickle(cls))
         if prefix is not None and data.startswith(prefix):
@@ -383,7 +439,11 @@ class ObjectReader:
             try:
                 return _loads(state)
             except UnpicklingError:
-                pass
+                pass  # read below, where a damaged state is reported
+            except DurusError:
+                raise
+            except _UNPICKLING_ERRORS as error:
+                raise _unpickling_failed("its state pickle", error) from error
         if self._busy:
             # Unpickling made something load another object (a __hash__ or
             # __setstate__ that reads a ghost, say): use a fresh unpickler.
@@ -399,6 +459,10 @@ class ObjectReader:
         busy, self._busy = self._busy, True
         try:
             return unpickler.load()
+        except DurusError:
+            raise
+        except _UNPICKLING_ERRORS as error:
+            raise _unpickling_failed("its state pickle", error) from error
         finally:
             # The memo would keep what the state holds alive; the source
             # keeps only the state's bytes, till the next load.
@@ -406,5 +470,7 @@ class ObjectReader:
             self._busy = busy
 
     def get_state_pickle(self, data: bytes) -> bytes:
-        """The decompressed state pickle, unpickled by no one."""
+        """The decompressed state pickle, unpickled by no one; DamagedRecordError
+        if the class pickle or the zlib stream is damaged.
+        """
         return split_data(data)[1]
