@@ -14,6 +14,7 @@ import random
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -21,6 +22,8 @@ import pytest
 from flask import Flask
 from server_process import ServerProcess
 
+from durus.client_storage import ClientStorage
+from durus.connection import Connection
 from durus.error import ReadConflictError
 from durus.persistent_set import PersistentSet
 from example_app import consistency, create_app
@@ -250,7 +253,7 @@ def test_cli_through_a_storage_server(tmp_path):
 # -- six editors, shared words, gunicorn -w 4 ------------------------------------------------
 
 EDITORS = 6
-EDITS = 80  # per editor
+ROUNDS, EDITS_PER_ROUND = 5, 20  # 100 edits per editor, the wiki checked after each round
 EDIT_SECONDS = 75.0  # editors stop early rather than run past this
 # Few enough that a word is often in one page only, so edits empty its
 # entry (deleting it) while others add to it, or make it anew.
@@ -266,6 +269,15 @@ def shared_text(chooser: random.Random, editor: int, edit: int) -> tuple[str, st
             " ".join(chooser.sample(TAGS, chooser.randint(0, 2))))
 
 
+def check_through_server(address: tuple[str, int]) -> list[str]:
+    """:func:`check_wiki` on a connection of its own to the storage server."""
+    storage = ClientStorage(address=address)
+    try:
+        return check_wiki(Connection(storage).get_root())
+    finally:
+        storage.close()
+
+
 def flask_wiki_check(web: Gunicorn) -> subprocess.CompletedProcess:
     """``flask wiki check`` in its own process, on the server the workers use."""
     return subprocess.run(
@@ -273,27 +285,34 @@ def flask_wiki_check(web: Gunicorn) -> subprocess.CompletedProcess:
         env=web.env, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
+def kinds(problems: list[str]) -> Counter:
+    """Problems counted by kind (their quoted names left out)."""
+    return Counter(re.sub(r"'[^']*'", "_", problem) for problem in problems)
+
+
 @pytest.mark.slow
 def test_six_editors_sharing_words_keep_the_wiki_consistent(tmp_path):
     """Six editors, each editing its own page, whose words and tags the others share.
 
     Every edit must be saved (302) or, rarely, refused after the replays
-    (409); never a 500.  Then the indexes must agree with the pages (``flask
-    wiki check``), every page must still be editable, and no edit may have
-    met a damaged index on the way (the app logs those and carries on).
+    (409); never a 500.  The indexes must agree with the pages after every
+    round of edits (the check through a connection of its own) and at the
+    end (``flask wiki check``); every page must still be editable, and no
+    edit may have met a damaged index on the way (the app logs those and
+    carries on, and a later edit may repair what the check would have seen).
     """
     server = ServerProcess(tmp_path / "data.durus", log_path=tmp_path / "server.log").start()
     try:
         web = Gunicorn(tmp_path, f"durus://127.0.0.1:{server.address[1]}")
         try:
-            _six_editors(web)
+            _six_editors(server, web)
         finally:
             web.stop()
     finally:
         server.stop()
 
 
-def _six_editors(web: Gunicorn) -> None:
+def _six_editors(server: ServerProcess, web: Gunicorn) -> None:
     clients = [Client(web.port) for _ in range(EDITORS)]
     titles = [f"Shared words {i}" for i in range(EDITORS)]
     slugs = [f"shared-words-{i}" for i in range(EDITORS)]
@@ -305,26 +324,34 @@ def _six_editors(web: Gunicorn) -> None:
 
     deadline = time.monotonic() + EDIT_SECONDS
     errors: list[str] = []
+    checks: list[list[str]] = []  # the check's problems after each round
+
+    def check_round() -> None:  # run by the last editor to finish a round, the others waiting
+        checks.append(check_through_server(server.address))
+
+    between_rounds = threading.Barrier(EDITORS, action=check_round, timeout=EDIT_SECONDS + 60)
 
     def editor(i: int) -> tuple[Counter, Counter, int]:
         chooser = random.Random(f"editor {i}")
         forms, saves, saved = Counter(), Counter(), 0
-        for edit in range(1, EDITS + 1):
-            if time.monotonic() > deadline:
-                break
+        for edit in range(1, ROUNDS * EDITS_PER_ROUND + 1):
             text, tags = shared_text(chooser, i, edit)
             form, answer = clients[i].edit_current(slugs[i], titles[i], text, tags)
             forms[form.status] += 1
             if answer is None:
                 errors.append(f"editor {i}, edit {edit}: the form answered {form.status}: {form.text[:300]}")
-                continue
-            saves[answer.status] += 1
-            if answer.status == 302:
-                saved += 1
-            elif answer.status == 409 and "while you were editing" in answer.text:
-                errors.append(f"editor {i}, edit {edit}: an edit conflict on its own page")
-            elif answer.status != 409 and len(errors) < 20:
-                errors.append(f"editor {i}, edit {edit}: {answer.status}: {answer.text[:300]}")
+            else:
+                saves[answer.status] += 1
+                if answer.status == 302:
+                    saved += 1
+                elif answer.status == 409 and "while you were editing" in answer.text:
+                    errors.append(f"editor {i}, edit {edit}: an edit conflict on its own page")
+                elif answer.status != 409:
+                    errors.append(f"editor {i}, edit {edit}: {answer.status}: {answer.text[:300]}")
+            if edit % EDITS_PER_ROUND == 0:
+                between_rounds.wait()
+                if time.monotonic() > deadline:
+                    break  # every editor sees the same clock here, after the same round
         return forms, saves, saved
 
     started = time.monotonic()
@@ -334,15 +361,23 @@ def _six_editors(web: Gunicorn) -> None:
     saves = sum((result[1] for result in results), Counter())
     attempted = sum(saves.values())
     findings: list[str] = []
-    print(f"\n{attempted} edits by {EDITORS} editors in {elapsed:.1f} s; "
-          f"edit forms answered {dict(forms)}, edits answered {dict(saves)}")
+    print(f"\n{attempted} edits by {EDITORS} editors in {len(checks)} rounds, {elapsed:.1f} s; "
+          f"edit forms answered {dict(forms)}, edits answered {dict(saves)}; problems after each round: "
+          f"{[len(problems) for problems in checks]}")
     if forms.keys() - {200} or saves.keys() - {302, 409}:
         findings.append(f"statuses other than 200 (forms) and 302/409 (edits): forms {dict(forms)}, "
                         f"edits {dict(saves)}; the first ones:\n" + "\n".join(errors[:5]))
     if saves[409] > MAX_409_SHARE * attempted:
         findings.append(f"{saves[409]} of {attempted} edits answered 409 (over {MAX_409_SHARE:.0%})")
-    if attempted < EDITORS * EDITS // 2:
+    if attempted < EDITORS * ROUNDS * EDITS_PER_ROUND // 2:
         findings.append(f"only {attempted} edits in {EDIT_SECONDS:.0f} s")
+    damaged = [(round, problems) for round, problems in enumerate(checks, 1) if problems]
+    if damaged:
+        found = kinds([problem for _, problems in damaged for problem in problems])
+        findings.append(
+            f"the check found problems after {len(damaged)} of {len(checks)} rounds; by kind, over all rounds: "
+            + "; ".join(f"{count} x {kind}" for kind, count in found.most_common())
+            + f"\nafter round {damaged[0][0]}:\n  " + "\n  ".join(damaged[0][1][:10]))
 
     # Every saved edit is one revision: 1 (the creation) + those saved.
     for i, (slug, (_, _, saved)) in enumerate(zip(slugs, results)):
@@ -355,9 +390,8 @@ def _six_editors(web: Gunicorn) -> None:
     checked = flask_wiki_check(web)
     print(f"flask wiki check: exit {checked.returncode}, {checked.stdout.strip().splitlines()[-1:]}")
     if checked.returncode != 0:
-        problems = checked.stdout.strip().splitlines()
-        findings.append(f"flask wiki check exited {checked.returncode} after the editors: "
-                        f"{len(problems) - 1} problems:\n" + "\n".join(problems[:15]) + checked.stderr[-2000:])
+        findings.append(f"flask wiki check exited {checked.returncode} after the editors:\n"
+                        + checked.stdout[-3000:] + checked.stderr[-2000:])
 
     # Still editable: an edit that drops every shared word and tag.
     for i, client in enumerate(clients):
@@ -370,6 +404,6 @@ def _six_editors(web: Gunicorn) -> None:
         findings.append(f"{len(warnings)} edits met a damaged index, the first: {warnings[0]}")
     final = flask_wiki_check(web)
     if final.returncode != 0:
-        findings.append(f"flask wiki check exited {final.returncode} after the final edits: "
-                        + "\n".join(final.stdout.splitlines()[:5]))
+        findings.append(f"flask wiki check exited {final.returncode} after the final edits:\n"
+                        + final.stdout[-2000:] + final.stderr[-2000:])
     assert not findings, "\n".join(findings)
