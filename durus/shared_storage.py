@@ -22,6 +22,9 @@ server.  There is one implementation of the rules, here:
   given is refused.  The one exception: while no root is stored, oid 0 goes
   back to be handed out again when the session holding it closes, since a
   Connection creates the root with the first oid it receives.
+- References: a commit whose records refer to an oid that has no record,
+  is not stored by the same commit and was never handed out is refused, so
+  no client can write a reference that dangles from the start.
 - Durability: a commit returns once it is on disk.  With a storage that can
   defer its disk sync, commits written while a sync is underway share the
   next one (group commit).
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 
 from durus.error import (
@@ -48,14 +52,32 @@ log = logging.getLogger("durus.storage_server")
 DEFAULT_MAX_GIVEN_OIDS = 1_000_000
 
 
-def _referred_oids(records: dict[bytes, bytes]) -> set[bytes]:
-    """The oids the records refer to."""
-    return {oid for record in records.values() for oid in split_oids(record_refs(record))}
+def _record_test(storage: Storage) -> Callable[[bytes], bool]:
+    """A test of whether ``storage`` holds a record for an oid, as cheap as
+    the storage allows: ``oid in storage`` where it supports that, a look at
+    a FileStorage's index, else a load.
+    """
+    if hasattr(type(storage), "__contains__"):
+        return storage.__contains__  # type: ignore[attr-defined]
+    if hasattr(storage, "shelf"):
+        # A FileStorage: its shelf is the index (replaced by a pack, so
+        # looked up each time).
+        return lambda oid: oid in storage.shelf  # type: ignore[attr-defined]
+
+    def has_record(oid: bytes) -> bool:
+        try:
+            storage.load(oid)
+        except DurusKeyError:
+            return False
+        return True
+
+    return has_record
 
 
 class RequestRefusedError(DurusError):
     """A session asked for something the rules forbid: a record for an oid it
-    was never given, a commit to a read-only storage, too many unused oids.
+    was never given, a reference to an oid never handed out, a commit to a
+    read-only storage, too many unused oids.
 
     Nothing of a refused commit is written; the server drops such a client.
     """
@@ -118,7 +140,9 @@ class SharedStorage:
     - ``readonly``: commits are refused.
     - ``gcbytes``: start a pack after this many committed bytes (0: never).
     - ``bytes_since_pack``: bytes committed since the last pack finished.
-    - ``max_given_oids``: how many unused oids one session may hold.
+    - ``max_given_oids``: how many unused oids one session may hold, and
+      how many oids that closed sessions left unused are remembered (a
+      commit may refer to those).
     - ``group_sync``: the :class:`GroupSync` that makes commits durable.
     """
 
@@ -139,6 +163,12 @@ class SharedStorage:
         self._committer: StorageSession | None = None
         self._sessions: set[StorageSession] = set()
         self._given_to: dict[bytes, StorageSession] = {}
+        # Oids sessions that closed were given and did not use, oldest first:
+        # handed out, so a commit may refer to them.  (Their records are
+        # refused, so they are never stored.)
+        self._left_unused: set[bytes] = set()
+        self._left_unused_order: deque[bytes] = deque()
+        self._has_record = _record_test(storage)
         self._root_returned = False  # oid 0 given, then returned unused
         self._freed_oids: set[bytes] = set()  # packed away; reuse once all know
         self._packer: Iterator[object] | None = None
@@ -243,7 +273,10 @@ class SharedStorage:
             session.given.add(oid)
             return oid
 
-    def _check_records(self, session: StorageSession, records: dict[bytes, bytes]) -> None:
+    def _check_records(self, session: StorageSession, records: dict[bytes, bytes]) -> set[bytes]:
+        """Refuse (RequestRefusedError) a commit the rules forbid; the oids
+        its records refer to that a pack removed, which make it a conflict.
+        """
         if self.readonly:
             raise RequestRefusedError("commit refused: the storage is read-only")
         for oid in records:
@@ -253,12 +286,48 @@ class SharedStorage:
             if owner is not None:
                 raise RequestRefusedError(
                     f"commit refused: oid {oid_to_int(oid)} was given to another client")
-            try:
-                self.storage.load(oid)
-            except DurusKeyError:
+            if not self._has_record(oid):
                 raise RequestRefusedError(
                     f"commit refused: record for oid {oid_to_int(oid)}, which is not stored "
-                    "and which this client was never given") from None
+                    "and which this client was never given")
+        return self._check_refs(records)
+
+    def _check_refs(self, records: dict[bytes, bytes]) -> set[bytes]:
+        """Refuse a commit whose records refer to an oid that has no record,
+        is not stored by this commit and was never handed out (a broken or
+        hostile client: the reference would dangle from the start).
+
+        The oids referred to that a pack removed are returned instead: a
+        client may still hold such an object, stale, not knowing it is gone,
+        so that is a conflict.
+        """
+        given, left_unused, freed, has_record = self._given_to, self._left_unused, self._freed_oids, self._has_record
+        removed = set()
+        for oid, record in records.items():
+            try:
+                refs = split_oids(record_refs(record))
+            except ValueError:
+                raise RequestRefusedError(
+                    f"commit refused: the refs of the record of oid {oid_to_int(oid)} are not whole oids") from None
+            for ref in refs:
+                if ref in records or ref in given or has_record(ref) or ref in left_unused:
+                    continue
+                if ref in freed:
+                    removed.add(ref)
+                    continue
+                raise RequestRefusedError(
+                    f"commit refused: the record of oid {oid_to_int(oid)} refers to oid {oid_to_int(ref)}, "
+                    "which has no record, is not in the commit and was never handed out")
+        return removed
+
+    def _remember_left_unused(self, oid: bytes) -> None:
+        """Remember an oid a closing session did not use, forgetting the
+        oldest beyond ``max_given_oids``.
+        """
+        self._left_unused.add(oid)
+        self._left_unused_order.append(oid)
+        while len(self._left_unused_order) > self.max_given_oids:
+            self._left_unused.discard(self._left_unused_order.popleft())
 
     def _write(self, session: StorageSession, records: dict[bytes, bytes]) -> int:
         storage = self.storage
@@ -327,6 +396,16 @@ class StorageSession(Storage):
             if oid in self.invalid:
                 raise ReadConflictError([oid])
             return self.shared.storage.load(oid)
+
+    def describe_record(self, oid: bytes) -> str | None:
+        """Where the underlying storage keeps ``oid``'s record, if it can say
+        (for error messages; see :func:`durus.serialize.record_location`).
+        """
+        describe = getattr(self.shared.storage, "describe_record", None)
+        if describe is None:
+            return None
+        with self.shared._lock:
+            return describe(oid)
 
     def sync(self) -> list[bytes]:
         with self.shared._lock:
@@ -427,18 +506,20 @@ class StorageSession(Storage):
         serial number for ``shared.group_sync.wait``.
 
         Raises RequestRefusedError (nothing written) for a broken commit, and
-        WriteConflictError for a record of a delivered oid, or, when this
-        session lost its turn, if anything was committed meanwhile, or if
-        a pack finished meanwhile and removed an object the commit stores
-        or refers to.
+        WriteConflictError for a record of a delivered oid, for a reference
+        to an object a pack removed, or, when this session lost its turn, if
+        anything was committed meanwhile, or if a pack finished meanwhile
+        and removed an object the commit stores.
         """
         shared = self.shared
         with shared._lock:
             self._check_open()
             if shared._committer is not self:
                 raise RuntimeError("apply_commit() without the commit turn: claim_commit() first")
-            shared._check_records(self, records)
-            conflicts = [oid for oid in records if oid in self._delivered]
+            # A reference to a removed object would dangle: the client holds
+            # it stale (a Connection checks only what it used), so conflict.
+            conflicts = list(shared._check_records(self, records))
+            conflicts.extend(oid for oid in records if oid in self._delivered)
             if self.invalid:
                 # Others committed after the delivery: what this client read
                 # may be stale, and only it knows what it read.  Oids a pack
@@ -447,8 +528,7 @@ class StorageSession(Storage):
                 # back.
                 removed = self.invalid & shared._freed_oids
                 conflicts.extend(self.invalid - removed)
-                if removed:
-                    conflicts.extend(removed & (records.keys() | _referred_oids(records)))
+                conflicts.extend(removed & records.keys())
             if conflicts:
                 raise WriteConflictError(conflicts)
             return shared._write(self, records)
@@ -487,6 +567,8 @@ class StorageSession(Storage):
                     del shared._given_to[oid]
                     if oid == ROOT_OID:
                         shared._root_returned = True
+                    else:
+                        shared._remember_left_unused(oid)
             self.given.clear()
             self._spare_oids.clear()
             self.invalid.clear()

@@ -236,6 +236,7 @@ def _bad_inputs(client: RawClient, other: RawClient) -> dict[str, bytes]:
         "inconsistent record": b"C" + _frame(int4(8 + 12 + 4) + given + given + int4(9) + b"abcd"),
         "oid never given": b"C" + _commit_bytes({int_to_oid(5000): record(int_to_oid(5000))}),
         "oid given to another": b"C" + _commit_bytes({others: record(others)}),
+        "reference never handed out": b"C" + _commit_bytes({given: record(given, refs=int_to_oid(2**31))}),
         "huge length prefix": b"C" + int4(0xFFFFFFF0),
         "huge bulk load": b"B" + int4(0xFFFFFFF0),
     }
@@ -243,7 +244,8 @@ def _bad_inputs(client: RawClient, other: RawClient) -> dict[str, bytes]:
 
 @pytest.mark.parametrize("kind", [
     "unknown command", "truncated commit data", "record of another oid", "inconsistent record",
-    "oid never given", "oid given to another", "huge length prefix", "huge bulk load",
+    "oid never given", "oid given to another", "reference never handed out", "huge length prefix",
+    "huge bulk load",
 ])
 def test_bad_input_drops_that_client_only(server, kind):
     other = RawClient(server.address)
@@ -256,6 +258,70 @@ def test_bad_input_drops_that_client_only(server, kind):
     assert os.path.getsize(server.file) == size  # nothing of it written
     assert_served_promptly(other)
     assert "dropping client" in server.log()
+
+
+def test_a_commit_referring_to_an_oid_never_handed_out_is_refused(server):
+    """Whether the record is new or the root's, the commit is refused as a
+    whole (one log line), nothing is written, the server keeps serving.
+    """
+    other = RawClient(server.address)
+    size = os.path.getsize(server.file)
+    never = int_to_oid(2**31)
+    for root_too in (False, True):
+        bad = RawClient(server.address)
+        new = bad.new_oids(1)[0]
+        records = {new: record(new, b"new")}
+        if root_too:
+            records[ROOT_OID] = record(ROOT_OID, b"root2", new + never)
+        else:
+            records[new] = record(new, b"new", never)
+        bad.send(b"C")
+        assert bad.read_oids() == []
+        bad.send(_commit_bytes(records))
+        assert bad.is_dropped()
+        assert os.path.getsize(server.file) == size
+        assert other.load(ROOT_OID) == (b"O", record(ROOT_OID, b"root"))
+    refusals = [line for line in server.log().splitlines() if "refers to oid 2147483648" in line]
+    assert len(refusals) == 2 and "dropping client" in refusals[0], refusals
+    assert_served_promptly(other)
+
+
+def test_references_to_stored_new_and_handed_out_oids_pass(server):
+    client = RawClient(server.address)
+    given_elsewhere = RawClient(server.address).new_oids(1)[0]
+    leaving = RawClient(server.address)
+    left_unused = leaving.new_oids(1)[0]
+    leaving.send(b".")
+    assert leaving.is_dropped()
+    new = client.new_oids(1)[0]
+    # Refs to a stored oid, one in the commit, one given to another client
+    # and one a departed client left unused: all were handed out.
+    refs = b"".join(sorted([ROOT_OID, new, given_elsewhere, left_unused]))
+    assert client.commit({new: record(new, b"x", refs)}) == ([], b"O")
+    assert "refers to oid" not in server.log()
+
+
+def test_a_normal_clients_new_objects_pass(tmp_path):
+    from durus.client_storage import ClientStorage
+    from durus.connection import Connection
+    from durus.persistent_list import PersistentList
+    from tests.models import Item
+
+    with ServerProcess(tmp_path / "objects.durus") as server:
+        connection = Connection(ClientStorage(address=server.address))
+        items = PersistentList(Item(str(n)) for n in range(50))
+        for item, following in zip(items, items[1:]):
+            item.value = following
+        connection.get_root()["items"] = items
+        connection.commit()
+        items.append(Item("late", items[0]))
+        connection.commit()
+        connection.get_storage().close()
+        reader = Connection(ClientStorage(address=server.address))
+        assert [item.name for item in reader.get_root()["items"]][-2:] == ["49", "late"]
+        assert reader.get_root()["items"][-1].value is reader.get_root()["items"][0]
+        reader.get_storage().close()
+        assert "refers to oid" not in server.log()
 
 
 def test_replies_to_requests_before_a_bad_one_are_sent(server):
@@ -595,6 +661,66 @@ def test_sessions_refuse_oids_never_given_and_readonly_commits():
     readonly.store(ROOT_OID, record(ROOT_OID))
     with pytest.raises(RequestRefusedError, match="read-only"):
         readonly.end()
+
+
+def test_sessions_refuse_references_to_oids_never_handed_out():
+    shared = SharedStorage(MemoryStorage(), max_given_oids=3)
+    one, two = shared.session(), shared.session()
+    root, new = one.new_oids(2)
+
+    def commit(session, records):
+        session.sync()
+        session.begin()
+        for oid, data in records.items():
+            session.store(oid, data)
+        session.end()
+
+    with pytest.raises(RequestRefusedError, match="record of oid 0 refers to oid 1000, which has no record"):
+        commit(one, {root: record(root, refs=int_to_oid(1000))})
+    commit(one, {root: record(root, refs=new), new: record(new)})  # in the same commit
+    commit(two, {root: record(root, b"again", new)})  # stored
+    # Handed out to another session, open or closed: referring passes.
+    leaving = shared.session()
+    unused = leaving.new_oids(3)
+    commit(two, {root: record(root, b"open", b"".join(unused))})
+    leaving.close()
+    commit(two, {root: record(root, b"closed", b"".join(unused))})
+    # Closed sessions' unused oids are remembered up to max_given_oids.
+    later = shared.session()
+    later.new_oids(2)
+    later.close()
+    refused = 0
+    for oid in unused:
+        try:
+            commit(two, {root: record(root, b"forgotten?", oid)})
+        except RequestRefusedError:
+            refused += 1
+    assert refused == 2
+
+
+def test_a_reference_to_an_object_a_pack_removed_is_a_conflict(tmp_path):
+    from durus.file_storage import FileStorage
+
+    shared = SharedStorage(FileStorage(str(tmp_path / "packed.durus")))
+    one, two = shared.session(), shared.session()
+    root, gone = one.new_oids(2)
+    one.begin()
+    one.store(root, record(root, b"with", gone))
+    one.store(gone, record(gone))
+    one.end()
+    one.begin()
+    one.store(root, record(root, b"without"))
+    one.end()
+    one.pack()
+    assert gone in two.sync()
+    size = os.path.getsize(tmp_path / "packed.durus")
+    two.begin()
+    two.store(root, record(root, b"back", gone))  # a stale client, not a hostile one
+    with pytest.raises(WriteConflictError) as caught:
+        two.end()
+    assert caught.value.oids == [gone]
+    assert os.path.getsize(tmp_path / "packed.durus") == size
+    shared.close()
 
 
 def test_sessions_hold_bounded_unused_oids():
