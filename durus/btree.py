@@ -41,9 +41,11 @@ from collections.abc import ItemsView, Iterable, Iterator, MutableMapping, Value
 from operator import itemgetter
 from typing import Any
 
+from durus.error import ConflictError
 from durus.mapping_names import Durus43MappingNames
-from durus.merge import merge_bnode
+from durus.merge import same
 from durus.persistent import UNSAVED, PersistentObject
+from durus.reads import NO_READS, start_reads
 
 _setattribute = object.__setattr__
 _delattribute = object.__delattr__
@@ -139,24 +141,15 @@ class BNode(PersistentObject):
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         return _ascending(self, _MISSING, True)
 
+    # A node is changed and read only through its BTree, whose operation
+    # log reproduces this transaction's use of it on the committed tree.
+    _p_changes_replayed = True
+
     def __getstate__(self) -> dict[str, Any]:
         state = PersistentObject.__getstate__(self)
         if not WRITE_NODE_COUNTS:
             state.pop("_count", None)
         return state
-
-    def _p_resolve_conflict(
-        self,
-        old_state: dict[str, Any],
-        committed_state: dict[str, Any],
-        my_state: dict[str, Any],
-    ) -> dict[str, Any]:
-        """Merge concurrent changes to different keys of a node that kept its shape.
-
-        Every change passes through the root and updates the counts on its
-        path, so without this two inserts far apart would always conflict.
-        """
-        return merge_bnode(self.minimum_degree, old_state, committed_state, my_state)
 
     def __reversed__(self) -> Iterator[tuple[Any, Any]]:
         return _descending(self, _MISSING, True)
@@ -424,23 +417,32 @@ def _delete(root: BNode, key: Any) -> tuple[Any, Any]:
 # -- ordered iteration ------------------------------------------------------
 
 
-def _preloaded(node: BNode, items: list[tuple[Any, Any]], preload: bool) -> list[tuple[Any, Any]]:
-    """``items`` of a leaf about to be iterated; with ``preload``, their
-    values loaded first with one bulk load (see ``Connection.preload``).
+class _Scan:
+    """What one ordered iteration over a tree showed this transaction.
+
+    ``seen`` holds the items handed out so far (a leaf's items go in when
+    the leaf is reached, so it may hold a few more than were looked at);
+    ``done`` says the iteration reached the end.
     """
-    if preload and len(items) > 1:
-        connection = node._p_connection
-        if connection is not None and connection.preloads:
-            connection.preload([value for _, value in items])
-    return items
+
+    __slots__ = ("ascending", "key", "closed", "seen", "done")
+
+    def __init__(self, ascending: bool, key: Any, closed: bool) -> None:
+        self.ascending = ascending
+        self.key = key
+        self.closed = closed
+        self.seen: list[tuple[Any, Any]] = []
+        self.done = False
 
 
-def _ascending(node: BNode, key: Any, closed: bool, preload: bool = False) -> Iterator[tuple[Any, Any]]:
+def _ascending(
+    node: BNode, key: Any, closed: bool, preload: bool = False, scan: _Scan | None = None
+) -> Iterator[tuple[Any, Any]]:
     """Items of the subtree in ascending key order, from ``key`` on if given.
 
     With ``closed`` the item with ``key`` itself is included; with
     ``preload`` (the caller will use the values) each leaf's values are
-    loaded in one batch.
+    loaded in one batch; ``scan`` records what is handed out.
     """
     find = bisect_left if closed else bisect_right
     pending = []  # (items, nodes, index of the next item to yield)
@@ -449,27 +451,33 @@ def _ascending(node: BNode, key: Any, closed: bool, preload: bool = False) -> It
         i = 0 if key is _MISSING else find(items, key, key=_item_key)
         nodes = node.nodes
         if nodes is None:
-            yield from _preloaded(node, items[i:], preload)
+            yield from _shown(node, items[i:], preload, scan)
             break
         pending.append((items, nodes, i))
         node = nodes[i]
     while pending:
         items, nodes, i = pending.pop()
         if i < len(items):
+            if scan is not None:
+                scan.seen.append(items[i])
             yield items[i]
             pending.append((items, nodes, i + 1))
             node = nodes[i + 1]
             while node.nodes is not None:
                 pending.append((node.items, node.nodes, 0))
                 node = node.nodes[0]
-            yield from _preloaded(node, node.items, preload)
+            yield from _shown(node, node.items, preload, scan)
+    if scan is not None:
+        scan.done = True
 
 
-def _descending(node: BNode, key: Any, closed: bool, preload: bool = False) -> Iterator[tuple[Any, Any]]:
+def _descending(
+    node: BNode, key: Any, closed: bool, preload: bool = False, scan: _Scan | None = None
+) -> Iterator[tuple[Any, Any]]:
     """Items of the subtree in descending key order, from ``key`` down if given.
 
-    With ``closed`` the item with ``key`` itself is included; ``preload`` as
-    for :func:`_ascending`.
+    With ``closed`` the item with ``key`` itself is included; ``preload``
+    and ``scan`` as for :func:`_ascending`.
     """
     find = bisect_right if closed else bisect_left
     pending = []  # (items, nodes, number of items still to yield)
@@ -478,20 +486,142 @@ def _descending(node: BNode, key: Any, closed: bool, preload: bool = False) -> I
         i = len(items) if key is _MISSING else find(items, key, key=_item_key)
         nodes = node.nodes
         if nodes is None:
-            yield from reversed(_preloaded(node, items[:i], preload))
+            yield from _shown(node, items[i - 1 :: -1] if i else [], preload, scan)
             break
         pending.append((items, nodes, i))
         node = nodes[i]
     while pending:
         items, nodes, i = pending.pop()
         if i > 0:
+            if scan is not None:
+                scan.seen.append(items[i - 1])
             yield items[i - 1]
             pending.append((items, nodes, i - 1))
             node = nodes[i - 1]
             while node.nodes is not None:
                 pending.append((node.items, node.nodes, len(node.items)))
                 node = node.nodes[-1]
-            yield from reversed(_preloaded(node, node.items, preload))
+            yield from _shown(node, node.items[::-1], preload, scan)
+    if scan is not None:
+        scan.done = True
+
+
+def _shown(node: BNode, items: list[tuple[Any, Any]], preload: bool, scan: _Scan | None) -> list[tuple[Any, Any]]:
+    """``items`` of a leaf, in the order they are about to be handed out:
+    recorded in ``scan``, and with ``preload`` their values loaded first
+    with one bulk load (see ``Connection.preload``).
+    """
+    if scan is not None:
+        scan.seen.extend(items)
+    if preload and len(items) > 1:
+        connection = node._p_connection
+        if connection is not None and connection.preloads:
+            connection.preload([value for _, value in items])
+    return items
+
+
+# -- this transaction's operations, for replay ---------------------------------
+# Each log entry is ``(replay_function, *arguments)``; the function does the
+# operation again on the committed tree and raises ConflictError where it
+# would show this transaction something other than it saw.
+
+# How many operations one transaction's log of one tree holds at most; a
+# longer transaction cannot be replayed, and conflicts as Durus 4.3 would.
+MAX_LOGGED_OPERATIONS = 200_000
+
+
+class _OperationLog(list):
+    """What one transaction did through one BTree, in order."""
+
+    __slots__ = ("complete",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.complete = True
+
+    def record(self, entry: tuple) -> None:
+        if len(self) < MAX_LOGGED_OPERATIONS:
+            self.append(entry)
+        else:
+            self.give_up()
+
+    def give_up(self) -> None:
+        """Something was done that replay cannot repeat."""
+        self.complete = False
+        self.clear()
+
+
+def _same_item(a: tuple[Any, Any] | None, b: tuple[Any, Any] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a[0] == b[0] and same(a[1], b[1])
+
+
+def _check(shown_before: Any, shown_now: Any) -> None:
+    if not same(shown_before, shown_now):
+        raise ConflictError()
+
+
+def _replay_lookup(tree: BTree, key: Any, item: tuple[Any, Any] | None) -> None:
+    if not _same_item(tree.root.search(key), item):
+        raise ConflictError()
+
+
+def _replay_add(tree: BTree, key: Any, value: Any, old_item: tuple[Any, Any] | None) -> None:
+    # A key both sides wrote is a conflict, as in every built-in merge.
+    _replay_lookup(tree, key, old_item)
+    tree.add(key, value)
+
+
+def _replay_delete(tree: BTree, key: Any) -> None:
+    _delete(tree.root, key)  # the lookup logged before it found the key
+
+
+def _replay_popitem(tree: BTree, item: tuple[Any, Any]) -> None:
+    if not _same_item(tree.popitem(), item):
+        raise ConflictError()
+
+
+def _replay_clear(tree: BTree) -> None:
+    tree.clear()
+
+
+def _replay_rebuild(tree: BTree, degree: int, rebuilt: bool) -> None:
+    _check(rebuilt, tree.set_bnode_minimum_degree(degree))
+
+
+def _replay_len(tree: BTree, count: int) -> None:
+    _check(count, len(tree))
+
+
+def _replay_bool(tree: BTree, truth: bool) -> None:
+    _check(truth, bool(tree))
+
+
+def _replay_extreme(tree: BTree, smallest: bool, item: tuple[Any, Any] | None) -> None:
+    try:
+        now = tree.get_min_item() if smallest else tree.get_max_item()
+    except KeyError:
+        now = None
+    if not _same_item(now, item):
+        raise ConflictError()
+
+
+def _replay_shape(tree: BTree, depth: int | None, node_count: int | None) -> None:
+    if depth is not None:
+        _check(depth, tree.get_depth())
+    if node_count is not None:
+        _check(node_count, tree.get_node_count())
+
+
+def _replay_scan(tree: BTree, scan: _Scan) -> None:
+    walk = _ascending if scan.ascending else _descending
+    again = walk(tree.root, scan.key, scan.closed)
+    for item in scan.seen:
+        if not _same_item(next(again, None), item):
+            raise ConflictError()
+    if scan.done and next(again, None) is not None:
+        raise ConflictError()
 
 
 # -- the mapping ------------------------------------------------------------
@@ -501,20 +631,20 @@ class _ItemsView(ItemsView):
     """``tree.items()``: walks the nodes rather than looking up each key."""
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        return _ascending(self._mapping.root, _MISSING, True, preload=True)
+        return self._mapping._walk(True, _MISSING, True, True)
 
     def __reversed__(self) -> Iterator[tuple[Any, Any]]:
-        return _descending(self._mapping.root, _MISSING, True, preload=True)
+        return self._mapping._walk(False, _MISSING, True, True)
 
 
 class _ValuesView(ValuesView):
     """``tree.values()``: walks the nodes rather than looking up each key."""
 
     def __iter__(self) -> Iterator[Any]:
-        return map(_item_value, _ascending(self._mapping.root, _MISSING, True, preload=True))
+        return map(_item_value, self._mapping._walk(True, _MISSING, True, True))
 
     def __reversed__(self) -> Iterator[Any]:
-        return map(_item_value, _descending(self._mapping.root, _MISSING, True, preload=True))
+        return map(_item_value, self._mapping._walk(False, _MISSING, True, True))
 
 
 class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
@@ -529,9 +659,19 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
 
     - ``root``: the root BNode; its class sets the minimum degree of all
       nodes of the tree.
+    - ``_p_reads``: while a transaction uses the tree, the log of what it
+      did through it (lookups with what they found, scans with what they
+      showed, changes); not part of the state.  When another client's
+      commit collides with this transaction's nodes, the connection puts
+      the committed nodes back and replays the log on them
+      (:meth:`_p_replay`): inserts and deletes of different keys merge
+      whatever splits or joins either side made, and anything this
+      transaction saw that reads differently now is a conflict.
     """
 
-    __slots__ = ("root",)
+    __slots__ = ("root", "_p_reads")
+
+    _p_changes_replayed = True
 
     def __init__(self, node_constructor: type[BNode] = BNode16) -> None:
         if not (
@@ -540,27 +680,76 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
             raise TypeError(
                 f"node_constructor must be a BNode subclass, not {node_constructor!r}"
             )
+        self._p_reads = None
         self.root = node_constructor()
+
+    def __setstate__(self, state: Any) -> None:
+        PersistentObject.__setstate__(self, state)
+        _setattribute(self, "_p_reads", None)
+
+    # -- the log ------------------------------------------------------------
+    # Each method takes ``self.root`` before the log: that loads a ghost,
+    # which sets ``_p_reads``.
+
+    def _log(self) -> _OperationLog:
+        log = self._p_reads
+        return start_reads(self, _OperationLog) if log is None else log
+
+    def _lookup(self, key: Any) -> tuple[Any, Any] | None:
+        item = self.root.search(key)
+        self._log().record((_replay_lookup, key, item))
+        return item
+
+    def _walk(self, ascending: bool, key: Any, closed: bool, preload: bool) -> Iterator[tuple[Any, Any]]:
+        root = self.root
+        log = self._log()
+        scan = None
+        if log is not NO_READS:
+            scan = _Scan(ascending, key, closed)
+            log.record((_replay_scan, scan))
+        return (_ascending if ascending else _descending)(root, key, closed, preload, scan)
+
+    def _p_replay(self) -> None:
+        """Do this transaction's operations on this tree again, on the
+        committed nodes the connection has put back; raise ConflictError
+        if any of them would show something other than it showed, or if
+        the log is incomplete.
+        """
+        log = self._p_reads
+        if log is None:
+            return
+        if not log.complete:
+            raise ConflictError()
+        _setattribute(self, "_p_reads", NO_READS)
+        try:
+            for replay, *arguments in log:
+                replay(self, *arguments)
+        finally:
+            _setattribute(self, "_p_reads", log)
 
     # -- reading ------------------------------------------------------------
 
     def __len__(self) -> int:
-        return self.root.get_count()
+        count = self.root.get_count()
+        self._log().record((_replay_len, count))
+        return count
 
     def __bool__(self) -> bool:
-        return bool(self.root.items)
+        truth = bool(self.root.items)
+        self._log().record((_replay_bool, truth))
+        return truth
 
     def __iter__(self) -> Iterator[Any]:
-        return map(_item_key, _ascending(self.root, _MISSING, True))
+        return map(_item_key, self._walk(True, _MISSING, True, False))
 
     def __reversed__(self) -> Iterator[Any]:
-        return map(_item_key, _descending(self.root, _MISSING, True))
+        return map(_item_key, self._walk(False, _MISSING, True, False))
 
     def __contains__(self, key: object) -> bool:
-        return self.root.search(key) is not None
+        return self._lookup(key) is not None
 
     def __getitem__(self, key: Any) -> Any:
-        item = self.root.search(key)
+        item = self._lookup(key)
         if item is None:
             raise KeyError(key)
         return item[1]
@@ -572,34 +761,41 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
         return _ValuesView(self)
 
     def get(self, key: Any, default: Any = None) -> Any:
-        item = self.root.search(key)
+        item = self._lookup(key)
         return default if item is None else item[1]
+
+    def _extreme(self, smallest: bool) -> tuple[Any, Any]:
+        root = self.root
+        item = None
+        if root.items:
+            item = root.get_min_item() if smallest else root.get_max_item()
+        self._log().record((_replay_extreme, smallest, item))
+        if item is None:
+            which = "get_min_item" if smallest else "get_max_item"
+            raise KeyError(f"{which}(): the BTree is empty")
+        return item
 
     def get_min_item(self) -> tuple[Any, Any]:
         """The ``(key, value)`` item with the smallest key."""
-        if not self.root.items:
-            raise KeyError("get_min_item(): the BTree is empty")
-        return self.root.get_min_item()
+        return self._extreme(True)
 
     def get_max_item(self) -> tuple[Any, Any]:
         """The ``(key, value)`` item with the largest key."""
-        if not self.root.items:
-            raise KeyError("get_max_item(): the BTree is empty")
-        return self.root.get_max_item()
+        return self._extreme(False)
 
     def items_backward(self) -> Iterator[tuple[Any, Any]]:
         """All items, largest key first."""
-        return _descending(self.root, _MISSING, True, preload=True)
+        return self._walk(False, _MISSING, True, True)
 
     def items_from(self, key: Any, closed: bool = True) -> Iterator[tuple[Any, Any]]:
         """Items with keys >= ``key`` (> ``key`` if not ``closed``), ascending."""
-        return _ascending(self.root, key, closed, preload=True)
+        return self._walk(True, key, closed, True)
 
     def items_backward_from(
         self, key: Any, closed: bool = False
     ) -> Iterator[tuple[Any, Any]]:
         """Items with keys < ``key`` (<= ``key`` if ``closed``), descending."""
-        return _descending(self.root, key, closed, preload=True)
+        return self._walk(False, key, closed, True)
 
     def items_range(
         self, start: Any, end: Any, closed_start: bool = True, closed_end: bool = False
@@ -610,13 +806,13 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
         say whether items with exactly those keys are included.
         """
         if start <= end:
-            for item in _ascending(self.root, start, closed_start, preload=True):
+            for item in self._walk(True, start, closed_start, True):
                 if item[0] < end or (closed_end and item[0] == end):
                     yield item
                 else:
                     return
         else:
-            for item in _descending(self.root, start, closed_start, preload=True):
+            for item in self._walk(False, start, closed_start, True):
                 if item[0] > end or (closed_end and item[0] == end):
                     yield item
                 else:
@@ -624,17 +820,22 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
 
     def get_depth(self) -> int:
         """How many levels of nodes the tree has (1 for a lone root)."""
-        return self.root.get_level() + 1
+        depth = self.root.get_level() + 1
+        self._log().record((_replay_shape, depth, None))
+        return depth
 
     def get_node_count(self) -> int:
         """How many nodes the tree has (this loads them all)."""
-        return self.root.get_node_count()
+        count = self.root.get_node_count()
+        self._log().record((_replay_shape, None, count))
+        return count
 
     # -- changing -----------------------------------------------------------
 
     def add(self, key: Any, value: Any = True) -> None:
         """Make ``self[key]`` be ``value``."""
         root = self.root
+        log = self._log()
         full = 2 * root.minimum_degree - 1
         if len(root.items) == full:
             # Grow at the top: the old root becomes the first child of a new one.
@@ -650,6 +851,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
             items = node.items
             i = bisect_left(items, key, key=_item_key)
             if i < len(items) and items[i][0] == key:
+                log.record((_replay_add, key, value, items[i]))
                 node._p_note_change()
                 items[i] = item
                 return
@@ -661,12 +863,14 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
                 _split_child(node, i, child)
                 middle_key = items[i][0]
                 if middle_key == key:
+                    log.record((_replay_add, key, value, items[i]))
                     items[i] = item
                     return
                 if middle_key < key:
                     child = nodes[i + 1]
             path.append(node)
             node = child
+        log.record((_replay_add, key, value, None))
         if node._p_status != UNSAVED:
             node._p_note_change()
         items.insert(i, item)
@@ -675,38 +879,50 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
 
     __setitem__ = add
 
+    def _remove(self, key: Any) -> tuple[Any, Any]:
+        """Remove the item with ``key``, which a logged lookup found."""
+        item = _delete(self.root, key)
+        self._log().record((_replay_delete, key))
+        return item
+
     def __delitem__(self, key: Any) -> None:
         # Look first: a delete reshapes nodes on its way down, which must not
         # happen (and be stored) for a key that is not there.
-        if self.root.search(key) is None:
+        if self._lookup(key) is None:
             raise KeyError(key)
-        _delete(self.root, key)
+        self._remove(key)
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
-        item = self.root.search(key)
+        item = self._lookup(key)
         if item is None:
             if default is _MISSING:
                 raise KeyError(key)
             return default
-        _delete(self.root, key)
+        self._remove(key)
         return item[1]
 
     def popitem(self) -> tuple[Any, Any]:
         """Remove and return the item with the smallest key."""
-        if not self.root.items:
+        root = self.root
+        log = self._log()
+        if not root.items:
+            log.record((_replay_bool, False))
             raise KeyError("popitem(): the BTree is empty")
-        key = self.root.get_min_item()[0]
-        return _delete(self.root, key)
+        item = _delete(root, root.get_min_item()[0])
+        log.record((_replay_popitem, item))
+        return item
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
-        item = self.root.search(key)
+        item = self._lookup(key)
         if item is None:
             self.add(key, default)
             return default
         return item[1]
 
     def clear(self) -> None:
-        self.root = self.root.__class__()
+        root = self.root
+        self._log().record((_replay_clear,))
+        self.root = root.__class__()
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         if len(args) > 1:
@@ -730,6 +946,9 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
         stored as a value, say) so that the next commit stores it.
         """
         node = self.root
+        # The changed value is this transaction's own object: a replay on
+        # the committed tree could not repeat the change.
+        self._log().give_up()
         while True:
             items = node.items
             i = bisect_left(items, key, key=_item_key)
@@ -752,10 +971,14 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
             raise ValueError(
                 f"no BNode class has minimum degree {degree!r}; use one of {choices}"
             ) from None
-        if self.root.minimum_degree == degree:
+        root = self.root
+        log = self._log()
+        if root.minimum_degree == degree:
+            log.record((_replay_rebuild, degree, False))
             return False
+        log.record((_replay_rebuild, degree, True))
         rebuilt = BTree(node_class)
-        for key, value in _ascending(self.root, _MISSING, True):
+        for key, value in _ascending(root, _MISSING, True):
             rebuilt.add(key, value)
         self.root = rebuilt.root
         return True

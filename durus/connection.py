@@ -71,6 +71,13 @@ def resolves_conflicts(cls: type) -> bool:
     return cls._p_resolve_conflict is not None
 
 
+def keeps_base_state(cls: type) -> bool:
+    """Whether resolution needs the state a transaction started from for
+    instances of ``cls`` (to merge, or to check what was read).
+    """
+    return cls._p_resolve_conflict is not None or cls._p_check_reads is not None
+
+
 class Connection:
     """A view of one storage, with an object cache and a current transaction.
 
@@ -111,9 +118,14 @@ class Connection:
         self._used: list[PersistentObject] = []
         # Oids found conflicting; loading them fails until abort().
         self._invalid_oids: set[bytes] = set()
-        # For objects whose class resolves conflicts: the record data their
-        # current transaction started from (the "old" state of a merge).
+        # For objects whose class resolves conflicts or checks its reads: the
+        # record data their current transaction started from (the "old"
+        # state of a merge).
         self._base_data: dict[bytes, bytes] = {}
+        # Objects keeping a record of this transaction's reads in _p_reads
+        # (see durus.reads); dropped when the transaction ends.
+        self._read_records: list[PersistentObject] = []
+        self._replay_unfinished = False
         self._reader = ObjectReader(self)
         self._writer = ObjectWriter(self)
         self.root = self._open_root(root_class)
@@ -257,6 +269,10 @@ class Connection:
         """``obj`` changed: store it at the next commit."""
         self._changed[obj._p_oid] = obj
 
+    def note_reads(self, obj: PersistentObject) -> None:
+        """``obj`` started a record of this transaction's reads in ``_p_reads``."""
+        self._read_records.append(obj)
+
     def load_state(self, obj: PersistentObject) -> None:
         """Load the stored state of the ghost ``obj``."""
         oid = obj._p_oid
@@ -345,7 +361,7 @@ class Connection:
         _setattribute(obj, "_p_status", SAVED)
         oid = obj._p_oid
         self._loaded[oid] = obj
-        if resolves_conflicts(cls):
+        if keeps_base_state(cls):
             self._base_data[oid] = data
 
     def _ghost(self, obj: PersistentObject) -> None:
@@ -355,12 +371,13 @@ class Connection:
         self._base_data.pop(oid, None)
 
     def _store_changes(self) -> None:
-        """Commit the changes, merging conflicts where every class can.
+        """Commit the changes, resolving conflicts where that stays serializable.
 
-        After a merge only what the merge changed is pickled again (an edit
-        may change dozens of objects and merge two or three): the merged
-        objects, and the new objects with whatever refers to them, since a
-        storage takes back the oids of new objects in a failed commit.
+        A commit that meets other clients' commits of objects this
+        transaction used brings its changes onto theirs
+        (:meth:`_resolve_conflicts`) and tries again, up to
+        ``resolution_rounds`` times; each round resolves whatever
+        ``_invalid_oids`` holds then.
         """
         records: dict[bytes, tuple[PersistentObject, bytes, bytes]] = {}
         try:
@@ -368,26 +385,33 @@ class Connection:
             rounds = 0
             while True:
                 try:
+                    if self._invalid_oids:
+                        self._resolve_conflicts(records)
                     self._send(records)
                     break
-                except WriteConflictError as conflict:
-                    merged = None
-                    if rounds < self.resolution_rounds:
-                        merged = self._resolve_conflicts(conflict.oids or [])
-                    if merged is None:
-                        raise
+                except (WriteConflictError, ReadConflictError) as conflict:
+                    # New commits met: by the commit itself, or by a load
+                    # while resolving.  Another round, if there is one.
                     rounds += 1
-                    self._pickle(merged + self._forget_new_objects(records), records)
+                    if rounds > self.resolution_rounds or not self._invalid_oids:
+                        raise WriteConflictError(sorted(self._invalid_oids) or conflict.oids) from None
+                except ConflictError:
+                    raise WriteConflictError(sorted(self._invalid_oids)) from None
         except BaseException:
             self._forget_new_objects(records)
             raise
         for oid, (obj, data, _) in records.items():
             _setattribute(obj, "_p_status", SAVED)
             self._loaded[oid] = obj
-            if resolves_conflicts(obj.__class__):
+            if keeps_base_state(obj.__class__):
                 self._base_data[oid] = data
             self._used.append(obj)
         self._changed.clear()
+        # Objects only read, whose reads were found unchanged: their state
+        # here is older than the committed one.
+        for oid in self._invalid_oids:
+            self._ghost(self._cache.get(oid))
+        self._invalid_oids.clear()
 
     def _pickle(self, objects: list[PersistentObject], records: dict) -> None:
         """Put the records of ``objects``, and of every new object they
@@ -428,68 +452,131 @@ class Connection:
             storage.store(oid, record)
         storage.end(self._handle_invalidations)
 
-    def _resolve_conflicts(self, oids: list[bytes]) -> list[PersistentObject] | None:
-        """Merge others' committed changes into ours; the merged objects, or
-        None if any cannot be merged.
+    def _resolve_conflicts(self, records: dict[bytes, tuple[PersistentObject, bytes, bytes]]) -> None:
+        """Bring this transaction onto the committed states of the objects in
+        ``_invalid_oids`` (used here, changed since by other clients), and
+        pickle again what that changed; raise ConflictError if that cannot be
+        done without weakening serializability.
 
-        Only objects this transaction changed, whose class resolves and whose
-        starting state is known, can merge: an object that was only read
-        keeps conflicting, or read-set validation would be weakened.
+        Each conflicting object is handled by what its class can do:
+
+        - changed here, and its class resolves: merged by
+          ``_p_resolve_conflict`` (which refuses if anything this
+          transaction read from it changed);
+        - only read here, and its class records its reads: checked by
+          ``_p_check_reads``, and left conflicting-but-consistent until the
+          commit ends (then it becomes a ghost);
+        - a BTree or one of its nodes: every tree this transaction used is
+          replayed on the committed nodes (:meth:`_replay`).
+
+        Anything else conflicts, as in Durus 4.3.  A load that meets newer
+        commits raises ReadConflictError (the caller starts another round).
         """
-        if not oids or not self.resolution_rounds:
-            return None
-        changed, base_data, reader = self._changed, self._base_data, self._reader
-        committed = self._load_committed(set(oids))
-        if committed is None:
-            return None
-        merges = []
-        try:
-            for oid, committed_data in committed.items():
-                obj = changed[oid]
-                mine = obj.__class__.__getstate__(obj)
-                if isinstance(mine, dict):
-                    mine = dict(mine)  # Persistent's state is its live __dict__
-                merged = obj._p_resolve_conflict(
-                    reader.get_state(base_data[oid]), reader.get_state(committed_data), mine
-                )
-                merges.append((obj, merged, committed_data))
-        except ConflictError:
-            return None
-        for obj, merged, committed_data in merges:
-            obj.__class__.__setstate__(obj, merged)
+        cache, changed, base_data = self._cache, self._changed, self._base_data
+        conflicting = [cache.get(oid) for oid in self._invalid_oids]
+        if any(obj is None for obj in conflicting):
+            raise ConflictError()
+        by_state = [obj for obj in conflicting if not obj._p_changes_replayed]
+        for obj in by_state:
+            cls = obj.__class__
             oid = obj._p_oid
-            base_data[oid] = committed_data
-            self._invalid_oids.discard(oid)
-        return [obj for obj, _, _ in merges]
+            able = cls._p_resolve_conflict if oid in changed else cls._p_check_reads
+            if able is None or oid not in base_data:
+                raise ConflictError()
+        committed = self._load_committed([obj._p_oid for obj in by_state])
+        merges = self._merge_states(by_state, committed)
+        repickle = self._forget_new_objects(records)
+        for obj, merged in merges:
+            self._adopt_merge(obj, merged, committed[obj._p_oid])
+            repickle.append(obj)
+        for obj in by_state:
+            base_data[obj._p_oid] = committed[obj._p_oid]
+        if len(by_state) < len(conflicting) or self._replay_unfinished:
+            self._replay(conflicting, records)
+        for obj in repickle:
+            records.pop(obj._p_oid, None)
+        self._pickle([obj for oid, obj in changed.items() if oid not in records], records)
 
-    def _load_committed(self, oids: set[bytes]) -> dict[bytes, bytes] | None:
-        """The newest committed data of ``oids``, if all of them can merge.
-
-        Clients may commit again while we merge: a load then meets a read
-        conflict, and the newly invalidated objects join the merge (or, if
-        this transaction only read one of them, end it).
+    def _load_committed(self, oids: list[bytes]) -> dict[bytes, bytes]:
+        """The newest committed data of ``oids``, with one bulk load (one
+        round trip to a server, however many objects merge).
         """
-        changed, base_data = self._changed, self._base_data
-        for _ in range(self.resolution_rounds):
-            if any(oid not in changed or oid not in base_data for oid in oids):
-                return None
-            ordered = list(oids)
-            try:
-                # One round trip to a server, however many objects merge.
-                records = list(self.storage.bulk_load(ordered))
-            except ReadConflictError:
-                try:
-                    self._handle_invalidations(self.storage.sync())
-                except WriteConflictError as more:
-                    oids.update(more.oids or ())
-            except DurusKeyError:
-                return None
-            else:
-                return {oid: unpack_record(record)[1] for oid, record in zip(ordered, records)}
-        return None
+        if not oids:
+            return {}
+        try:
+            records = list(self.storage.bulk_load(oids))
+        except ReadConflictError:
+            # Newer commits: take them in, and resolve again with them.
+            self._note_invalidations(self.storage.sync())
+            raise
+        except DurusKeyError:
+            raise ConflictError(oids) from None
+        return {oid: unpack_record(record)[1] for oid, record in zip(oids, records)}
 
-    def _handle_invalidations(self, oids: list[bytes], read_oid: bytes | None = None) -> None:
-        """Ghost what others changed; raise if this transaction used any of it."""
+    def _merge_states(
+        self, objects: list[PersistentObject], committed: dict[bytes, bytes]
+    ) -> list[tuple[PersistentObject, Any]]:
+        """The merged states of the changed ones among ``objects``, after
+        checking what was read from the others; raises ConflictError.
+        """
+        reader, changed, base_data = self._reader, self._changed, self._base_data
+        merges = []
+        for obj in objects:
+            oid = obj._p_oid
+            old_state = reader.get_state(base_data[oid])
+            committed_state = reader.get_state(committed[oid])
+            if oid not in changed:
+                obj._p_check_reads(old_state, committed_state)
+                continue
+            mine = obj.__class__.__getstate__(obj)
+            if isinstance(mine, dict):
+                mine = dict(mine)  # Persistent's state is its live __dict__
+            merges.append((obj, obj._p_resolve_conflict(old_state, committed_state, mine)))
+        return merges
+
+    def _adopt_merge(self, obj: PersistentObject, merged: Any, committed_data: bytes) -> None:
+        """Give ``obj`` its merged state, keeping its record of reads: a
+        later round checks them again against a newer commit.
+        """
+        reads = getattr(obj, "_p_reads", None)
+        obj.__class__.__setstate__(obj, merged)
+        if reads is not None:
+            _setattribute(obj, "_p_reads", reads)
+        self._invalid_oids.discard(obj._p_oid)
+
+    def _replay(self, conflicting: list[PersistentObject], records: dict) -> None:
+        """Redo this transaction's B-tree operations on the committed trees.
+
+        Every node and tree this transaction changed is put back to its
+        committed state (made a ghost, so it loads again), as is every
+        conflicting one; then each tree it used replays its log, which
+        raises ConflictError where the committed tree reads differently from
+        what this transaction saw.  The objects the replay changes are the
+        ones stored.
+        """
+        changed = self._changed
+        put_back = {oid: obj for oid, obj in changed.items() if obj._p_changes_replayed}
+        put_back.update((obj._p_oid, obj) for obj in conflicting if obj._p_changes_replayed)
+        for oid, obj in put_back.items():
+            changed.pop(oid, None)
+            records.pop(oid, None)
+            self._ghost(obj)
+            self._invalid_oids.discard(oid)
+        self.preload(put_back.values())
+        # A replay cut short by newer commits leaves trees half done: the
+        # next round must replay again even if only other objects conflict.
+        self._replay_unfinished = True
+        for obj in list(self._read_records):
+            replay = getattr(obj, "_p_replay", None)
+            if replay is not None:
+                replay()
+        self._replay_unfinished = False
+
+    def _note_invalidations(self, oids: list[bytes], read_oid: bytes | None = None) -> list[bytes]:
+        """Ghost what others changed that this transaction has not used; the
+        ones it used (except ``read_oid``, being loaded) are returned and kept
+        in ``_invalid_oids``.
+        """
         conflicts = []
         for oid in oids:
             obj = self._cache.get(oid)
@@ -500,14 +587,22 @@ class Connection:
                 self._invalid_oids.add(oid)
             elif obj._p_status != GHOST:
                 self._ghost(obj)
+        return conflicts
+
+    def _handle_invalidations(self, oids: list[bytes], read_oid: bytes | None = None) -> None:
+        """Ghost what others changed; raise if this transaction used any of it.
+
+        At a commit that is a WriteConflictError, which the commit may
+        resolve.  In the middle of a transaction (a load of ``read_oid`` met
+        newer commits) it is a ReadConflictError: the objects this
+        transaction used must keep the states it saw until it ends, and what
+        it goes on to read would be newer than they are.
+        """
+        conflicts = self._note_invalidations(oids, read_oid)
         if conflicts:
             if read_oid is None:
                 raise WriteConflictError(conflicts)
-            # Mid-transaction, objects this transaction changed and can merge
-            # are merged now, as the commit would; anything else it used is
-            # stale, and so would be what it goes on to read.
-            if self._resolve_conflicts(conflicts) is None:
-                raise ReadConflictError([read_oid])
+            raise ReadConflictError([read_oid])
 
     def _sync(self) -> None:
         """Ghost every object other clients changed, used or not."""
@@ -531,6 +626,10 @@ class Connection:
             if oid in loaded:
                 loaded.move_to_end(oid)
         self._used.clear()
+        for obj in self._read_records:
+            _setattribute(obj, "_p_reads", None)
+        self._read_records.clear()
+        self._replay_unfinished = False
         self.transaction_serial = serial + 1
         if len(loaded) > self._cache_size:
             self.shrink_cache()

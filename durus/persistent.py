@@ -272,6 +272,16 @@ class PersistentObject:
     # (see durus.connection); None here says this one cannot, and asking
     # costs no failed attribute lookup on every load.
     _p_resolve_conflict = None
+    # A class whose instances record what a transaction read from them
+    # (see durus.reads) defines ``_p_check_reads(self, old_state,
+    # committed_state)``, raising ConflictError unless those reads find the
+    # same in both: then an object this transaction only read need not
+    # conflict when another client changed other parts of it.
+    _p_check_reads = None
+    # True where changes to an object are repeated by replaying the
+    # operation log of the object that owns it (a BTree and its nodes):
+    # see Connection._replay.
+    _p_changes_replayed = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> PersistentObject:
         obj = object.__new__(cls)

@@ -16,6 +16,9 @@ from typing import Any, Self
 from durus.mapping_names import Durus43MappingNames
 from durus.merge import merge_mapping
 from durus.persistent import PersistentObject, container_repr
+from durus.reads import check_key_reads, check_other_attributes, reads_of, start_reads
+
+_setattribute = object.__setattr__
 
 _MISSING = object()
 
@@ -26,24 +29,45 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
     Instance attributes:
 
     - ``data``: the plain ``dict`` holding the items.
+    - ``_p_reads``: what this transaction read (see :mod:`durus.reads`);
+      not part of the state.
+
+    Reads through the methods are recorded; ``data`` used directly is not,
+    so code that reads ``data`` itself must not rely on conflict resolution.
 
     Subclasses may define ``__missing__(key)``, which ``d[key]`` calls for a
     missing key, as ``dict`` does.
     """
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "_p_reads")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._p_reads = None
         self.data = dict(*args, **kwargs)
 
+    def __setstate__(self, state: Any) -> None:
+        PersistentObject.__setstate__(self, state)
+        _setattribute(self, "_p_reads", None)
+
+    def _whole(self) -> dict:
+        """``data``, recording that all of it is read."""
+        data = self.data
+        reads_of(self).read_whole()
+        return data
+
     # -- reading ------------------------------------------------------------
+    # Each read takes ``self.data`` first: that loads a ghost, which sets
+    # ``_p_reads``.
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self._whole())
 
     def __getitem__(self, key: Any) -> Any:
+        data = self.data
+        reads = self._p_reads
+        (start_reads(self) if reads is None else reads).add(key)
         try:
-            return self.data[key]
+            return data[key]
         except KeyError:
             missing = getattr(self.__class__, "__missing__", None)
             if missing is None:
@@ -51,33 +75,39 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
         return missing(self, key)
 
     def __contains__(self, key: object) -> bool:
-        return key in self.data
+        data = self.data
+        reads = self._p_reads
+        (start_reads(self) if reads is None else reads).add(key)
+        return key in data
 
     def __iter__(self):
-        return iter(self.data)
+        return iter(self._whole())
 
     def __reversed__(self):
-        return reversed(self.data)
+        return reversed(self._whole())
 
     def get(self, key: Any, default: Any = None) -> Any:
-        return self.data.get(key, default)
+        data = self.data
+        reads = self._p_reads
+        (start_reads(self) if reads is None else reads).add(key)
+        return data.get(key, default)
 
     def keys(self):
-        return self.data.keys()
+        return self._whole().keys()
 
     def values(self):
-        return self.data.values()
+        return self._whole().values()
 
     def items(self):
-        return self.data.items()
+        return self._whole().items()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, PersistentDict):
-            return self.data == other.data
+            return self._whole() == other._whole()
         if isinstance(other, dict):
-            return self.data == other
+            return self._whole() == other
         if isinstance(other, Mapping):
-            return self.data == dict(other.items())
+            return self._whole() == dict(other.items())
         return NotImplemented
 
     def __repr__(self) -> str:
@@ -87,7 +117,7 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
 
     def copy(self) -> PersistentDict:
         """A new, unsaved dict of the same class with the same items."""
-        return self.__class__(self.data)
+        return self.__class__(self._whole())
 
     __copy__ = copy
 
@@ -97,14 +127,14 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
 
     def __or__(self, other: Any) -> Any:
         if isinstance(other, PersistentDict):
-            return self.__class__(self.data | other.data)
+            return self.__class__(self._whole() | other._whole())
         if isinstance(other, dict):
-            return self.__class__(self.data | other)
+            return self.__class__(self._whole() | other)
         return NotImplemented
 
     def __ror__(self, other: Any) -> Any:
         if isinstance(other, dict):
-            return self.__class__(other | self.data)
+            return self.__class__(other | self._whole())
         return NotImplemented
 
     # -- changing -----------------------------------------------------------
@@ -115,13 +145,14 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
 
     def __delitem__(self, key: Any) -> None:
         data = self.data
+        reads_of(self).add(key)
         if key not in data:
             raise KeyError(key)
         self._p_note_change()
         del data[key]
 
     def clear(self) -> None:
-        if self.data:
+        if self._whole():
             self._p_note_change()
             self.data.clear()
 
@@ -129,7 +160,7 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
         if len(args) > 1:
             raise TypeError(f"update expected at most 1 argument, got {len(args)}")
         if args and isinstance(args[0], PersistentDict):
-            args = (args[0].data,)
+            args = (args[0]._whole(),)
         self._p_note_change()
         self.data.update(*args, **kwargs)
 
@@ -139,6 +170,7 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
         data = self.data
+        reads_of(self).add(key)
         try:
             return data[key]
         except KeyError:
@@ -148,6 +180,7 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
         data = self.data
+        reads_of(self).add(key)
         if key in data:
             self._p_note_change()
             return data.pop(key)
@@ -157,7 +190,7 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
 
     def popitem(self) -> tuple[Any, Any]:
         """Remove and return the last inserted (key, value) pair."""
-        if not self.data:
+        if not self._whole():
             raise KeyError("popitem(): dictionary is empty")
         self._p_note_change()
         return self.data.popitem()
@@ -172,9 +205,19 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
     ) -> dict[str, Any]:
         """Merge concurrent changes to different keys; the same key is a conflict.
 
-        Other attributes of a subclass merge the same way, by name.
+        Refused when a key this transaction looked up was changed by the
+        committed state, or anything else it read (iteration, ``len``, ...:
+        the whole dict); other attributes of a subclass merge only when the
+        committed state left them all alone.
         """
-        states = [old_state, committed_state, my_state]
-        merged = merge_mapping(*({**state, "data": None} for state in states))
-        merged["data"] = merge_mapping(*(state["data"] for state in states))
+        check_key_reads(self._p_reads, old_state["data"], committed_state["data"])
+        merged = check_other_attributes(old_state, committed_state, my_state, "data")
+        merged["data"] = merge_mapping(old_state["data"], committed_state["data"], my_state["data"])
         return merged
+
+    def _p_check_reads(self, old_state: dict[str, Any], committed_state: dict[str, Any]) -> None:
+        """Raise ConflictError unless what this transaction read (it changed
+        nothing) reads the same in ``committed_state``.
+        """
+        check_key_reads(self._p_reads, old_state["data"], committed_state["data"])
+        check_other_attributes(old_state, committed_state, old_state, "data")

@@ -14,13 +14,16 @@ from collections.abc import Iterable, MutableSet
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from durus.merge import merge_mapping, merge_set
+from durus.merge import merge_set
 from durus.persistent import PersistentObject, container_repr
+from durus.reads import check_key_reads, check_other_attributes, reads_of, start_reads
+
+_setattribute = object.__setattr__
 
 
 def _plain(other: Any) -> Any:
     """The set behind ``other`` if it is a PersistentSet, else ``other``."""
-    return other.s if isinstance(other, PersistentSet) else other
+    return other._whole() if isinstance(other, PersistentSet) else other
 
 
 def _plain_all(others: tuple[Any, ...]) -> list[Any]:
@@ -43,52 +46,70 @@ class PersistentSet(PersistentObject, MutableSet):
     Instance attributes:
 
     - ``s``: the plain ``set`` holding the members.
+    - ``_p_reads``: what this transaction read (see :mod:`durus.reads`);
+      not part of the state.
+
+    Reads through the methods are recorded; ``s`` used directly is not.
     """
 
-    __slots__ = ("s",)
+    __slots__ = ("s", "_p_reads")
 
     def __init__(self, iterable: Iterable[Any] = ()) -> None:
+        self._p_reads = None
         self.s = set(_plain(iterable))
+
+    def __setstate__(self, state: Any) -> None:
+        PersistentObject.__setstate__(self, state)
+        _setattribute(self, "_p_reads", None)
+
+    def _whole(self) -> set:
+        """``s``, recording that all of it is read."""
+        s = self.s
+        reads_of(self).read_whole()
+        return s
 
     # -- reading ------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.s)
+        return len(self._whole())
 
     def __contains__(self, item: object) -> bool:
-        return item in self.s
+        s = self.s
+        reads = self._p_reads
+        (start_reads(self) if reads is None else reads).add(item)
+        return item in s
 
     def __iter__(self):
-        return iter(self.s)
+        return iter(self._whole())
 
     def isdisjoint(self, other: Iterable[Any]) -> bool:
-        return self.s.isdisjoint(_plain(other))
+        return self._whole().isdisjoint(_plain(other))
 
     def issubset(self, other: Iterable[Any]) -> bool:
-        return self.s.issubset(_plain(other))
+        return self._whole().issubset(_plain(other))
 
     def issuperset(self, other: Iterable[Any]) -> bool:
-        return self.s.issuperset(_plain(other))
+        return self._whole().issuperset(_plain(other))
 
     def __eq__(self, other: object) -> bool:
         other = _comparable(other)
-        return NotImplemented if other is None else self.s == other
+        return NotImplemented if other is None else self._whole() == other
 
     def __le__(self, other: Any) -> bool:
         other = _comparable(other)
-        return NotImplemented if other is None else self.s <= other
+        return NotImplemented if other is None else self._whole() <= other
 
     def __lt__(self, other: Any) -> bool:
         other = _comparable(other)
-        return NotImplemented if other is None else self.s < other
+        return NotImplemented if other is None else self._whole() < other
 
     def __ge__(self, other: Any) -> bool:
         other = _comparable(other)
-        return NotImplemented if other is None else self.s >= other
+        return NotImplemented if other is None else self._whole() >= other
 
     def __gt__(self, other: Any) -> bool:
         other = _comparable(other)
-        return NotImplemented if other is None else self.s > other
+        return NotImplemented if other is None else self._whole() > other
 
     def __repr__(self) -> str:
         return container_repr(self, self.s)
@@ -97,37 +118,37 @@ class PersistentSet(PersistentObject, MutableSet):
 
     def copy(self) -> PersistentSet:
         """A new, unsaved set of the same class with the same members."""
-        return self.__class__(self.s)
+        return self.__class__(self._whole())
 
     __copy__ = copy
 
     def union(self, *others: Iterable[Any]) -> PersistentSet:
-        return self.__class__(self.s.union(*_plain_all(others)))
+        return self.__class__(self._whole().union(*_plain_all(others)))
 
     def intersection(self, *others: Iterable[Any]) -> PersistentSet:
-        return self.__class__(self.s.intersection(*_plain_all(others)))
+        return self.__class__(self._whole().intersection(*_plain_all(others)))
 
     def difference(self, *others: Iterable[Any]) -> PersistentSet:
-        return self.__class__(self.s.difference(*_plain_all(others)))
+        return self.__class__(self._whole().difference(*_plain_all(others)))
 
     def symmetric_difference(self, other: Iterable[Any]) -> PersistentSet:
-        return self.__class__(self.s.symmetric_difference(_plain(other)))
+        return self.__class__(self._whole().symmetric_difference(_plain(other)))
 
     def __or__(self, other: Any) -> Any:
         other = _comparable(other)
-        return NotImplemented if other is None else self.__class__(self.s | other)
+        return NotImplemented if other is None else self.__class__(self._whole() | other)
 
     def __and__(self, other: Any) -> Any:
         other = _comparable(other)
-        return NotImplemented if other is None else self.__class__(self.s & other)
+        return NotImplemented if other is None else self.__class__(self._whole() & other)
 
     def __sub__(self, other: Any) -> Any:
         other = _comparable(other)
-        return NotImplemented if other is None else self.__class__(self.s - other)
+        return NotImplemented if other is None else self.__class__(self._whole() - other)
 
     def __xor__(self, other: Any) -> Any:
         other = _comparable(other)
-        return NotImplemented if other is None else self.__class__(self.s ^ other)
+        return NotImplemented if other is None else self.__class__(self._whole() ^ other)
 
     __ror__ = __or__
     __rand__ = __and__
@@ -135,7 +156,7 @@ class PersistentSet(PersistentObject, MutableSet):
 
     def __rsub__(self, other: Any) -> Any:
         other = _comparable(other)
-        return NotImplemented if other is None else self.__class__(other - self.s)
+        return NotImplemented if other is None else self.__class__(other - self._whole())
 
     # -- changing -----------------------------------------------------------
 
@@ -153,19 +174,20 @@ class PersistentSet(PersistentObject, MutableSet):
 
     def remove(self, item: Any) -> None:
         s = self.s
+        reads_of(self).add(item)
         if item not in s:
             raise KeyError(item)
         self._p_note_change()
         s.remove(item)
 
     def pop(self) -> Any:
-        if not self.s:
+        if not self._whole():
             raise KeyError("pop from an empty set")
         self._p_note_change()
         return self.s.pop()
 
     def clear(self) -> None:
-        if self.s:
+        if self._whole():
             self._p_note_change()
             self.s.clear()
 
@@ -223,10 +245,20 @@ class PersistentSet(PersistentObject, MutableSet):
     ) -> dict[str, Any]:
         """Merge concurrent adds and removes of different members.
 
-        A member added or removed on both sides is a conflict.  Other
-        attributes of a subclass merge by name, like a mapping's keys.
+        A member added or removed on both sides is a conflict; so is a
+        member this transaction looked up that the committed state added or
+        removed, or any committed change when this transaction read the
+        whole set (iteration, ``len``, comparisons, ...).  Other attributes
+        of a subclass merge only when the committed state left them alone.
         """
-        states = [old_state, committed_state, my_state]
-        merged = merge_mapping(*({**state, "s": None} for state in states))
-        merged["s"] = merge_set(*(state["s"] for state in states))
+        check_key_reads(self._p_reads, old_state["s"], committed_state["s"])
+        merged = check_other_attributes(old_state, committed_state, my_state, "s")
+        merged["s"] = merge_set(old_state["s"], committed_state["s"], my_state["s"])
         return merged
+
+    def _p_check_reads(self, old_state: dict[str, Any], committed_state: dict[str, Any]) -> None:
+        """Raise ConflictError unless what this transaction read (it changed
+        nothing) reads the same in ``committed_state``.
+        """
+        check_key_reads(self._p_reads, old_state["s"], committed_state["s"])
+        check_other_attributes(old_state, committed_state, old_state, "s")

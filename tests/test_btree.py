@@ -394,7 +394,7 @@ def test_changes_far_apart_merge_through_the_shared_path() -> None:
         check_invariants(tree)
 
 
-def test_same_key_or_a_reshaped_node_conflicts() -> None:
+def test_same_key_conflicts_but_a_reshaped_node_merges_by_replay() -> None:
     from durus.error import WriteConflictError
 
     first, second = two_sessions(200)
@@ -407,7 +407,26 @@ def test_same_key_or_a_reshaped_node_conflicts() -> None:
     assert second.root["tree"][11] == "first"
     # Sequential inserts left the nodes at their minimum: a delete borrows
     # or merges on its way down, which changes the shape of nodes it passes.
+    # The second commit replays its insert on the reshaped committed tree.
     del first.root["tree"][500]
+    second.root["tree"][1991] = "second"
+    first.commit()
+    second.commit()
+    first.abort()
+    for connection in (first, second):
+        tree = connection.root["tree"]
+        assert 500 not in tree and tree[1991] == "second" and len(tree) == 201
+        check_invariants(tree)
+
+
+def test_a_replayed_lookup_that_reads_differently_conflicts() -> None:
+    from durus.error import WriteConflictError
+
+    first, second = two_sessions(200)
+    del first.root["tree"][500]
+    # second saw 500 present, then inserted elsewhere: after first's delete
+    # (which reshapes nodes) its lookup reads differently.
+    assert 500 in second.root["tree"]
     second.root["tree"][1991] = "second"
     first.commit()
     with pytest.raises(WriteConflictError):

@@ -219,17 +219,26 @@ def test_resolution_needs_every_conflicting_object_to_resolve(connect) -> None:
     assert second.root["hits"].value == 1 and second.root["a"].value == 1
 
 
-def test_load_meeting_a_mergeable_change_merges_instead_of_failing(connect) -> None:
+def test_load_meeting_a_mergeable_change_fails_and_merges_nothing_mid_transaction(connect) -> None:
+    """A transaction sees one state of what it used until it ends: a load
+    that meets another client's commit of an object it changed stops it
+    with a conflict, leaving that object as this transaction made it.
+    """
     first, second = connect(), connect()
     first.root["hits"] = PersistentCounter()
     setup_items(first, a=0)
     second.abort()
-    second.root["hits"].increment()  # changed here ...
+    hits = second.root["hits"]
+    hits.increment()  # changed here ...
     second.root["a"]._p_set_status_ghost()
     first.root["hits"].increment(10)  # ... and there, then a load in between
     first.root["a"].value = 1
     first.commit()
-    assert second.root["a"].value == 1  # the load catches up and merges
+    with pytest.raises(ReadConflictError):
+        second.root["a"].value
+    assert hits._value == 1  # nothing merged into it
+    second.abort()
+    second.root["hits"].increment()
     second.commit()
     first.abort()
     assert first.root["hits"].value == 11

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from durus.error import ConflictError
-from durus.merge import merge_bnode, merge_mapping, merge_set
+from durus.merge import merge_mapping, merge_set
 from durus.persistent import Persistent
 
 
@@ -44,53 +44,3 @@ def test_set_merges_different_members_and_refuses_the_same_one() -> None:
         merge_set({1}, {1, 2}, {1, 2})
     with pytest.raises(ConflictError):
         merge_set({1, 2}, {1}, {1})
-
-
-def leaf(*keys: int, count: bool = True) -> dict:
-    state = {"items": [(key, str(key)) for key in keys], "nodes": None}
-    if count:
-        state["_count"] = len(keys)
-    return state
-
-
-def test_leaf_merges_inserts_and_deletes_of_different_keys() -> None:
-    merged = merge_bnode(2, leaf(10, 20), leaf(5, 10, 20), leaf(10))
-    assert merged == {"items": [(5, "5"), (10, "10")], "nodes": None, "_count": 2}
-
-
-def test_leaf_that_would_overflow_or_underflow_conflicts() -> None:
-    with pytest.raises(ConflictError):  # t=2 holds at most 3 items
-        merge_bnode(2, leaf(1, 2), leaf(1, 2, 3), leaf(0, 1, 2))
-    with pytest.raises(ConflictError):  # t=3 holds at least 2 items
-        merge_bnode(3, leaf(1, 2, 3), leaf(1, 2), leaf(2, 3))
-
-
-def test_small_root_leaf_may_shrink() -> None:
-    assert merge_bnode(3, leaf(1), leaf(), leaf(1, 2))["items"] == [(2, "2")]
-
-
-def test_inner_node_merges_counts_by_difference_when_shape_is_kept() -> None:
-    left, right = Persistent(), Persistent()
-    old = {"items": [(10, "x")], "nodes": [left, right], "_count": 7}
-    committed = {"items": [(10, "x")], "nodes": [left, right], "_count": 8}
-    mine = {"items": [(10, "y")], "nodes": [left, right], "_count": 9}
-    assert merge_bnode(2, old, committed, mine) == {"items": [(10, "y")], "nodes": [left, right], "_count": 10}
-
-
-def test_inner_node_shape_change_conflicts() -> None:
-    left, right, extra = Persistent(), Persistent(), Persistent()
-    old = {"items": [(10, "x")], "nodes": [left, right], "_count": 7}
-    split = {"items": [(5, "f"), (10, "x")], "nodes": [left, extra, right], "_count": 8}
-    mine = {"items": [(10, "x")], "nodes": [left, right], "_count": 8}
-    with pytest.raises(ConflictError):
-        merge_bnode(2, old, split, mine)
-    replaced = {"items": [(10, "x")], "nodes": [left, extra], "_count": 8}
-    with pytest.raises(ConflictError):
-        merge_bnode(2, old, replaced, mine)
-
-
-def test_unknown_counts_stay_unknown() -> None:
-    left, right = Persistent(), Persistent()
-    old = {"items": [(10, "x")], "nodes": [left, right]}
-    committed = {"items": [(10, "x")], "nodes": [left, right], "_count": 8}
-    assert "_count" not in merge_bnode(2, old, committed, dict(committed))
