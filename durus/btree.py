@@ -45,7 +45,7 @@ from durus.error import ConflictError
 from durus.mapping_names import Durus43MappingNames
 from durus.merge import same
 from durus.persistent import UNSAVED, PersistentObject
-from durus.reads import NO_READS, start_reads
+from durus.reads import NO_READS, settle_reads, start_reads
 
 _setattribute = object.__setattr__
 _delattribute = object.__delattr__
@@ -685,7 +685,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
 
     def __setstate__(self, state: Any) -> None:
         PersistentObject.__setstate__(self, state)
-        _setattribute(self, "_p_reads", None)
+        settle_reads(self)
 
     # -- the log ------------------------------------------------------------
     # Each method takes ``self.root`` before the log: that loads a ghost,

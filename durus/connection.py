@@ -385,18 +385,10 @@ class Connection:
             rounds = 0
             while True:
                 try:
-                    if self._invalid_oids:
-                        self._resolve_conflicts(records)
                     self._send(records)
                     break
-                except (WriteConflictError, ReadConflictError) as conflict:
-                    # New commits met: by the commit itself, or by a load
-                    # while resolving.  Another round, if there is one.
-                    rounds += 1
-                    if rounds > self.resolution_rounds or not self._invalid_oids:
-                        raise WriteConflictError(sorted(self._invalid_oids) or conflict.oids) from None
-                except ConflictError:
-                    raise WriteConflictError(sorted(self._invalid_oids)) from None
+                except WriteConflictError as conflict:
+                    rounds = self._resolve_round(rounds, conflict, records)
         except BaseException:
             self._forget_new_objects(records)
             raise
@@ -452,6 +444,23 @@ class Connection:
             storage.store(oid, record)
         storage.end(self._handle_invalidations)
 
+    def _resolve_round(self, rounds: int, conflict: WriteConflictError, records: dict) -> int:
+        """Resolve what the commit met, as round ``rounds + 1``; the rounds
+        used, or the conflict raised when that cannot be done.  Loads that
+        meet newer commits while resolving start another round.
+        """
+        while True:
+            rounds += 1
+            if rounds > self.resolution_rounds or not self._invalid_oids:
+                raise conflict
+            try:
+                self._resolve_conflicts(records)
+                return rounds
+            except ReadConflictError:
+                conflict = WriteConflictError(sorted(self._invalid_oids))
+            except ConflictError:
+                raise WriteConflictError(sorted(self._invalid_oids)) from None
+
     def _resolve_conflicts(self, records: dict[bytes, tuple[PersistentObject, bytes, bytes]]) -> None:
         """Bring this transaction onto the committed states of the objects in
         ``_invalid_oids`` (used here, changed since by other clients), and
@@ -487,7 +496,7 @@ class Connection:
         merges = self._merge_states(by_state, committed)
         repickle = self._forget_new_objects(records)
         for obj, merged in merges:
-            self._adopt_merge(obj, merged, committed[obj._p_oid])
+            self._adopt_merge(obj, merged)
             repickle.append(obj)
         for obj in by_state:
             base_data[obj._p_oid] = committed[obj._p_oid]
@@ -534,14 +543,11 @@ class Connection:
             merges.append((obj, obj._p_resolve_conflict(old_state, committed_state, mine)))
         return merges
 
-    def _adopt_merge(self, obj: PersistentObject, merged: Any, committed_data: bytes) -> None:
-        """Give ``obj`` its merged state, keeping its record of reads: a
-        later round checks them again against a newer commit.
+    def _adopt_merge(self, obj: PersistentObject, merged: Any) -> None:
+        """Give ``obj`` its merged state (its record of reads stays: a later
+        round checks them again against a newer commit).
         """
-        reads = getattr(obj, "_p_reads", None)
         obj.__class__.__setstate__(obj, merged)
-        if reads is not None:
-            _setattribute(obj, "_p_reads", reads)
         self._invalid_oids.discard(obj._p_oid)
 
     def _replay(self, conflicting: list[PersistentObject], records: dict) -> None:
@@ -556,6 +562,9 @@ class Connection:
         """
         changed = self._changed
         put_back = {oid: obj for oid, obj in changed.items() if obj._p_changes_replayed}
+        replayers = [obj for obj in self._read_records if getattr(obj, "_p_replay", None) is not None]
+        if put_back and not replayers:
+            raise ConflictError()  # changes no log can repeat
         put_back.update((obj._p_oid, obj) for obj in conflicting if obj._p_changes_replayed)
         for oid, obj in put_back.items():
             changed.pop(oid, None)
@@ -566,10 +575,8 @@ class Connection:
         # A replay cut short by newer commits leaves trees half done: the
         # next round must replay again even if only other objects conflict.
         self._replay_unfinished = True
-        for obj in list(self._read_records):
-            replay = getattr(obj, "_p_replay", None)
-            if replay is not None:
-                replay()
+        for obj in replayers:
+            obj._p_replay()
         self._replay_unfinished = False
 
     def _note_invalidations(self, oids: list[bytes], read_oid: bytes | None = None) -> list[bytes]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from durus.error import ConflictError
 from durus.persistent import GHOST, PersistentObject
-from durus.reads import reads_of
+from durus.reads import reads_of, settle_reads
 
 _setattribute = object.__setattr__
 
@@ -77,7 +77,7 @@ class PersistentCounter(PersistentObject):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         _setattribute(self, "_value", state["value"])
-        _setattribute(self, "_p_reads", None)
+        settle_reads(self)
 
     def _p_clear_state(self) -> None:
         try:

@@ -16,7 +16,7 @@ from typing import Any, Self
 from durus.mapping_names import Durus43MappingNames
 from durus.merge import merge_mapping
 from durus.persistent import PersistentObject, container_repr
-from durus.reads import check_key_reads, check_other_attributes, reads_of, start_reads
+from durus.reads import check_key_reads, check_other_attributes, reads_of, settle_reads, start_reads
 
 _setattribute = object.__setattr__
 
@@ -47,7 +47,7 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
 
     def __setstate__(self, state: Any) -> None:
         PersistentObject.__setstate__(self, state)
-        _setattribute(self, "_p_reads", None)
+        settle_reads(self)
 
     def _whole(self) -> dict:
         """``data``, recording that all of it is read."""

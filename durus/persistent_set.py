@@ -16,7 +16,7 @@ from typing import Any
 
 from durus.merge import merge_set
 from durus.persistent import PersistentObject, container_repr
-from durus.reads import check_key_reads, check_other_attributes, reads_of, start_reads
+from durus.reads import check_key_reads, check_other_attributes, reads_of, settle_reads, start_reads
 
 _setattribute = object.__setattr__
 
@@ -60,7 +60,7 @@ class PersistentSet(PersistentObject, MutableSet):
 
     def __setstate__(self, state: Any) -> None:
         PersistentObject.__setstate__(self, state)
-        _setattribute(self, "_p_reads", None)
+        settle_reads(self)
 
     def _whole(self) -> set:
         """``s``, recording that all of it is read."""

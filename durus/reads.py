@@ -83,6 +83,17 @@ def start_reads(obj: Any, kind: type = KeyReads) -> Any:
     return reads
 
 
+def settle_reads(obj: Any) -> None:
+    """Give a container just loaded an empty ``_p_reads`` slot, keeping a
+    record already there: a container put back and loaded again while its
+    transaction resolves a conflict keeps what that transaction read.
+    """
+    try:
+        _getattribute(obj, "_p_reads")
+    except AttributeError:
+        _setattribute(obj, "_p_reads", None)
+
+
 def reads_of(obj: Any) -> Any:
     """The read record of ``obj``, started if need be (the slow path)."""
     reads = _getattribute(obj, "_p_reads")
