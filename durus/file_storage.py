@@ -2,13 +2,16 @@
 
 One process owns a file at a time: it holds an exclusive ``flock`` while
 the file is open for writing, and processes that want to share a database
-reach it through a storage server.  A commit appends one transaction with
-one write and returns only after fdatasync; :mod:`durus.shelf` explains why
-that order means a crash never leaves a file that ``repair=True`` cannot
-open.  A storage server may defer the fdatasync (``end(sync=False)``) and
-call :meth:`FileStorage.sync_to_disk` from its own thread, so that the
-commits of many clients written during one sync share the next (group
-commit).  Packing writes ``<file>.pack`` holding the records reachable from
+reach it through a storage server.  A commit appends one sealed transaction
+with one write, then a commit trailer, and returns only after fdatasync;
+:mod:`durus.shelf` explains how that makes whatever a crash leaves open as
+whole commits, every acknowledged one included.  A storage server may defer
+the trailer and fdatasync (``end(sync=False)``) and call
+:meth:`FileStorage.sync_to_disk` from its own thread, so that the commits of
+many clients written during one sync share the next (group commit).  A
+commit whose records refer to oids that have no record and were never
+handed out is refused (:class:`UnknownReferenceError`) before anything is
+written.  Packing writes ``<file>.pack`` holding the records reachable from
 the root, step by step so a server can keep serving commits meanwhile, then
 renames it over the file.
 """
@@ -27,11 +30,11 @@ from collections.abc import Iterable, Iterator
 from struct import Struct
 
 from durus.error import DurusError, DurusKeyError
-from durus.record import ROOT_OID, int_to_oid, record_refs
-from durus.shelf import PREFIX, Shelf, encode_offset_map, write_all
+from durus.record import ROOT_OID, int_to_oid, oid_to_int, read_int4, record_refs
+from durus.shelf import PREFIX, Shelf, gen_offset_map, write_all
 from durus.storage import InvalidationHandler, Storage, gen_reachable_records
 
-__all__ = ["FileStorage", "TempFileStorage", "FileLockedError", "ReadOnlyError"]
+__all__ = ["FileStorage", "TempFileStorage", "FileLockedError", "ReadOnlyError", "UnknownReferenceError"]
 
 log = logging.getLogger("durus.file_storage")
 
@@ -63,6 +66,23 @@ class FileLockedError(DurusError, OSError):
 
 class ReadOnlyError(DurusError):
     """A change was asked of a storage opened with ``readonly=True``."""
+
+
+class UnknownReferenceError(DurusError):
+    """A commit was refused, and nothing of it written: the record of ``oid``
+    refers to ``ref``, which has no record, is not stored by the commit, and
+    was not handed out by this storage's ``new_oid``.  Such a reference could
+    never be loaded; it comes from a bug, or from an object of another
+    database or of a connection that was closed.
+    """
+
+    def __init__(self, filename: str, oid: bytes, ref: bytes) -> None:
+        super().__init__(
+            f"commit refused, nothing written to {filename}: the record of oid "
+            f"{oid_to_int(oid)} refers to oid {oid_to_int(ref)}, which has no record, "
+            "is not in this commit and was never handed out by new_oid()")
+        self.oid = oid
+        self.ref = ref
 
 
 class FileStorage(Storage):
@@ -183,6 +203,10 @@ class FileStorage(Storage):
             raise RuntimeError("store() outside a commit: call begin() first")
         if len(oid) != 8 or record[:8] != oid:
             raise ValueError(f"a record for oid {oid!r} must start with that 8-byte oid")
+        data_end = 12 + read_int4(record, 8) if len(record) >= 12 else None
+        if data_end is None or data_end > len(record) or (len(record) - data_end) % 8:
+            raise ValueError(
+                f"the record for oid {oid_to_int(oid)} is not oid + int4(len(data)) + data + refs")
         self.pending[oid] = record
 
     def end(self, handle_invalidations: InvalidationHandler | None = None, sync: bool = True) -> None:
@@ -199,10 +223,45 @@ class FileStorage(Storage):
         if not pending:
             return
         self._check_writable("commit")
-        self.shelf.append(pending.items(), sync=sync)
+        self._check_references(pending)
+        shelf = self.shelf
+        try:
+            shelf.append(pending.items(), sync=sync)
+        except OSError as error:
+            if shelf.sync_error is not None:
+                self.sync_error = error
+            raise
         self.allocated.difference_update(pending)
         if self.pack_extra is not None:
             self.pack_extra.update(pending)
+
+    def _check_references(self, pending: dict[bytes, bytes]) -> None:
+        """Refuse a commit whose records refer to oids that have no record
+        in the file or the commit and were not handed out by ``new_oid``.
+        """
+        allocated, shelf = self.allocated, self.shelf
+        known: set[bytes] = set()
+        for oid, record in pending.items():
+            refs = record_refs(record)
+            for start in range(0, len(refs), 8):
+                ref = refs[start:start + 8]
+                if ref in known or ref in pending or ref in allocated:
+                    continue
+                if ref not in shelf:
+                    raise UnknownReferenceError(self.filename, oid, ref)
+                known.add(ref)
+
+    def describe_record(self, oid: bytes) -> str:
+        """Where the record of ``oid`` is, for messages: "offset E of PATH",
+        E being the offset of its entry (the record starts 16 bytes later).
+        """
+        shelf = self.__dict__.get("shelf")
+        if shelf is None:
+            return f"{self.filename} (closed)"
+        position = shelf.get_position(oid)
+        if position is None:
+            return f"no record in {self.filename}"
+        return f"offset {position} of {self.filename}"
 
     def sync_to_disk(self) -> None:
         """Make every commit appended so far durable, those of
@@ -337,7 +396,7 @@ class FileStorage(Storage):
             self.shelf = new_shelf
             self._unused_oids = new_shelf.gen_unused_oids()
             self.freed.update(freed)
-            old_shelf.close()
+            old_shelf.close(sync=False)  # replaced: nothing in it needs to be durable
             _sync_directory(self.filename)
 
     def close(self) -> None:
@@ -391,12 +450,15 @@ class TempFileStorage(FileStorage):
 class _ReachableCopier:
     """Writes the initial transaction and offset map of a packed file.
 
+    Its memory grows with the objects copied, never with the values of
+    oids: a reference to oid 2**44 costs what one to oid 5 does.
+
     Instance attributes:
 
     - ``storage``: the FileStorage being packed.
     - ``fd``: the new file, written from offset 0.
     - ``todo``: the oids (ints) found reachable and not copied yet.
-    - ``seen``: a byte per oid: 1 once found reachable (copied or queued).
+    - ``seen``: the oids found reachable (copied or queued), an :class:`_OidSet`.
     - ``offsets``: oid (int) -> record offset in the new file.
     - ``buffer``, ``position``: bytes waiting to be written, and where.
     """
@@ -405,8 +467,11 @@ class _ReachableCopier:
         self.storage = storage
         self.fd = fd
         self.todo = [0]
-        self.seen = bytearray(1)
-        self.seen[0] = 1
+        shelf = storage.shelf
+        # Nearly all oids with records are below this: the map's, then the
+        # ones allocated after it.  A byte each for those, a set for the rest.
+        self.seen = _OidSet(shelf.map_size() + len(shelf.recent) + 1)
+        self.seen.add(0)
         self.offsets: dict[int, int] = {}
         self.buffer: list[bytes] = [PREFIX, _int8.pack(0)]
         self.position = 0
@@ -439,18 +504,18 @@ class _ReachableCopier:
         self._flush()
         map_start = self.position
         write_all(self.fd, _int8.pack(map_start - len(PREFIX) - 8), len(PREFIX))
+        # Only oids with records count: a dangling reference makes no map word.
         count = max(self.offsets) + 2 if self.offsets else 0
-        write_all(self.fd, encode_offset_map(map_start, count, self.offsets), map_start)
+        for piece in gen_offset_map(map_start, count, self.offsets):
+            write_all(self.fd, piece, self.position)
+            self.position += len(piece)
         return False
 
     def _queue_refs(self, refs: bytes) -> None:
-        seen = self.seen
+        add, todo = self.seen.add, self.todo
         for (index,) in _int8.iter_unpack(refs):
-            if index >= len(seen):
-                seen.extend(bytes(max(index + 1 - len(seen), len(seen))))
-            if not seen[index]:
-                seen[index] = 1
-                self.todo.append(index)
+            if add(index):
+                todo.append(index)
 
     def _flush(self) -> None:
         data = b"".join(self.buffer)
@@ -460,19 +525,15 @@ class _ReachableCopier:
         self.buffered = 0
 
     def has_copied(self, oid: bytes) -> bool:
-        index = int.from_bytes(oid, "big")
-        return index < len(self.seen) and self.seen[index] == 1
+        return int.from_bytes(oid, "big") in self.seen
 
     def gen_extra_records(self, committed: set[bytes]) -> Iterator[tuple[bytes, bytes]]:
         """The current records of oids committed during the pack, and of any
         objects reachable from them that the copy has not met.
         """
-        seen = self.seen
         self.todo = [int.from_bytes(oid, "big") for oid in committed]
         for index in self.todo:
-            if index >= len(seen):
-                seen.extend(bytes(max(index + 1 - len(seen), len(seen))))
-            seen[index] = 1
+            self.seen.add(index)
         shelf = self.storage.shelf
         while self.todo:
             oid = int_to_oid(self.todo.pop())
@@ -482,6 +543,32 @@ class _ReachableCopier:
             record = shelf.read_record(oid, position)
             self._queue_refs(record_refs(record))
             yield oid, record
+
+
+class _OidSet:
+    """A set of oids (ints): a byte each below ``dense``, a set above it."""
+
+    def __init__(self, dense: int) -> None:
+        self.flags = bytearray(dense)
+        self.others: set[int] = set()
+
+    def add(self, index: int) -> bool:
+        """Add ``index``; whether it was new."""
+        flags = self.flags
+        if index < len(flags):
+            if flags[index]:
+                return False
+            flags[index] = 1
+            return True
+        if index in self.others:
+            return False
+        self.others.add(index)
+        return True
+
+    def __contains__(self, index: int) -> bool:
+        if index < len(self.flags):
+            return self.flags[index] == 1
+        return index in self.others
 
 
 def _lock(fd: int) -> bool:

@@ -20,49 +20,47 @@ This module reads and writes that format and nothing more: :class:`Shelf`
 is an open shelf file with its index of oid -> record offset; locking,
 oid bookkeeping and packing live in :mod:`durus.file_storage`.
 
-Why a crash can never leave a file that repair cannot open: the bytes up
-to the end of the last synced transaction are never written again
-(commits only append, and packing builds a separate file that replaces
-this one with an atomic rename only after it is fsynced).  Each commit is
-written with a single write of the whole transaction, at the end of the
-one before, and is reported durable only once an fdatasync that began
-after its write has returned.  Usually each commit syncs itself; a server
-may instead append several (``sync=False``) and let one sync cover them
-all (group commit).  Either way, whatever a crash leaves behind the last
-synced transaction is the remains of the transactions written since, in
-order: a prefix of them, or that prefix padded with zeros (or, within the
-last transaction, garbage) where the file system kept the new size but
-not the data.  Opening detects the damaged tail (a length running past
-the end, zero bytes up to the end, or an entry that does not parse
-followed by nothing but zeros after where it says it ends) and ``repair=True`` cuts the file back to
-the end of the last complete transaction; the whole transactions before
-it are kept, synced or not, as they are whole commits in commit order.
-Damage anywhere before that cannot come from a crash, so it is reported,
-never cut.
+Crash safety (docs/file-format.md section 8 has the details and the
+reasoning).  While a shelf is open for writing, the file has *free space*
+after its last transaction (zeros, reserved ahead of the commits), and two
+things this module adds there, both beyond the logical end of the data:
 
-Free space: a writable shelf reserves room at the end of the file ahead of
-its commits (``posix_fallocate``, which reads as zeros), because an
-fdatasync after writing into space the file already has skips the update of
-the file's size, and takes about a third less time than after an append.
-Zeros after the last transaction, 8 bytes or more of them, are that free
-space (read as empty transactions where they come in whole 8-byte steps),
-and the next commit is written over them; fewer than 8 are what a crash
-leaves of a transaction's length, torn as ever.  The shelf keeps the free
-space at 0 or at least 8 bytes, and gives it back when it is closed, so a
-closed file is as Durus 4.3 writes it; after a crash Durus 4.3 needs
-``repair=True`` to drop it (this package does not).
+- a *seal* right after the last transaction, written by the same write as
+  the transaction: it says where the transactions written since a durable
+  point end, with a CRC-32 of their bytes;
+- two *commit trailer slots*, a page each, at the very end of the free
+  space.  Each fdatasync that makes commits durable is preceded by writing
+  a trailer (a sequence number, the span of bytes it vouches for and their
+  CRC-32) into the slot that does not hold the newest durable trailer, so
+  that one is never overwritten before its successor is on disk.
+
+Opening a file finds the newest trailer whose CRC matches, which marks a
+durable end, and then the furthest seal whose CRC matches: everything up to
+there is whole transactions, exactly as written.  Bytes beyond it that are
+not zeros are the remains of commits never acknowledged: an error
+(:class:`TornTransactionError`) unless ``repair=True``, which cuts them off.
+Closing gives the free space back, so a closed file is exactly what Durus
+4.3 writes and reads; a file with no trailer (closed, or written by Durus
+4.3) is checked by the shape and content of its last transaction instead.
 """
 
 from __future__ import annotations
 
+import codecs
 import fcntl
 import mmap
 import os
+import pickle
+import pickletools
 import sys
+import threading
+import zlib
 from array import array
 from collections.abc import Iterable, Iterator
+from io import BytesIO
 from struct import Struct
 from struct import error as struct_error
+from typing import NamedTuple
 
 from durus.error import DurusError
 from durus.record import int_to_oid
@@ -83,13 +81,26 @@ _fdatasync = getattr(os, "fdatasync", os.fsync)
 # How much free space a shelf reserves at a time, ahead of its commits.
 RESERVE = 1 << 20
 
+# A commit trailer slot: a page of its own, so that writing one slot never
+# rewrites the page holding the other.
+SLOT = 4096
+TRAILER_MAGIC = b"SHELF-TR"
+# A seal, written right after the last transaction, has the same layout.
+SEAL_MAGIC = b"SHELF-SL"
+# magic, position of the trailer itself, sequence number, start and end of
+# the bytes it vouches for, their CRC-32; then the CRC-32 of these 44 bytes.
+_trailer_body = Struct(">8sQQQQI")
+TRAILER_SIZE = _trailer_body.size + 4
+_ZERO_SLOT = bytes(SLOT)
+_CRC_CHUNK = 1 << 20
+
 
 class ShelfError(DurusError):
     """The file is not a readable SHELF-1 file; ``path`` and ``offset`` say where.
 
-    Damage before the last transaction cannot come from a crash during a
-    commit, so it is never repaired automatically: restore from a backup, or
-    copy out what is readable with ``gen_oid_record``.
+    Damage before the last acknowledged commit cannot come from a crash, so
+    it is never repaired automatically: restore from a backup, or copy out
+    what is readable with ``gen_oid_record``.
     """
 
     def __init__(self, path: str, offset: int, problem: str) -> None:
@@ -99,7 +110,9 @@ class ShelfError(DurusError):
 
 
 class TornTransactionError(ShelfError):
-    """The last transaction was cut short by a crash; open with repair=True."""
+    """The file ends in what a crash left of commits never acknowledged (an
+    incomplete transaction); open with repair=True to cut it off.
+    """
 
     def __init__(self, path: str, offset: int) -> None:
         ShelfError.__init__(
@@ -108,9 +121,73 @@ class TornTransactionError(ShelfError):
             offset,
             "the last transaction is incomplete (a crash during a commit); "
             "open the file with FileStorage(..., repair=True) or the durus "
-            "command's --repair to cut it off (only that uncommitted "
-            "transaction is lost)",
+            "command's --repair to cut it off (only commits that were never "
+            "acknowledged are lost)",
         )
+
+
+class Trailer(NamedTuple):
+    """A commit trailer or seal read from a file: it sits at ``position`` and
+    says that the bytes ``start:end`` have the CRC-32 ``crc``.
+    """
+
+    position: int
+    sequence: int
+    start: int
+    end: int
+    crc: int
+
+
+def encode_trailer(
+    position: int, sequence: int, start: int, end: int, crc: int, magic: bytes = TRAILER_MAGIC
+) -> bytes:
+    """The 48 bytes of a commit trailer (or, with ``SEAL_MAGIC``, a seal)."""
+    body = _trailer_body.pack(magic, position, sequence, start, end, crc)
+    return body + _int4.pack(zlib.crc32(body))
+
+
+def parse_trailer(data: bytes, position: int, magic: bytes = TRAILER_MAGIC) -> Trailer | None:
+    """The trailer (or seal) at the start of ``data``, read from ``position``,
+    or None if there is none: wrong magic, wrong checksum, or written for
+    another place.
+    """
+    if data[:8] != magic or len(data) < TRAILER_SIZE:
+        return None
+    body = data[:_trailer_body.size]
+    if _int4.unpack_from(data, _trailer_body.size)[0] != zlib.crc32(body):
+        return None
+    _, at, sequence, start, end, crc = _trailer_body.unpack(body)
+    if at != position or start > end:
+        return None
+    return Trailer(at, sequence, start, end, crc)
+
+
+def _crc_of_buffer(buffer: mmap.mmap | bytes, start: int, end: int) -> int:
+    crc = 0
+    for position in range(start, end, _CRC_CHUNK):
+        crc = zlib.crc32(buffer[position:min(position + _CRC_CHUNK, end)], crc)
+    return crc
+
+
+def _crc_of_file(fd: int, start: int, end: int) -> int:
+    crc = 0
+    for position in range(start, end, _CRC_CHUNK):
+        crc = zlib.crc32(os.pread(fd, min(_CRC_CHUNK, end - position), position), crc)
+    return crc
+
+
+def _round_up_to_slot(size: int) -> int:
+    return -(-size // SLOT) * SLOT
+
+
+def _writer_holds_lock(fd: int) -> bool:
+    """Whether a process has the file open for writing (holds its flock)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
 
 
 def word_width(map_start: int, count: int) -> int:
@@ -122,18 +199,38 @@ def encode_offset_map(map_start: int, count: int, offsets: dict[int, int]) -> by
     """The offset map of ``count`` words for ``offsets`` (oid -> record offset),
     with the cycle of links through the holes.
     """
-    words = array("Q", bytes(8 * count))
-    previous_hole = count - 1
-    for index in range(count):
-        offset = offsets.get(index)
-        if offset is None:
-            words[index] = map_start + previous_hole
-            previous_hole = index
-        else:
-            words[index] = offset
+    return b"".join(gen_offset_map(map_start, count, offsets))
+
+
+def gen_offset_map(
+    map_start: int, count: int, offsets: dict[int, int], chunk: int = 1 << 16
+) -> Iterator[bytes]:
+    """The offset map of :func:`encode_offset_map` in pieces: its header, then
+    its words ``chunk`` at a time, so that building a map takes memory for
+    the live records and one piece, however large the map (N) is.
+    """
     width = word_width(map_start, count)
-    header = _int8.pack(16 + width * count) + _int8.pack(width) + _int8.pack(count)
-    return header + _narrow_words(words, width)
+    yield _int8.pack(16 + width * count) + _int8.pack(width) + _int8.pack(count)
+    live = sorted(offsets)
+    next_live = 0
+    previous_hole = count - 1
+    for low in range(0, count, chunk):
+        high = min(low + chunk, count)
+        words = array("Q")
+        index = low
+        while index < high:
+            stop = live[next_live] if next_live < len(live) and live[next_live] < high else high
+            if stop == index:
+                words.append(offsets[index])
+                next_live += 1
+                index += 1
+            else:
+                # The holes index .. stop - 1, each linking to the one before.
+                words.append(map_start + previous_hole)
+                words.extend(range(map_start + index, map_start + stop - 1))
+                previous_hole = stop - 1
+                index = stop
+        yield _narrow_words(words, width)
 
 
 def _narrow_words(words: array, width: int) -> bytes:
@@ -244,6 +341,132 @@ def _zeros_to_end(buffer: mmap.mmap | bytes, start: int, size: int) -> bool:
     return True
 
 
+def write_parts(fd: int, parts: list[bytes], position: int) -> None:
+    """Write ``parts`` one after another at ``position``, with one pwritev
+    unless the OS writes less.
+    """
+    total = sum(len(part) for part in parts)
+    written = os.pwritev(fd, parts, position)
+    if written < total:
+        write_all(fd, b"".join(parts)[written:], position + written)
+
+
+# -- what a record written by Durus looks like (for files without trailers) ----
+
+class _StandIn:
+    """Whatever a state pickle builds, while only its references are wanted."""
+
+    def __new__(cls, *args: object, **kwargs: object) -> _StandIn:
+        return object.__new__(cls)
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __call__(self, *args: object, **kwargs: object) -> _StandIn:
+        return _StandIn()
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+    def append(self, item: object) -> None:
+        pass
+
+    def extend(self, items: object) -> None:
+        pass
+
+
+class _ReferenceReader(pickle.Unpickler):
+    """Reads a state pickle for the oids of its persistent ids, building
+    stand-ins for every class (only ``_codecs.encode``, which protocol 2 uses
+    for bytes such as oids, is the real one), so no code of the pickle's
+    classes runs.
+    """
+
+    def __init__(self, state: bytes) -> None:
+        super().__init__(BytesIO(state), encoding="bytes")
+        self.oids: set[bytes] = set()
+        self.memo = {0: _StandIn}  # Durus 4.3 state pickles may name their class as memo 0
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) == ("_codecs", "encode"):
+            return codecs.encode
+        return _StandIn
+
+    def persistent_load(self, pid: object) -> _StandIn:
+        oid = pid[0] if isinstance(pid, tuple) and pid else pid
+        if not (isinstance(oid, bytes) and len(oid) == 8):
+            raise ValueError("not an oid")
+        self.oids.add(oid)
+        return _StandIn()
+
+
+def _pickle_end(data: bytes) -> int | None:
+    """Where the pickle at the start of ``data`` ends (after its STOP), or
+    None if its opcodes do not parse up to a STOP.
+    """
+    try:
+        for opcode, _, position in pickletools.genops(data):
+            if opcode.name == "STOP":
+                return position + 1
+    except Exception:  # any error means: not a whole pickle
+        return None
+    return None
+
+
+# A state larger than this is not read for its references (that builds its objects).
+_REFERENCE_CHECK_LIMIT = 1 << 20
+
+
+def record_problem(record: bytes) -> str | None:
+    """What shows that ``record`` is not whole (zeros or garbage where a crash
+    cut it), or None.
+
+    Only what every record written by Durus has is checked, so a whole record
+    is never reported: the refs are ascending; data that starts as a pickle
+    is a class pickle then a state pickle, zlib-compressed or not, each
+    complete (zlib checks its own checksum); and the oids of the state's
+    persistent ids are the refs.  Data that does not start as a pickle
+    (written by other tools) is only checked not to be all zeros.
+    """
+    data_end = 12 + _int4.unpack_from(record, 8)[0]
+    oid, data, refs = record[:8], record[12:data_end], record[data_end:]
+    ref_list = [refs[k:k + 8] for k in range(0, len(refs), 8)]
+    if any(a >= b for a, b in zip(ref_list, ref_list[1:])):
+        return "its refs are not in ascending order"
+    if not data.strip(b"\0"):
+        return "its data is zeros"
+    if data[0] != 0x80:
+        return None
+    class_end = _pickle_end(data)
+    if class_end is None:
+        return "its class pickle is incomplete"
+    state = data[class_end:]
+    if state[:1] == b"x":
+        decompressor = zlib.decompressobj()
+        try:
+            state = decompressor.decompress(state)
+        except zlib.error:
+            return "its state fails to decompress"
+        if not decompressor.eof or decompressor.unused_data:
+            return "its state is not one whole zlib stream"
+    if state[:1] != b"\x80":
+        return "its state is not a pickle" if state[:1] in (b"", b"\0") else None
+    if _pickle_end(state) != len(state):
+        return "its state pickle is incomplete"
+    if len(state) <= _REFERENCE_CHECK_LIMIT:
+        reader = _ReferenceReader(state)
+        try:
+            reader.load()
+        except Exception:  # a pickle the stand-ins cannot build: no verdict
+            return None
+        if reader.oids - {oid} != set(ref_list):
+            return "its refs are not the references of its state"
+    return None
+
+
 class Shelf:
     """An open SHELF-1 file and its index of oid -> record offset.
 
@@ -263,29 +486,46 @@ class Shelf:
     - ``end``: the position where the next transaction goes: the end of
       the last one, where the free space (if any) begins.
     - ``size``: the file's size, ``end`` plus the free space.
-    - ``writable``: whether the file was opened for writing (only then is
-      free space reserved and given back).
+    - ``writable``: whether the file was opened for writing.
     - ``sync``: whether appends are fdatasynced (not for throwaway files).
-    - ``unsynced``: True when transactions were appended with
-      ``sync=False`` since the last fdatasync.
+    - ``trailers``: whether this shelf keeps free space with a seal and
+      commit trailers in it (a writable shelf that syncs).
+    - ``durable_end``: the end of the transactions a synced trailer vouches for.
+    - ``sync_error``: the error of a failed fdatasync, or None.
     """
 
     def __init__(self, fd: int, path: str, repair: bool = False, sync: bool = True) -> None:
         self.fd = fd
         self.path = path
         self.sync = sync
-        self.unsynced = False
+        self.sync_error: OSError | None = None
         self.writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+        self.trailers = self.writable and sync
+        # Held while trailers are written and synced, and while the file's
+        # size changes: a server's sync thread and its commit thread meet here.
+        self._lock = threading.Lock()
+        self._sequence = 0  # of the newest trailer written
+        self._slots: int | None = None  # position of the first of the two slots
+        self._durable_slot = 0  # which slot holds the newest synced trailer
         size = os.fstat(fd).st_size
         if size == 0:
             write_all(fd, empty_shelf(), 0)
-            self._sync()
+            self._fdatasync()
             size = os.fstat(fd).st_size
         buffer = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
         try:
             self._read(buffer, size, repair)
         finally:
             buffer.close()
+        self.durable_end = self.end
+        # (start, end, crc): the CRC-32 of the bytes start..end, where start
+        # is a durable end and end the end of the last transaction written.
+        self._span = (self.end, self.end, 0)
+        if self.trailers:
+            with self._lock:
+                self._start_free_space()
+
+    # -- reading ---------------------------------------------------------------
 
     def _read(self, buffer: mmap.mmap, size: int, repair: bool) -> None:
         empty = empty_shelf()
@@ -295,7 +535,7 @@ class Shelf:
                 raise TornTransactionError(self.path, 0)
             os.ftruncate(self.fd, 0)
             write_all(self.fd, empty, 0)
-            self._sync()
+            self._fdatasync()
             buffer, size = empty, len(empty)
         if buffer[:len(PREFIX)] != PREFIX:
             raise ShelfError(
@@ -316,29 +556,111 @@ class Shelf:
         self.map_start = map_start
         self.map_words = _widen_words(buffer[map_start + 24:map_end], width, count)
         self.recent: dict[bytes, int] = {}
-        self.end = self._read_transactions(buffer, map_end, size, repair)
+        trailers, free_from = self._find_slot_trailers(buffer, map_end, size)
+        if trailers:
+            self.end = self._read_vouched(buffer, map_end, trailers, free_from, repair)
+        else:
+            self.end = self._read_transactions(buffer, map_end, size, repair)
         self.size = os.fstat(self.fd).st_size
 
+    @staticmethod
+    def _find_slot_trailers(buffer: mmap.mmap, map_end: int, size: int) -> tuple[list[Trailer], int]:
+        """The commit trailers in the pages at the end of the file (a page
+        being counted from the end), and where the run of pages that hold
+        only zeros or a trailer begins.
+        """
+        found = []
+        free_from = size
+        position = size - SLOT
+        while position >= map_end:
+            page = buffer[position:position + SLOT]
+            if page != _ZERO_SLOT:
+                trailer = parse_trailer(page, position)
+                if trailer is None or page[TRAILER_SIZE:] != _ZERO_SLOT[TRAILER_SIZE:]:
+                    break
+                found.append(trailer)
+            free_from = position
+            position -= SLOT
+        return found, free_from
+
+    def _read_vouched(
+        self, buffer: mmap.mmap, map_end: int, trailers: list[Trailer], free_from: int, repair: bool
+    ) -> int:
+        """Index a file a writer left open (a crash): up to the newest
+        trailer that matches its data, then as far as a matching seal says;
+        return that end.  Anything but zeros after it is unacknowledged.
+        """
+        trailers.sort(key=lambda trailer: trailer.sequence, reverse=True)
+        self._sequence = trailers[0].sequence
+        for trailer in trailers:
+            if map_end <= trailer.start and trailer.end <= trailer.position and (
+                    _crc_of_buffer(buffer, trailer.start, trailer.end) == trailer.crc):
+                break
+        else:
+            raise ShelfError(
+                self.path, trailers[0].position,
+                "no commit trailer matches the data it vouches for (damage, not a crash)")
+        self._index_whole(buffer, map_end, trailer.end)
+        durable_end = end = trailer.end
+        seal = parse_trailer(buffer[end:end + TRAILER_SIZE], end, SEAL_MAGIC)
+        clean_from = end + TRAILER_SIZE if seal is not None else end
+        # Commits written after the last sync: the last one's seal vouches
+        # for all of them.  Their lengths only guide the search for it.
+        position = end
+        while position + 8 <= free_from:
+            length = _int8.unpack_from(buffer, position)[0]
+            following = position + 8 + length
+            if length == 0 or following + TRAILER_SIZE > free_from:
+                break
+            seal = parse_trailer(buffer[following:following + TRAILER_SIZE], following, SEAL_MAGIC)
+            if seal is not None and seal.end == following and map_end <= seal.start <= durable_end and (
+                    _crc_of_buffer(buffer, seal.start, following) == seal.crc):
+                end, clean_from = following, following + TRAILER_SIZE
+            position = following
+        self._index_whole(buffer, durable_end, end)
+        if clean_from >= free_from or _zeros_to_end(buffer, clean_from, free_from):
+            return end
+        return self._torn(end, repair)
+
+    def _index_whole(self, buffer: mmap.mmap, position: int, end: int) -> None:
+        """Index the transactions from ``position`` to ``end``, which a
+        trailer or seal vouches for; any problem in them is damage.
+        """
+        read_int8 = _int8.unpack_from
+        while position < end:
+            following = position + 8 + read_int8(buffer, position)[0]
+            if following > end:
+                raise ShelfError(self.path, position, f"a transaction runs past the end vouched for ({end})")
+            entries, problem, offset, _ = _parse_entries(buffer, position + 8, following, following)
+            if problem is not None:
+                raise ShelfError(self.path, offset, f"{problem} (in the transaction at {position})")
+            self.recent.update(entries)
+            position = following
+
     def _read_transactions(self, buffer: mmap.mmap | bytes, position: int, size: int, repair: bool) -> int:
-        """Index the transactions after the map; return where the last one ends."""
+        """Index the transactions after the map of a file without trailers;
+        return where the last one ends.  The last one that holds anything is
+        checked by its shape and by the content of its last record.
+        """
         read_int8 = _int8.unpack_from
         zeros_from = None  # start of a run of empty transactions reaching to here
+        last = None  # (start, entries) of the last non-empty transaction, not indexed yet
         while position < size:
             torn = position if zeros_from is None else zeros_from
             if position + 8 > size:
                 if zeros_from is not None and buffer[position:size].count(0) == size - position:
                     break  # free space, 8 bytes or more, that ends short of a whole step
-                return self._torn(torn, repair)
+                return self._torn_after(last, torn, repair)
             end = position + 8 + read_int8(buffer, position)[0]
             entries, problem, offset, damaged_to = _parse_entries(buffer, position + 8, end, size)
             if problem is not None:
                 if end == size or _zeros_to_end(buffer, min(damaged_to, end), size):
                     # The file system kept the new length, not all the data
                     # of this transaction, nor any of the ones after it.
-                    return self._torn(torn, repair)
+                    return self._torn_after(last, torn, repair)
                 raise ShelfError(self.path, offset, f"{problem} (in the transaction at {position})")
             if end > size:
-                return self._torn(torn, repair)
+                return self._torn_after(last, torn, repair)
             if end == position + 8:
                 if zeros_from is None:
                     zeros_from = position
@@ -346,8 +668,20 @@ class Shelf:
                         break  # free space: no need to step through it
             else:
                 zeros_from = None
-            self.recent.update(entries)
+                if last is not None:
+                    self.recent.update(last[1])
+                last = (position, entries)
             position = end
+        if last is not None:
+            start, entries = last
+            oid, offset = entries[-1]
+            length = read_int8(buffer, offset)[0]
+            problem = record_problem(buffer[offset + 16:offset + 8 + length])
+            if problem is not None:
+                # Zeros after a crash where its end should be: the
+                # transaction was cut short, however well its lengths read.
+                return self._torn(start, repair)
+            self.recent.update(entries)
         if zeros_from is not None:
             # Free space (or empty transactions, which Durus 4.3's packer
             # writes): nothing in it, so the next commit goes over it, and a
@@ -355,32 +689,118 @@ class Shelf:
             return self._torn(zeros_from, repair) if repair else zeros_from
         return position
 
-    def _torn(self, position: int, repair: bool) -> int:
-        if not repair:
-            raise TornTransactionError(self.path, position)
-        os.ftruncate(self.fd, position)
-        self._sync()
-        return position
+    def _torn_after(self, last: tuple[int, list[tuple[bytes, int]]] | None, position: int, repair: bool) -> int:
+        if last is not None:
+            self.recent.update(last[1])
+        return self._torn(position, repair)
 
-    def _sync(self) -> None:
-        # Cleared before the fdatasync: an append that lands during it sets
-        # the flag again, so no append is ever marked synced by mistake.
-        self.unsynced = False
+    def _torn(self, position: int, repair: bool) -> int:
+        """The end of the file after cutting off what follows ``position``
+        (with ``repair``), or TornTransactionError; a reader beside a live
+        writer just stops there, as those are commits being written.
+        """
+        if repair:
+            os.ftruncate(self.fd, position)
+            self._fdatasync()
+            return position
+        if not self.writable and _writer_holds_lock(self.fd):
+            return position
+        raise TornTransactionError(self.path, position)
+
+    # -- syncing, trailers and free space ----------------------------------------
+
+    def _fdatasync(self) -> None:
         if self.sync:
             try:
                 _fdatasync(self.fd)
-            except BaseException:
-                self.unsynced = True
+            except OSError as error:
+                self.sync_error = error
                 raise
 
+    @property
+    def unsynced(self) -> bool:
+        """Whether transactions were appended since the last commit trailer
+        was synced (with ``sync=False``).
+        """
+        return self._span[1] > self.durable_end
+
     def sync_appended(self) -> None:
-        """fdatasync the transactions appended with ``sync=False``, if any.
+        """Make the transactions appended with ``sync=False`` durable, if any:
+        a commit trailer, then one fdatasync.
 
         May run in another thread than the appends: it covers every append
         whose write returned before it was called.
         """
-        if self.unsynced:
-            self._sync()
+        if self.trailers and self.unsynced:
+            with self._lock:
+                self._write_trailer_and_sync()
+
+    def _write_trailer_and_sync(self) -> None:
+        """With the lock held: vouch for every transaction written so far in
+        the slot not holding the newest synced trailer, then fdatasync.
+        """
+        start, end, crc = self._span
+        if end == self.durable_end and self._slots is not None:
+            return
+        if self._slots is None:
+            self._reserve(end)
+            return
+        slot = 1 - self._durable_slot
+        position = self._slots + slot * SLOT
+        sequence = self._sequence + 1
+        write_all(self.fd, encode_trailer(position, sequence, start, end, crc), position)
+        self._sequence = sequence
+        self._fdatasync()
+        self._durable_slot = slot
+        self.durable_end = end
+
+    def _start_free_space(self) -> None:
+        """Drop the free space a crash left (and any trailers in it), then
+        reserve new free space with its first trailer, synced.
+        """
+        if self.size > self.end:
+            os.ftruncate(self.fd, self.end)
+            self.size = self.end
+            self._fdatasync()
+        self._reserve(self.end)
+
+    def _reserve(self, end: int) -> None:
+        """With the lock held: extend the free space past ``end`` (and a
+        seal) by at least ``RESERVE``, moving the trailer slots to its end.
+
+        A trailer vouching for every transaction written so far goes into
+        the new last slot first, and is synced, before the old slots (which
+        hold the synced trailer until then) are cleared.
+        """
+        old_size, old_slots = self.size, self._slots
+        size = _round_up_to_slot(end + TRAILER_SIZE + RESERVE + 2 * SLOT)
+        start, covered, crc = self._span
+        position = size - SLOT
+        sequence = self._sequence + 1
+        # Writing the whole last page sets the file's new size.
+        trailer = encode_trailer(position, sequence, start, covered, crc)
+        write_all(self.fd, trailer + _ZERO_SLOT[TRAILER_SIZE:], position)
+        self._sequence = sequence
+        if position > old_size:
+            try:
+                # Zeros the file system has room for, so that writing into
+                # them needs no new blocks; a sparse file works too, if slower.
+                os.posix_fallocate(self.fd, old_size, position - old_size)
+            except OSError:
+                pass
+        self.size = size
+        self._fdatasync()
+        self._slots, self._durable_slot, self.durable_end = size - 2 * SLOT, 1, covered
+        if old_slots is not None:
+            write_all(self.fd, bytes(2 * SLOT), old_slots)
+
+    def _give_back_free_space(self) -> None:
+        """With the lock held: cut the file back to ``end``."""
+        os.ftruncate(self.fd, self.end)
+        self.size = self.end
+        self._slots = None
+
+    # -- the index ----------------------------------------------------------------
 
     def get_position(self, oid: bytes) -> int | None:
         """The offset of the entry holding ``oid``'s newest record, if any."""
@@ -414,29 +834,46 @@ class Shelf:
         return chunk[16:] + rest
 
     def append(self, records: Iterable[tuple[bytes, bytes]], sync: bool = True) -> None:
-        """Append one transaction with one write, fdatasync it, then index it.
+        """Append one transaction, sealed, with one write; then, with
+        ``sync``, a commit trailer and one fdatasync.
 
-        With ``sync`` False the fdatasync is left to :meth:`sync_appended`,
-        so that one sync can serve several appends.  On a failed write the
-        file is cut back, so it never keeps part of it.
+        With ``sync`` False the trailer and fdatasync are left to
+        :meth:`sync_appended`, so that one sync can serve several appends.
+        On a failed write the file is cut back, so it never keeps part of it.
         """
-        data, offsets = encode_transaction(records, self.end)
-        end = self.end + len(data)
-        if end > self.size or 0 < self.size - end < 8:
-            self._reserve(end)
+        start = self.end
+        data, offsets = encode_transaction(records, start)
+        end = start + len(data)
+        if self.trailers:
+            if self._slots is None or end + TRAILER_SIZE > self._slots:
+                with self._lock:
+                    self._reserve(end)
+            span_start, span_end, crc = self._span
+            durable_end = self.durable_end
+            if durable_end > span_start:
+                # A sync made more durable since the span began: vouch from there.
+                crc = _crc_of_file(self.fd, durable_end, span_end)
+                span_start = durable_end
+            crc = zlib.crc32(data, crc)
+            parts = [data, encode_trailer(end, 0, span_start, end, crc, SEAL_MAGIC)]
+        else:
+            parts = [data]
+        span = self._span
         try:
-            write_all(self.fd, data, self.end)
-            if sync:
-                self._sync()
+            write_parts(self.fd, parts, start)
+            if self.trailers:
+                self._span = (span_start, end, crc)
+                if sync:
+                    with self._lock:
+                        self._write_trailer_and_sync()
         except BaseException:
-            os.ftruncate(self.fd, self.end)
-            self.size = self.end
+            self._span = span
+            with self._lock:
+                self._give_back_free_space()
             raise
         self.recent.update(offsets)
         self.end = end
         self.size = max(self.size, end)
-        if not sync:
-            self.unsynced = True
 
     def __contains__(self, oid: bytes) -> bool:
         return self.get_position(oid) is not None
@@ -491,34 +928,20 @@ class Shelf:
         for position, oid in current:
             yield oid, position
 
-    def _reserve(self, end: int) -> None:
-        """Make the free space reach past ``end`` by at least ``RESERVE``.
-
-        Where the file system cannot (no room, no support), the free space is
-        given back and the commit is appended as a plain write.
-        """
-        try:
-            os.posix_fallocate(self.fd, self.end, end + RESERVE - self.end)
-            self.size = end + RESERVE
-        except OSError:
-            self._give_back_free_space()
-
-    def _give_back_free_space(self) -> bool:
-        """Cut the file back to ``end``; whether there was free space to cut."""
-        if not (self.writable and self.size > self.end):
-            return False
-        os.ftruncate(self.fd, self.end)
-        self.size = self.end
-        return True
-
     def close(self, sync: bool = True) -> None:
-        """Give back the free space (so the file is as Durus 4.3 writes it)
-        and, with ``sync``, make that and any transactions appended with
-        ``sync=False`` durable in one fdatasync; then close the file.
+        """Make every appended transaction durable, then give back the free
+        space (so the file is as Durus 4.3 writes it) and sync that; then
+        close the file.
+
+        Without ``sync`` (after a failed fdatasync, when nothing written since
+        the last good one can be trusted) the file is closed as it is: its
+        trailers then tell the next open what is durable.
         """
         try:
-            trimmed = self._give_back_free_space()
-            if sync and (trimmed or self.unsynced):
-                self._sync()
+            if self.trailers and sync:
+                with self._lock:
+                    self._write_trailer_and_sync()
+                    self._give_back_free_space()
+                    self._fdatasync()
         finally:
             os.close(self.fd)

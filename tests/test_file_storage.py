@@ -130,14 +130,13 @@ def test_empty_commit_writes_nothing(path: str) -> None:
     storage.close()
 
 
-def test_commit_is_one_write_and_one_fdatasync(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_commit_is_two_writes_and_one_fdatasync(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sealed transaction in one write, its commit trailer in another."""
     storage = FileStorage(path)
-    calls = []
-    real_pwrite, real_sync = os.pwrite, durus.shelf._fdatasync
-    monkeypatch.setattr(durus.shelf.os, "pwrite", lambda *a: calls.append("write") or real_pwrite(*a))
-    monkeypatch.setattr(durus.shelf, "_fdatasync", lambda fd: calls.append("sync") or real_sync(fd))
+    calls: list[str] = []
+    count_syncs(monkeypatch, calls)
     commit(storage, {0: (b"root", [1]), 1: (b"a" * 5000, []), 2: (b"b", [])})
-    assert calls == ["write", "sync"]
+    assert calls == ["write", "write", "sync"]
     storage.close()
 
 
@@ -164,13 +163,14 @@ def test_failed_write_leaves_no_partial_transaction(path: str, monkeypatch: pyte
     storage = FileStorage(path)
     commit(storage, {0: (b"root", [])})
     size = storage.shelf.end
-    real_pwrite = os.pwrite
+    real_pwritev = os.pwritev
 
-    def half_then_full_disk(fd: int, data: bytes, position: int) -> int:
-        real_pwrite(fd, bytes(data)[:len(data) // 2], position)
+    def half_then_full_disk(fd: int, parts: list[bytes], position: int) -> int:
+        data = b"".join(parts)
+        real_pwritev(fd, [data[:len(data) // 2]], position)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(durus.shelf.os, "pwrite", half_then_full_disk)
+    monkeypatch.setattr(durus.shelf.os, "pwritev", half_then_full_disk)
     with pytest.raises(OSError, match="No space"):
         commit(storage, {0: (b"changed", []), 1: (b"new", [])})
     monkeypatch.undo()
@@ -495,12 +495,12 @@ def test_pack_keeps_exactly_the_reachable_records(path: str) -> None:
     commit(storage, {0: (b"root", [1, 3]), 1: (b"one", [2]), 2: (b"two", [1]),
                      3: (b"three", []), 4: (b"lost", [5]), 5: (b"lost too", [1])})
     commit(storage, {0: (b"root", [1]), 1: (b"one, later", [2])})
-    size = os.path.getsize(path)
+    size = storage.shelf.end
     storage.pack()
     expected = {oid(0): record(0, b"root", [1]), oid(1): record(1, b"one, later", [2]),
                 oid(2): record(2, b"two", [1])}
     assert all_records(storage) == expected
-    assert os.path.getsize(path) < size
+    assert storage.shelf.end < size
     assert sorted(os.listdir(os.path.dirname(path))) == ["data.durus"]
     assert sorted(storage.sync()) == [oid(3), oid(4), oid(5)]
     assert storage.sync() == []
@@ -528,9 +528,10 @@ def test_freed_oids_are_not_reused_before_sync(path: str) -> None:
 def test_pack_of_a_new_file(path: str) -> None:
     storage = FileStorage(path)
     storage.pack()
-    assert Path(path).read_bytes() == durus.shelf.empty_shelf()
+    assert Path(path).read_bytes()[:storage.shelf.end] == durus.shelf.empty_shelf()
     assert storage.new_oid() == oid(0)
     storage.close()
+    assert Path(path).read_bytes() == durus.shelf.empty_shelf()
 
 
 def test_pack_refuses_a_file_without_a_root(path: str) -> None:
@@ -870,7 +871,7 @@ def count_syncs(monkeypatch: pytest.MonkeyPatch, calls: list[str], before=None) 
     """Record "write" and "sync" calls of the shelf in ``calls``; ``before``,
     if given, runs inside each fdatasync before the real one.
     """
-    real_pwrite, real_sync = os.pwrite, durus.shelf._fdatasync
+    real_pwrite, real_pwritev, real_sync = os.pwrite, os.pwritev, durus.shelf._fdatasync
 
     def sync(fd: int) -> None:
         calls.append("sync")
@@ -879,6 +880,7 @@ def count_syncs(monkeypatch: pytest.MonkeyPatch, calls: list[str], before=None) 
         real_sync(fd)
 
     monkeypatch.setattr(durus.shelf.os, "pwrite", lambda *a: calls.append("write") or real_pwrite(*a))
+    monkeypatch.setattr(durus.shelf.os, "pwritev", lambda *a: calls.append("write") or real_pwritev(*a))
     monkeypatch.setattr(durus.shelf, "_fdatasync", sync)
 
 
@@ -890,6 +892,9 @@ def deferred_commit(storage: FileStorage, records: dict[int, tuple[bytes, Iterab
 
 
 def test_deferred_commits_share_one_sync(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each deferred commit is one write (sealed); one sync makes them all
+    durable: a commit trailer, then one fdatasync.
+    """
     storage = FileStorage(path)
     calls: list[str] = []
     count_syncs(monkeypatch, calls)
@@ -898,26 +903,30 @@ def test_deferred_commits_share_one_sync(path: str, monkeypatch: pytest.MonkeyPa
     assert calls == ["write"] * 3
     assert storage.load(oid(2)) == record(2, b"v2")  # readable before the sync
     storage.sync_to_disk()
-    assert calls == ["write"] * 3 + ["sync"]
+    synced = ["write"] * 3 + ["write", "sync"]
+    assert calls == synced
     storage.sync_to_disk()  # nothing new to sync
-    assert calls == ["write"] * 3 + ["sync"]
+    assert calls == synced
     deferred_commit(storage, {3: (b"v3", [])})
     commit(storage, {4: (b"v4", [])})  # a plain end() syncs what came before too
-    assert calls == ["write"] * 3 + ["sync", "write", "write", "sync"]
+    assert calls == synced + ["write", "write", "write", "sync"]
     storage.sync_to_disk()
     assert calls.count("sync") == 2
     storage.close()
 
 
 def test_close_syncs_deferred_commits(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Closing makes them durable under a trailer first, then gives back the
+    free space (trailers included) and syncs that.
+    """
     storage = FileStorage(path)
     calls: list[str] = []
     count_syncs(monkeypatch, calls)
     deferred_commit(storage, {0: (b"root", [])})
     storage.close()
-    assert calls == ["write", "sync"]
+    assert calls == ["write", "write", "sync", "sync"]
     storage.sync_to_disk()  # closed: nothing left to do
-    assert calls == ["write", "sync"]
+    assert calls == ["write", "write", "sync", "sync"]
     monkeypatch.undo()
     storage = FileStorage(path)
     assert storage.load(oid(0)) == record(0, b"root")
@@ -948,11 +957,12 @@ def test_failed_sync_refuses_later_commits(path: str, monkeypatch: pytest.Monkey
 
 
 def test_crash_after_deferred_commits_repairs_to_the_last_whole_one(path: str, tmp_path: Path) -> None:
-    """What a crash leaves of several unsynced commits, a prefix of them
-    padded or not with zeros, opens with repair=True and keeps every whole
-    commit of that prefix.  (Zeros that replace only the end of a record's
-    data leave lengths intact: the format has no checksums to see that, so
-    a torn commit may then be kept too, as with a single commit.)
+    """A closed file cut inside its last commits (no trailers left), padded
+    or not with zeros, opens with repair=True and keeps every whole commit
+    of that prefix.  (These records' data are not pickles, so zeros that
+    replace only the end of a record's data leave nothing to see: a torn
+    commit may then be kept too.  tests/test_crash_safety.py covers what a
+    crash leaves of an open file, trailers included.)
     """
     storage = FileStorage(path)
     commit(storage, {0: (b"root", [1]), 1: (b"synced", [])})
