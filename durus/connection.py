@@ -494,16 +494,17 @@ class Connection:
                 raise ConflictError()
         committed = self._load_committed([obj._p_oid for obj in by_state])
         merges = self._merge_states(by_state, committed)
-        repickle = self._forget_new_objects(records)
+        # What is to be pickled again loses its record at once: a round cut
+        # short by newer commits must not leave a stale one behind.
+        for obj in self._forget_new_objects(records):
+            records.pop(obj._p_oid, None)
         for obj, merged in merges:
             self._adopt_merge(obj, merged)
-            repickle.append(obj)
+            records.pop(obj._p_oid, None)
         for obj in by_state:
             base_data[obj._p_oid] = committed[obj._p_oid]
         if len(by_state) < len(conflicting) or self._replay_unfinished:
             self._replay(conflicting, records)
-        for obj in repickle:
-            records.pop(obj._p_oid, None)
         self._pickle([obj for oid, obj in changed.items() if oid not in records], records)
 
     def _load_committed(self, oids: list[bytes]) -> dict[bytes, bytes]:

@@ -15,8 +15,8 @@ from typing import Any, Self
 
 from durus.mapping_names import Durus43MappingNames
 from durus.merge import merge_mapping
-from durus.persistent import PersistentObject, container_repr
-from durus.reads import check_key_reads, check_other_attributes, reads_of, settle_reads, start_reads
+from durus.persistent import UNSAVED, PersistentObject, container_repr
+from durus.reads import EMPTINESS, EMPTY_SEEN, LENGTH, NONEMPTY_SEEN, check_key_reads, check_other_attributes, reads_of, settle_reads, start_reads
 
 _setattribute = object.__setattr__
 
@@ -60,7 +60,18 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
     # ``_p_reads``.
 
     def __len__(self) -> int:
-        return len(self._whole())
+        data = self.data
+        reads_of(self).add(LENGTH)
+        return len(data)
+
+    def __bool__(self) -> bool:
+        data = self.data
+        truth = bool(data)
+        if self._p_status == UNSAVED:  # after this transaction's own changes
+            reads_of(self).add(NONEMPTY_SEEN if truth else EMPTY_SEEN)
+        else:
+            reads_of(self).add(EMPTINESS)
+        return truth
 
     def __getitem__(self, key: Any) -> Any:
         data = self.data
@@ -141,6 +152,7 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._p_note_change()
+        reads_of(self).add(key)
         self.data[key] = value
 
     def __delitem__(self, key: Any) -> None:
@@ -161,8 +173,10 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
             raise TypeError(f"update expected at most 1 argument, got {len(args)}")
         if args and isinstance(args[0], PersistentDict):
             args = (args[0]._whole(),)
+        new = dict(*args, **kwargs)
         self._p_note_change()
-        self.data.update(*args, **kwargs)
+        reads_of(self).update(new)
+        self.data.update(new)
 
     def __ior__(self, other: Any) -> Self:
         self.update(other)

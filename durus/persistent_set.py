@@ -15,8 +15,8 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from durus.merge import merge_set
-from durus.persistent import PersistentObject, container_repr
-from durus.reads import check_key_reads, check_other_attributes, reads_of, settle_reads, start_reads
+from durus.persistent import UNSAVED, PersistentObject, container_repr
+from durus.reads import EMPTINESS, EMPTY_SEEN, LENGTH, NONEMPTY_SEEN, check_key_reads, check_other_attributes, reads_of, settle_reads, start_reads
 
 _setattribute = object.__setattr__
 
@@ -71,7 +71,18 @@ class PersistentSet(PersistentObject, MutableSet):
     # -- reading ------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._whole())
+        s = self.s
+        reads_of(self).add(LENGTH)
+        return len(s)
+
+    def __bool__(self) -> bool:
+        s = self.s
+        truth = bool(s)
+        if self._p_status == UNSAVED:  # after this transaction's own changes
+            reads_of(self).add(NONEMPTY_SEEN if truth else EMPTY_SEEN)
+        else:
+            reads_of(self).add(EMPTINESS)
+        return truth
 
     def __contains__(self, item: object) -> bool:
         s = self.s
@@ -162,12 +173,14 @@ class PersistentSet(PersistentObject, MutableSet):
 
     def add(self, item: Any) -> None:
         s = self.s
+        reads_of(self).add(item)
         if item not in s:
             self._p_note_change()
             s.add(item)
 
     def discard(self, item: Any) -> None:
         s = self.s
+        reads_of(self).add(item)
         if item in s:
             self._p_note_change()
             s.discard(item)
@@ -192,18 +205,24 @@ class PersistentSet(PersistentObject, MutableSet):
             self.s.clear()
 
     def update(self, *others: Iterable[Any]) -> None:
+        added = set().union(*_plain_all(others))
         self._p_note_change()
-        self.s.update(*_plain_all(others))
+        reads_of(self).update(added)
+        self.s.update(added)
 
     def intersection_update(self, *others: Iterable[Any]) -> None:
+        self._whole()
         self._p_note_change()
         self.s.intersection_update(*_plain_all(others))
 
     def difference_update(self, *others: Iterable[Any]) -> None:
+        removed = set().union(*_plain_all(others))
         self._p_note_change()
-        self.s.difference_update(*_plain_all(others))
+        reads_of(self).update(removed)
+        self.s.difference_update(removed)
 
     def symmetric_difference_update(self, other: Iterable[Any]) -> None:
+        self._whole()
         self._p_note_change()
         self.s.symmetric_difference_update(_plain(other))
 

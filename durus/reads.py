@@ -30,8 +30,22 @@ _getattribute = object.__getattribute__
 MISSING = object()
 
 
+# Stand-ins for reads that are not of one key, kept among the keys.
+LENGTH = object()  # ``len()``: the number of keys
+# Truth, asked before the transaction changed the container: whether there
+# is any key.
+EMPTINESS = object()
+# Truth, asked after the transaction changed the container, and what it
+# answered: it depends on keys other than the ones changed here.
+EMPTY_SEEN = object()
+NONEMPTY_SEEN = object()
+
+
 class KeyReads(set):
-    """The keys (or members) a transaction looked up in one container.
+    """The keys (or members) a transaction looked up or wrote in one
+    container (a key both sides wrote is a conflict even when this side
+    wrote the value it found), and LENGTH or EMPTINESS if it asked for
+    those.
 
     ``whole`` is set when the transaction read something no key describes:
     then any committed change to the container counts as read.
@@ -54,6 +68,9 @@ class _NoReads:
     whole = False
 
     def add(self, key: Any) -> None:
+        pass
+
+    def update(self, keys: Any) -> None:
         pass
 
     def read_whole(self) -> None:
@@ -112,6 +129,18 @@ def check_key_reads(reads: Any, old: Any, committed: Any) -> None:
         if not _same_contents(old, committed):
             raise ConflictError()
         return
+    if LENGTH in reads and len(old) != len(committed):
+        raise ConflictError()
+    if EMPTINESS in reads and bool(old) != bool(committed):
+        raise ConflictError()
+    # Keys this transaction wrote are among ``reads`` and unchanged in
+    # ``committed`` (or the merge refuses): so it would see an empty
+    # container after the same changes if the committed state only removed
+    # keys, and a non-empty one if that holds any key it never touched.
+    if EMPTY_SEEN in reads and not _keys(committed) <= _keys(old):
+        raise ConflictError()
+    if NONEMPTY_SEEN in reads and all(key in reads for key in committed):
+        raise ConflictError()
     if isinstance(old, dict):
         for key in reads:
             if not same(old.get(key, MISSING), committed.get(key, MISSING)):
@@ -120,6 +149,10 @@ def check_key_reads(reads: Any, old: Any, committed: Any) -> None:
         for member in reads:
             if (member in old) != (member in committed):
                 raise ConflictError()
+
+
+def _keys(contents: Any) -> Any:
+    return contents.keys() if isinstance(contents, dict) else contents
 
 
 def _same_contents(old: Any, committed: Any) -> bool:
