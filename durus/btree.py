@@ -959,18 +959,23 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
                 raise KeyError(key)
             node = node.nodes[i]
 
-    def set_bnode_minimum_degree(self, degree: int) -> bool:
-        """Rebuild the tree with nodes of this minimum degree.
-
-        Returns True if the tree was rebuilt, False if it already had it.
-        """
+    @staticmethod
+    def node_class_for_degree(degree: int) -> type[BNode]:
+        """The BNode class of this minimum degree (2, 4, ... 512)."""
         try:
-            node_class = _NODE_CLASSES[degree]
+            return _NODE_CLASSES[degree]
         except KeyError:
             choices = ", ".join(str(d) for d in sorted(_NODE_CLASSES))
             raise ValueError(
                 f"no BNode class has minimum degree {degree!r}; use one of {choices}"
             ) from None
+
+    def set_bnode_minimum_degree(self, degree: int) -> bool:
+        """Rebuild the tree with nodes of this minimum degree.
+
+        Returns True if the tree was rebuilt, False if it already had it.
+        """
+        node_class = self.node_class_for_degree(degree)
         root = self.root
         log = self._log()
         if root.minimum_degree == degree:

@@ -20,6 +20,7 @@ so the view can show the newer text instead of losing either edit.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 
@@ -35,13 +36,11 @@ WIKI_KEY = "wiki"
 log = logging.getLogger(__name__)
 
 # Nodes of the log of recent changes, which every edit appends to.  Conflict
-# resolution merges inserts of different keys into a node, but not two
-# commits that both split it, so wider nodes mean fewer replays; but every
-# edit also reloads, merges and rewrites the nodes on the log's right edge,
-# which costs more the wider they are.  Measured with 16 concurrent editors
-# (bench/bench_example_app.py): BNode32 edits about a quarter faster than
-# BNode64 with no more 409s; BNode16 about as fast, with some.
-LOG_NODE = BNode32
+# resolution replays concurrent inserts on the committed tree, splits
+# included, so any node size works; BNode32 keeps the log a little shallower.
+# WIKI_LOG_NODE_DEGREE picks another (the benchmark runs the plain BTree()
+# default, 16, too).
+LOG_NODE = BTree.node_class_for_degree(int(os.environ.get("WIKI_LOG_NODE_DEGREE", BNode32.minimum_degree)))
 
 
 class EditConflict(Exception):
