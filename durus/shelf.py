@@ -565,20 +565,28 @@ class Shelf:
 
     @staticmethod
     def _find_slot_trailers(buffer: mmap.mmap, map_end: int, size: int) -> tuple[list[Trailer], int]:
-        """The commit trailers in the pages at the end of the file (a page
-        being counted from the end), and where the run of pages that hold
-        only zeros or a trailer begins.
+        """The commit trailers in the last pages of the file, and where the
+        run of pages that hold only zeros or a trailer begins.
+
+        A writer keeps its file's size a whole number of pages; a last page
+        cut short is what a crash left of moving the slots (a write of one
+        whole page that sets the new size), so it counts as free when there
+        are trailers below it.
         """
         found = []
-        free_from = size
-        position = size - SLOT
+        position = size // SLOT * SLOT
+        free_from = position
+        position -= SLOT
         while position >= map_end:
             page = buffer[position:position + SLOT]
             if page != _ZERO_SLOT:
-                trailer = parse_trailer(page, position)
-                if trailer is None or page[TRAILER_SIZE:] != _ZERO_SLOT[TRAILER_SIZE:]:
+                if page[TRAILER_SIZE:] != _ZERO_SLOT[TRAILER_SIZE:] or page[:1] != TRAILER_MAGIC[:1]:
                     break
-                found.append(trailer)
+                trailer = parse_trailer(page, position)
+                if trailer is not None:
+                    found.append(trailer)
+                # else a slot whose trailer was being written (a transaction
+                # starts with a zero byte, never with the magic's first)
             free_from = position
             position -= SLOT
         return found, free_from
@@ -792,7 +800,10 @@ class Shelf:
         self._fdatasync()
         self._slots, self._durable_slot, self.durable_end = size - 2 * SLOT, 1, covered
         if old_slots is not None:
-            write_all(self.fd, bytes(2 * SLOT), old_slots)
+            # Only a trailer's bytes, a write within one page each: a crash
+            # leaves each old slot whole or cleared, which opening expects.
+            for slot in (0, 1):
+                write_all(self.fd, bytes(TRAILER_SIZE), old_slots + slot * SLOT)
 
     def _give_back_free_space(self) -> None:
         """With the lock held: cut the file back to ``end``."""
