@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,10 +21,13 @@ import durus.file_storage
 import durus.shelf
 from durus.connection import Connection
 from durus.error import DurusError, DurusKeyError
-from durus.file_storage import FileLockedError, FileStorage, ReadOnlyError, TempFileStorage
+from durus.file_storage import FileLockedError, FileStorage, ReadOnlyError, TempFileStorage, UnknownReferenceError
 from durus.record import int_to_oid, pack_record, record_refs, split_oids
 from durus.shelf import ShelfError, TornTransactionError
+from durus.storage import MemoryStorage
 from tests.durus43 import durus43_python
+from tests.models import Item
+from tests.raw_records import store_raw
 
 # The real Durus 4.3 lives in its own virtual environment; a later fixture
 # shared by all test modules will build it, until then this finds one.
@@ -156,6 +160,47 @@ def test_sync_returns_nothing_without_a_pack(path: str) -> None:
     storage = FileStorage(path)
     commit(storage, {0: (b"root", [])})
     assert storage.sync() == []
+    storage.close()
+
+
+def test_describe_record_names_the_offset_and_the_file(path: str) -> None:
+    storage = FileStorage(path)
+    commit(storage, {0: (b"root", [])})
+    position = storage.shelf.get_position(oid(0))
+    assert storage.describe_record(oid(0)) == f"offset {position} of {path}"
+    assert Path(path).read_bytes()[position + 16:position + 16 + 8] == oid(0)  # the record's start
+    assert storage.describe_record(oid(9)) == f"no record in {path}"
+    storage.close()
+    assert path in storage.describe_record(oid(0))
+
+
+def test_commit_referring_to_oids_never_handed_out_is_refused(path: str) -> None:
+    storage = FileStorage(path)
+    commit(storage, {0: (b"root", [1]), 1: (b"one", [])})
+    handed = storage.new_oid()
+    before = Path(path).read_bytes()
+    with pytest.raises(UnknownReferenceError) as raised:
+        commit(storage, {1: (b"changed", [0, int.from_bytes(handed, "big"), 2**31])})
+    assert isinstance(raised.value, DurusError)
+    assert raised.value.oid == oid(1) and raised.value.ref == oid(2**31)
+    assert str(2**31) in str(raised.value) and path in str(raised.value)
+    assert Path(path).read_bytes() == before  # nothing written
+    assert storage.load(oid(1)) == record(1, b"one")
+    # Stored before, stored by the same commit, or handed out: all fine.
+    commit(storage, {1: (b"later", [0, int.from_bytes(handed, "big"), 5]), 5: (b"five", [1])})
+    commit(storage, {int.from_bytes(handed, "big"): (b"handed", [5])})
+    storage.close()
+    storage = FileStorage(path)
+    assert storage.load(oid(1)) == record(1, b"later", [0, int.from_bytes(handed, "big"), 5])
+    storage.close()
+
+
+@pytest.mark.parametrize("bad", [b"\0" * 8 + b"\0\0", b"\0" * 8 + b"\0\0\0\x09abc", b"\0" * 8 + b"\0\0\0\x01a" + b"\0" * 7])
+def test_store_refuses_a_malformed_record(path: str, bad: bytes) -> None:
+    storage = FileStorage(path)
+    storage.begin()
+    with pytest.raises(ValueError, match="not oid"):
+        storage.store(oid(0), bad)
     storage.close()
 
 
@@ -534,6 +579,31 @@ def test_pack_of_a_new_file(path: str) -> None:
     assert Path(path).read_bytes() == durus.shelf.empty_shelf()
 
 
+@pytest.mark.parametrize("far", [2**31, 2**44, 2**64 - 1])
+def test_pack_of_a_reference_to_a_far_oid_takes_little_memory(path: str, far: int) -> None:
+    """A record referring to an oid that has no record (a dangling reference,
+    written as older programs could) costs a pack what any reference does:
+    memory and map words go by the objects, not by the oid's value.
+    """
+    memory = MemoryStorage()
+    store_raw(memory, oid(1), Item, {"name": "far", "value": 1}, refs=oid(far))
+    store_raw(memory, oid(0), Item, {"name": "root", "value": 0}, refs=oid(1))
+    storage = FileStorage(path)
+    storage.shelf.append([(oid(0), memory.load(oid(0))), (oid(1), memory.load(oid(1)))])
+    for _ in range(2):  # and every later pack
+        tracemalloc.start()
+        try:
+            storage.pack()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 2_000_000, f"packing took {peak} bytes"
+        assert all_records(storage) == {oid(0): memory.load(oid(0)), oid(1): memory.load(oid(1))}
+        assert storage.shelf.map_size() == 3  # the largest oid with a record, 1, plus 2
+    assert storage.new_oid() == oid(2)
+    storage.close()
+
+
 def test_pack_refuses_a_file_without_a_root(path: str) -> None:
     storage = FileStorage(path)
     commit(storage, {1: (b"orphan", [])})
@@ -665,7 +735,7 @@ def test_lock_is_held_on_the_packed_file(path: str, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_opening_100k_objects_is_fast(path: str) -> None:
     storage = FileStorage(path)
-    for start in range(0, 100_000, 5000):
+    for start in reversed(range(0, 100_000, 5000)):  # each refers to one stored already
         commit(storage, {n: (b"d" * 60, [n + 1] if n < 99_999 else []) for n in range(start, start + 5000)})
     storage.close()
     began = time.perf_counter()
