@@ -14,7 +14,7 @@ import pytest
 from durus.file_storage import FileStorage
 from durus.record import int_to_oid, pack_record
 from durus.serialize import COMPRESS_THRESHOLD
-from durus.shelf import PREFIX, Shelf, empty_shelf, encode_offset_map, encode_transaction, word_width
+from durus.shelf import PREFIX, Shelf, empty_shelf, encode_offset_map, encode_transaction, gen_offset_map, word_width
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "file-format.md"
 
@@ -216,6 +216,60 @@ def test_worked_example_reads_back_as_documented(tmp_path: Path) -> None:
 def test_doc_tables_name_the_offsets_checked_here() -> None:
     text = DOC.read_text()
     for row in ("| S + 8 | 8 | W:", "| S + 16 | 8 | N:", "| E + 8 | 8 | the oid |",
-                "| T | 8 | L:", "| P + 8 | 4 | D:"):
+                "| T | 8 | L:", "| P + 8 | 4 | D:", "| C + 24 | 8 | A:", "| C + 32 | 8 | B:",
+                "| C + 44 | 4 | the CRC-32 of the 44 bytes", "| Z − 8192 | 4096 | trailer slot 0",
+                "| E | 48 | the *seal*"):
         assert row in text
     assert re.search(r"W is the fewest bytes that hold S \+ N \+ 1", text)
+
+
+def test_open_file_has_a_seal_and_trailer_slots_as_documented(tmp_path: Path) -> None:
+    path = tmp_path / "open.durus"
+    storage = FileStorage(str(path))
+    storage.begin()
+    storage.store(oid(0), pack_record(oid(0), b"root", b""))
+    storage.end()
+    end = storage.shelf.end
+    data = path.read_bytes()  # as a crash would leave it
+    size = len(data)
+    assert size % 4096 == 0 and data[end + 48:size - 8192] == bytes(size - 8192 - end - 48)
+    seal = data[end:end + 48]
+    assert seal[:8] == b"SHELF-SL" == bytes.fromhex("53 48 45 4c 46 2d 53 4c")
+    start = int8_at(seal, 24)
+    assert (int8_at(seal, 8), int8_at(seal, 16), int8_at(seal, 32)) == (end, 0, end)
+    assert int4_at(seal, 40) == zlib.crc32(data[start:end]) and int4_at(seal, 44) == zlib.crc32(seal[:44])
+    trailers = []
+    for slot in (size - 8192, size - 4096):
+        page = data[slot:slot + 4096]
+        assert page[48:] == bytes(4048)
+        if page[:8] == b"SHELF-TR" == bytes.fromhex("53 48 45 4c 46 2d 54 52"):
+            assert int8_at(page, 8) == slot and int4_at(page, 44) == zlib.crc32(page[:44])
+            a, b = int8_at(page, 24), int8_at(page, 32)
+            assert int4_at(page, 40) == zlib.crc32(data[a:b])
+            trailers.append((int8_at(page, 16), b))
+    assert max(trailers)[1] == end  # the newest vouches for the commit
+    storage.close()
+    assert path.read_bytes() == data[:end]  # closed: none of it is left
+
+
+def test_offset_map_in_pieces_is_the_same_map() -> None:
+    offsets = {0: 16, 3: 40, 4: 70, 9: 99, 10: 120}
+    whole = encode_offset_map(200, 12, offsets)
+    for chunk in (1, 2, 3, 5, 64):
+        assert b"".join(gen_offset_map(200, 12, offsets, chunk)) == whole
+    assert encode_offset_map(200, 12, offsets) == old_style_map(200, 12, offsets)
+
+
+def old_style_map(map_start: int, count: int, offsets: dict[int, int]) -> bytes:
+    """The map word by word, as section 4 says it."""
+    words = []
+    previous_hole = count - 1
+    for index in range(count):
+        if index in offsets:
+            words.append(offsets[index])
+        else:
+            words.append(map_start + previous_hole)
+            previous_hole = index
+    width = word_width(map_start, count)
+    header = b"".join(n.to_bytes(8, "big") for n in (16 + width * count, width, count))
+    return header + b"".join(word.to_bytes(width, "big") for word in words)
