@@ -1,7 +1,8 @@
-"""The ``durus`` command: ``-s`` serve, ``-c`` interactive client, ``-p`` pack.
+"""The ``durus`` command: ``-s`` serve, ``-c`` interactive client, ``-p`` pack,
+``--check`` check a file.
 
 ``python -m durus`` does the same.  Each mode has its own options; run
-``durus -s -h`` (or ``-c -h``, ``-p -h``) to list them.
+``durus -s -h`` (or ``-c -h``, ``-p -h``, ``--check -h``) to list them.
 """
 
 from __future__ import annotations
@@ -25,18 +26,19 @@ from durus.storage_server import (
 )
 
 USAGE = """\
-usage: durus -s | -c | -p [options]
-    -s   start (or, with --stop, stop) a storage server
-    -c   open an interactive Python console on a storage
-    -p   pack a storage
-    durus -s -h (or -c -h, -p -h) lists the options of each
+usage: durus -s | -c | -p | --check [options]
+    -s        start (or, with --stop, stop) a storage server
+    -c        open an interactive Python console on a storage
+    -p        pack a storage
+    --check   check every record and reference of a file (exit status 1 if damaged)
+    durus -s -h (or -c -h, -p -h, --check -h) lists the options of each
 """
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    modes = {"-s": serve_main, "-c": client_main, "-p": pack_main}
+    modes = {"-s": serve_main, "-c": client_main, "-p": pack_main, "--check": check_main}
     if not argv or argv[0] not in modes:
         sys.stderr.write(USAGE)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
@@ -207,6 +209,62 @@ def pack_main(argv: Sequence[str]) -> int:
     else:
         print(f"the server at {_address(options)} is packing in the background")
     return 0
+
+
+# -- durus --check ------------------------------------------------------------------
+
+
+def check_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="durus --check",
+        description="Read a whole FileStorage file, read-only, and report every damaged record, "
+                    "dangling reference or framing problem with its byte offset and oid. "
+                    "Exit status: 0 clean, 1 problems found, 2 the file could not be checked.")
+    parser.add_argument("path", nargs="?", default=None, help="the file (or give --file)")
+    parser.add_argument("--file", default=None, help="the file to check")
+    parser.add_argument("--progress", action="store_true",
+                        help="show progress on stderr even when it is not a terminal")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing; only the exit status tells")
+    options = parser.parse_args(argv)
+    if (options.path is None) == (options.file is None):
+        parser.error("give the file to check, as PATH or --file PATH (one of them)")
+    path = options.file if options.file is not None else options.path
+    from durus.check import UncheckableFileError, check_file
+
+    show_progress = not options.quiet and (options.progress or sys.stderr.isatty())
+    progress = _ProgressLine(path) if show_progress else None
+    try:
+        report = check_file(path, progress)
+    except UncheckableFileError as error:
+        sys.stderr.write(f"durus --check: {error}\n")
+        return 2
+    finally:
+        if progress is not None:
+            progress.clear()
+    if not options.quiet:
+        sys.stdout.write(report.format())
+    return 0 if report.clean else 1
+
+
+class _ProgressLine:
+    """Shows ``checking PATH: N% of M MB`` on one line of stderr, overwritten
+    in place; ``shown`` says whether anything was written.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
+        sys.stderr.write(f"\rchecking {self.path}: {percent}% of {total / 1e6:.0f} MB ")
+        sys.stderr.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K" if sys.stderr.isatty() else "\n")
+            sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ObjectReader",
     "ObjectWriter",
+    "load_pickle",
     "record_location",
+    "state_pickle",
     "pack_record",
     "split_oids",
     "unpack_record",
@@ -100,10 +102,27 @@ def split_data(data: bytes) -> tuple[type, bytes]:
     DamagedRecordError if either cannot be read.
     """
     cls, end = _read_class(data)
-    state = data[end:]
-    if state[:1] == b"x":
-        state = _decompress(state)
-    return cls, state
+    return cls, state_pickle(data[end:])
+
+
+def state_pickle(stored: bytes) -> bytes:
+    """The state pickle from the bytes after the class pickle: decompressed
+    if they are a zlib stream, as they are otherwise; DamagedRecordError if
+    the stream fails to decompress.
+    """
+    return _decompress(stored) if stored[:1] == b"x" else stored
+
+
+def load_pickle(unpickler: pickle.Unpickler, part: str) -> Any:
+    """``unpickler.load()``, raising DamagedRecordError ("``part`` fails to
+    unpickle") where the bytes are not a good pickle.
+    """
+    try:
+        return unpickler.load()
+    except DurusError:
+        raise
+    except _UNPICKLING_ERRORS as error:
+        raise _unpickling_failed(part, error) from error
 
 
 def _read_class(data: bytes) -> tuple[type, int]:

@@ -1,0 +1,603 @@
+"""Check a whole SHELF-1 file: every transaction, record and reference.
+
+:func:`check_file` reads the file from start to end, read-only, and returns
+a :class:`CheckReport` listing each problem with its byte offset and oid:
+
+- *framing*: a transaction, entry or record whose lengths do not fit, an
+  entry whose record starts with another oid, an offset map that does not
+  match the initial transaction or whose holes do not link up;
+- *torn*: the last transaction cut short by a crash (``repair=True``, or
+  the ``durus`` command's ``--repair``, cuts it off).  A transaction whose
+  length runs past the end of the file although whole transactions follow
+  its entries is framing damage instead: a repair would cut those off;
+- *damaged*: a record whose class pickle, zlib stream or state pickle
+  cannot be read (the very checks :class:`~durus.serialize.ObjectReader`
+  makes), whose refs are not sorted, or whose refs differ from the
+  persistent ids in its state;
+- *dangling*: a current record referring to an oid that has no record.
+
+Objects the root does not reach are counted, not reported: that is garbage
+a pack removes, not damage.  States are unpickled without importing
+anything: classes are recorded by name, persistent ids by oid.  The layout
+checked is the one in ``docs/file-format.md``; the checker reads it on its
+own rather than through :mod:`durus.shelf`, so it does not trust the code it
+checks, and goes on past the first problem where the lengths allow.
+
+Memory: about 150 bytes per current object (its offset and refs).  A file
+that a process is committing to may show the commit being written as torn.
+``durus --check PATH`` runs it from the command line.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import stat
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from io import BytesIO
+from struct import Struct
+from typing import Any
+
+from durus.error import DamagedRecordError, DurusError
+from durus.record import ROOT_OID, oid_to_int
+from durus.serialize import load_pickle, state_pickle
+from durus.shelf import PREFIX, empty_shelf
+
+__all__ = ["CheckReport", "Problem", "UncheckableFileError", "check_file"]
+
+_int4 = Struct(">I")
+_int8 = Struct(">Q")
+_MIN_ENTRY_LENGTH = 8 + 12  # the entry's oid, then a record with no data
+# How often (seconds) ``progress`` is called, and how many entries go
+# between looks at the clock.
+PROGRESS_INTERVAL = 1.0
+_ENTRIES_PER_CLOCK_LOOK = 512
+
+FRAMING = "framing"
+TORN = "torn"
+DAMAGED = "damaged"
+DANGLING = "dangling"
+
+
+class UncheckableFileError(DurusError):
+    """The file cannot be checked at all: it is missing, unreadable, or not
+    a SHELF-1 file.
+    """
+
+
+@dataclass
+class Problem:
+    """One thing wrong with the file.
+
+    ``kind`` is FRAMING, TORN, DAMAGED or DANGLING; ``offset`` the byte
+    offset of the entry (or transaction, or map word) concerned; ``oid``
+    the record's oid where there is one; ``message`` what is wrong;
+    ``superseded`` True for a damaged record that a later record of the same
+    oid replaces (no load reads it; a pack drops it).
+    """
+
+    kind: str
+    offset: int
+    oid: bytes | None
+    message: str
+    superseded: bool = False
+
+    def __str__(self) -> str:
+        oid = "" if self.oid is None else f", oid {oid_to_int(self.oid)}"
+        old = " (an old version of the object, superseded by a later record)" if self.superseded else ""
+        return f"{self.kind} at byte {self.offset}{oid}: {self.message}{old}"
+
+
+@dataclass
+class CheckReport:
+    """What :func:`check_file` found.
+
+    Attributes: ``path``; ``size`` (bytes); ``transactions`` (read, the
+    initial one included); ``records`` (every record read, old versions
+    included); ``objects`` (oids with a current record); ``references``
+    (refs of the current records); ``unreachable`` (objects the root does
+    not reach: garbage, not damage); ``problems`` (a list of
+    :class:`Problem`).
+    """
+
+    path: str
+    size: int = 0
+    transactions: int = 0
+    records: int = 0
+    objects: int = 0
+    references: int = 0
+    unreachable: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        """One line of counts."""
+        garbage = (f"; {self.unreachable} unreachable from the root (garbage a pack removes)"
+                   if self.unreachable else "")
+        return (f"{self.transactions} transactions, {self.records} records, {self.objects} objects, "
+                f"{self.references} references{garbage}")
+
+    def format(self) -> str:
+        """The report as text: a verdict, each problem, the counts."""
+        if self.clean:
+            return f"{self.path}: clean: {self.summary()}\n"
+        counts = Counter(problem.kind for problem in self.problems)
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items()))
+        lines = [f"{self.path}: PROBLEMS FOUND ({kinds})"]
+        lines.extend(f"  {problem}" for problem in self.problems)
+        lines.append(f"{self.path}: {self.summary()}")
+        return "\n".join(lines) + "\n"
+
+
+# -- reading states without importing anything ----------------------------------
+
+
+class _StandIn:
+    """What an unpickled instance of any class becomes: it takes whatever
+    the pickle gives it.  Each class name gets a subclass (see
+    :meth:`_Inspector.find_class`).
+    """
+
+    pickled_name = ""  # module.name
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _StandIn:
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+
+class _Reference:
+    """What a persistent id becomes."""
+
+    __slots__ = ("oid",)
+
+    def __init__(self, oid: bytes) -> None:
+        self.oid = oid
+
+
+def _encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as a protocol-2 pickle of bytes calls it (an oid
+    is such bytes), for the text encodings only.
+    """
+    if type(text) is not str or encoding.lower().replace("-", "").replace("_", "") not in _TEXT_ENCODINGS:
+        raise pickle.UnpicklingError(f"_codecs.encode of {type(text).__name__} to {encoding!r}")
+    return text.encode(encoding)
+
+
+_TEXT_ENCODINGS = frozenset({"latin1", "iso88591", "ascii", "utf8"})
+# The only callables a state may reach: how protocol 2 pickles bytes.
+_REAL = {("_codecs", "encode"): _encode, ("__builtin__", "bytes"): bytes, ("builtins", "bytes"): bytes}
+
+
+class _Inspector(pickle.Unpickler):
+    """An unpickler that imports nothing: a class is a stand-in named after
+    it (bytes, which protocol 2 pickles through ``_codecs.encode``, are
+    real), a persistent id (``(oid, class)`` or a bare oid) is noted in
+    ``referred`` and becomes a :class:`_Reference`.
+    """
+
+    def __init__(self, file: BytesIO, stand_ins: dict[tuple[str, str], type]) -> None:
+        super().__init__(file)
+        self.stand_ins = stand_ins
+        self.referred: set[bytes] = set()
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = (module, name)
+        real = _REAL.get(key)
+        if real is not None:
+            return real
+        stand_in = self.stand_ins.get(key)
+        if stand_in is None:
+            stand_in = type("StandIn", (_StandIn,), {"pickled_name": f"{module}.{name}"})
+            self.stand_ins[key] = stand_in
+        return stand_in
+
+    def persistent_load(self, pid: Any) -> _Reference:
+        if type(pid) is tuple and len(pid) == 2 and _is_stand_in(pid[1]):
+            oid = pid[0]
+        else:
+            oid = pid
+        if type(oid) is not bytes or len(oid) != 8:
+            raise pickle.UnpicklingError(f"a persistent id is neither (oid, class) nor an oid: {pid!r:.80}")
+        self.referred.add(oid)
+        return _Reference(oid)
+
+
+def _is_stand_in(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, _StandIn)
+
+
+def inspect_record_data(data: bytes, stand_ins: dict[tuple[str, str], type] | None = None) -> tuple[str, set[bytes]]:
+    """The class name (``module.name``) of record ``data`` and the oids of
+    the persistent ids in its state, read as ObjectReader reads a record
+    but importing nothing; DamagedRecordError if a part cannot be read.
+    """
+    stand_ins = {} if stand_ins is None else stand_ins
+    stream = BytesIO(data)
+    class_reader = _Inspector(stream, stand_ins)
+    cls = load_pickle(class_reader, "its class pickle")
+    if not _is_stand_in(cls):
+        raise DamagedRecordError(f"its data does not start with a class pickle: {data[:60]!r}")
+    state_reader = _Inspector(BytesIO(state_pickle(data[stream.tell():])), stand_ins)
+    # A Durus 4.3 state may name the class as memo entry 0.
+    state_reader.memo = class_reader.memo
+    load_pickle(state_reader, "its state pickle")
+    return cls.pickled_name, state_reader.referred
+
+
+# -- the file ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Entry:
+    """An entry whose framing is sound: its offset, oid and record bounds."""
+
+    offset: int
+    oid: bytes
+    record_start: int
+    record_end: int
+
+
+class _FileChecker:
+    """One run of :func:`check_file`; see there.
+
+    Instance attributes: ``buffer`` (the mapped file), ``size``, ``report``,
+    ``current`` (oid -> offset of its current entry), ``refs`` (oid -> refs
+    of its current record, where it has any), ``stand_ins`` (the classes
+    met, see :class:`_Inspector`), ``progress`` and ``next_progress`` (when
+    to call it next), ``entries_read``.
+    """
+
+    def __init__(self, buffer: mmap.mmap | bytes, report: CheckReport,
+                 progress: Callable[[int, int], None] | None) -> None:
+        self.buffer = buffer
+        self.size = len(buffer)
+        self.report = report
+        self.current: dict[bytes, int] = {}
+        self.refs: dict[bytes, bytes] = {}
+        self.stand_ins: dict[tuple[str, str], type] = {}
+        self.progress = progress
+        self.next_progress = time.monotonic() + PROGRESS_INTERVAL
+        self.entries_read = 0
+
+    def problem(self, kind: str, offset: int, oid: bytes | None, message: str) -> None:
+        self.report.problems.append(Problem(kind, offset, oid, message))
+
+    def run(self) -> None:
+        buffer, size = self.buffer, self.size
+        if size < len(PREFIX) + 8 + 24:
+            if bytes(buffer[:size]) == empty_shelf()[:size]:
+                self.problem(TORN, 0, None, "the file ends before its offset map: a crash while it was "
+                             "being created (open it with repair=True, or durus -s --repair, to start it afresh)")
+                return
+            self.problem(FRAMING, size, None, "the file ends inside its offset map")
+            return
+        map_start = len(PREFIX) + 8 + _int8.unpack_from(buffer, len(PREFIX))[0]
+        if map_start + 24 > size:
+            self.problem(FRAMING, len(PREFIX), None, "the initial transaction runs past the end of the file")
+            return
+        self.report.transactions += 1
+        initial = self.read_entries(len(PREFIX) + 8, map_start, len(PREFIX))
+        map_end = self.check_map(map_start, initial)
+        if map_end is None:
+            return
+        for entry in initial:
+            self.check_record(entry)
+        self.read_transactions(map_end)
+        self.check_references()
+
+    # -- transactions and entries ----------------------------------------------
+
+    def parse_entries(self, start: int, end: int) -> tuple[list[_Entry], str | None, int, int]:
+        """The sound entries of a transaction spanning ``start:end``, as far
+        as the file holds them; then the problem found (or None), its
+        offset, and where the damaged entry says it ends.  An entry cut off
+        by the end of the file is no problem here (the caller sees the
+        transaction runs past the end).
+        """
+        buffer, size = self.buffer, self.size
+        read_int8, read_int4 = _int8.unpack_from, _int4.unpack_from
+        entries = []
+        offset = start
+        limit = min(end, size)
+        while offset < limit:
+            if offset + 8 > limit:
+                problem = None if end > size else "an entry runs past the end of its transaction"
+                return entries, problem, offset, offset
+            entry_end = offset + 8 + read_int8(buffer, offset)[0]
+            if entry_end > end or entry_end < offset + 8 + _MIN_ENTRY_LENGTH:
+                return entries, "an entry's length does not fit its transaction", offset, entry_end
+            if entry_end > size:
+                break
+            oid = bytes(buffer[offset + 8:offset + 16])
+            if buffer[offset + 16:offset + 24] != oid:
+                return entries, "an entry's record does not start with the entry's oid", offset, entry_end
+            data_end = offset + 28 + read_int4(buffer, offset + 24)[0]
+            if data_end > entry_end or (entry_end - data_end) % 8:
+                return entries, "a record's data length does not fit its entry", offset, entry_end
+            entries.append(_Entry(offset, oid, offset + 16, entry_end))
+            offset = entry_end
+        return entries, None, offset, offset
+
+    def read_entries(self, start: int, end: int, transaction: int) -> list[_Entry]:
+        """The entries of the initial transaction, reporting a framing problem."""
+        entries, problem, offset, _ = self.parse_entries(start, end)
+        if problem is not None:
+            self.problem(FRAMING, offset, None, f"{problem} (in the transaction at byte {transaction}); "
+                         "the rest of that transaction is not checked")
+        return entries
+
+    def read_transactions(self, position: int) -> None:
+        """Check the transactions after the map, as a FileStorage reads them:
+        zeros at the end are free space, a cut-off last transaction is torn.
+        """
+        buffer, size = self.buffer, self.size
+        zeros_from = None  # start of a run of empty transactions reaching to here
+        while position < size:
+            torn = position if zeros_from is None else zeros_from
+            if position + 8 > size:
+                if zeros_from is None or buffer[position:size].count(0) != size - position:
+                    self.torn(torn)
+                return
+            end = position + 8 + _int8.unpack_from(buffer, position)[0]
+            entries, problem, offset, damaged_to = self.parse_entries(position + 8, end)
+            if problem is None and end > size or problem is not None and (
+                    end == size or _zeros_to_end(buffer, min(damaged_to, end), size)):
+                found = self.misread_length(position, end)
+                if found is None:
+                    self.torn(torn)
+                    return
+                entries, end = found
+            elif problem is not None:
+                self.problem(FRAMING, offset, None, f"{problem} (in the transaction at byte {position}); "
+                             "the rest of that transaction is not checked")
+            if end == position + 8:
+                if zeros_from is None:
+                    zeros_from = position
+                    if _zeros_to_end(buffer, position, size):
+                        return  # free space
+            else:
+                zeros_from = None
+            self.report.transactions += 1
+            for entry in entries:
+                self.check_record(entry)
+            position = end
+
+    def misread_length(self, position: int, claimed_end: int) -> tuple[list[_Entry], int] | None:
+        """For a transaction that looks cut short: if its entries end before
+        the end of the file and whole transactions follow them to the end,
+        its length is damaged and it is no tear (a repair would cut off
+        committed transactions): report that, and return its entries and
+        where they end.  None for a true tear.
+        """
+        entries, _, _, _ = self.parse_entries(position + 8, self.size)
+        for count, entry in enumerate(entries, 1):
+            if self.whole_transactions_from(entry.record_end):
+                self.problem(FRAMING, position, None, (
+                    f"the length of the transaction at byte {position} says it ends at byte {claimed_end}, "
+                    f"but its entries end at byte {entry.record_end}, where whole transactions follow: "
+                    "the length is damaged; this is no torn commit, and repair=True would cut off "
+                    "the committed transactions after it"))
+                return entries[:count], entry.record_end
+        return None
+
+    def whole_transactions_from(self, position: int) -> bool:
+        """Whether one or more sound transactions fill the file from
+        ``position`` to its end (or to free space).
+        """
+        buffer, size = self.buffer, self.size
+        start = position
+        while position + 8 <= size:
+            end = position + 8 + _int8.unpack_from(buffer, position)[0]
+            if end == position + 8 and _zeros_to_end(buffer, position, size):
+                break  # free space
+            if end > size or self.parse_entries(position + 8, end)[1] is not None:
+                return False
+            position = end
+        return position > start and (position == size or _zeros_to_end(buffer, position, size))
+
+    def torn(self, position: int) -> None:
+        self.problem(TORN, position, None, "the last transaction is incomplete (a crash during a commit): "
+                     "open the file with repair=True, or durus -s --repair, to cut it off "
+                     "(only that unfinished commit is lost)")
+
+    # -- the offset map -------------------------------------------------------------
+
+    def check_map(self, map_start: int, initial: list[_Entry]) -> int | None:
+        """Check the offset map against the initial transaction; where it
+        ends, or None if its header makes the rest unreadable.
+        """
+        buffer = self.buffer
+        map_length, width, count = (_int8.unpack_from(buffer, map_start + k)[0] for k in (0, 8, 16))
+        map_end = map_start + 8 + map_length
+        if not 1 <= width <= 8 or map_length != 16 + width * count or map_end > self.size:
+            self.problem(FRAMING, map_start, None, "the offset map's header is inconsistent; "
+                         "nothing after it can be found")
+            return None
+        in_initial = {entry.offset: entry for entry in initial}
+        words = buffer[map_start + 24:map_end]
+        unwritten = (1 << 8 * width) - 1
+        listed = set()
+        previous_hole = count - 1
+        reported = 0
+        for index in range(count):
+            word = int.from_bytes(words[index * width:(index + 1) * width], "big")
+            problem = None
+            if word < map_start:
+                entry = in_initial.get(word)
+                if entry is None or oid_to_int(entry.oid) != index:
+                    problem = f"says oid {index}'s record is at byte {word}, where no entry for it starts"
+                elif index == count - 1:
+                    problem = f"has a record for oid {index}, its last index, which must be a hole"
+                else:
+                    listed.add(word)
+            else:
+                expected = map_start + previous_hole
+                if word == unwritten:
+                    problem = f"leaves word {index} unwritten"
+                elif word != expected:
+                    problem = (f"word {index}, a hole, links to {word - map_start}, not to {previous_hole} "
+                               "(the hole before it): new oids cannot be allocated from a broken cycle")
+                previous_hole = index
+            if problem is not None:
+                reported += 1
+                if reported <= 20:
+                    self.problem(FRAMING, map_start + 24 + index * width, None, f"the offset map {problem}")
+        if reported > 20:
+            self.problem(FRAMING, map_start + 24, None, f"the offset map has {reported - 20} more wrong words")
+        for entry in initial:
+            if entry.offset not in listed:
+                self.problem(FRAMING, entry.offset, entry.oid,
+                             "this entry of the initial transaction is not in the offset map: no load finds it")
+        return map_end
+
+    # -- records ------------------------------------------------------------------
+
+    def check_record(self, entry: _Entry) -> None:
+        buffer = self.buffer
+        oid = entry.oid
+        self.report.records += 1
+        data_end = entry.record_start + 12 + _int4.unpack_from(buffer, entry.record_start + 8)[0]
+        refs = buffer[data_end:entry.record_end]
+        self.current[oid] = entry.offset
+        if refs:
+            self.refs[oid] = refs
+        else:
+            self.refs.pop(oid, None)
+        try:
+            _, referred = inspect_record_data(buffer[entry.record_start + 12:data_end], self.stand_ins)
+        except DamagedRecordError as error:
+            self.damaged(entry, error.problem)
+        else:
+            self.check_refs(entry, refs, referred)
+        self.entries_read += 1
+        if self.progress is not None and self.entries_read % _ENTRIES_PER_CLOCK_LOOK == 0:
+            now = time.monotonic()
+            if now >= self.next_progress:
+                self.next_progress = now + PROGRESS_INTERVAL
+                self.progress(entry.record_end, self.size)
+
+    def check_refs(self, entry: _Entry, refs: bytes, referred: set[bytes]) -> None:
+        oids = [refs[start:start + 8] for start in range(0, len(refs), 8)]
+        if any(first >= second for first, second in zip(oids, oids[1:])):
+            self.damaged(entry, "its refs are not sorted, or list an oid twice")
+        referred.discard(entry.oid)  # a state may refer to its own object; refs never list it
+        listed = set(oids)
+        if listed != referred:
+            parts = []
+            if referred - listed:
+                parts.append(f"the state refers to {_oid_list(referred - listed)}, which its refs omit")
+            if listed - referred:
+                parts.append(f"its refs list {_oid_list(listed - referred)}, which the state does not refer to")
+            self.damaged(entry, "; ".join(parts))
+
+    def damaged(self, entry: _Entry, message: str) -> None:
+        self.problem(DAMAGED, entry.offset, entry.oid, message)
+
+    # -- references -------------------------------------------------------------
+
+    def check_references(self) -> None:
+        report, current, refs = self.report, self.current, self.refs
+        for problem in report.problems:
+            if problem.kind == DAMAGED and current.get(problem.oid) != problem.offset:
+                problem.superseded = True
+        for oid, listed in refs.items():
+            for start in range(0, len(listed), 8):
+                ref = listed[start:start + 8]
+                if ref not in current:
+                    self.problem(DANGLING, current[oid], oid,
+                                 f"refers to oid {oid_to_int(ref)}, which has no record")
+        report.objects = len(current)
+        report.references = sum(len(listed) for listed in refs.values()) // 8
+        report.unreachable = len(current) - _count_reachable(current, refs)
+
+
+def _count_reachable(current: dict[bytes, int], refs: dict[bytes, bytes]) -> int:
+    if ROOT_OID not in current:
+        return 0
+    seen = {ROOT_OID}
+    todo = [ROOT_OID]
+    while todo:
+        listed = refs.get(todo.pop(), b"")
+        for start in range(0, len(listed), 8):
+            ref = listed[start:start + 8]
+            if ref not in seen and ref in current:
+                seen.add(ref)
+                todo.append(ref)
+    return len(seen)
+
+
+def _oid_list(oids: set[bytes]) -> str:
+    numbers = sorted(oid_to_int(oid) for oid in oids)
+    shown = ", ".join(str(number) for number in numbers[:5])
+    more = f" and {len(numbers) - 5} more" if len(numbers) > 5 else ""
+    return f"oid{'s' if len(numbers) > 1 else ''} {shown}{more}"
+
+
+def _zeros_to_end(buffer: mmap.mmap | bytes, start: int, size: int) -> bool:
+    chunk = 1 << 20
+    for position in range(start, size, chunk):
+        piece = buffer[position:min(position + chunk, size)]
+        if piece.count(0) != len(piece):
+            return False
+    return True
+
+
+def check_file(path: str | os.PathLike, progress: Callable[[int, int], None] | None = None) -> CheckReport:
+    """Read the SHELF-1 file at ``path`` (read-only) and report what is
+    damaged or dangling; see the module docstring.
+
+    ``progress(bytes_checked, file_size)`` is called about once a second
+    while the check runs (never for a file checked in under a second).
+    Raises UncheckableFileError if the file is missing, unreadable, empty
+    or not a SHELF-1 file.
+    """
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as error:
+        raise UncheckableFileError(f"cannot open {path}: {error.strerror}") from None
+    try:
+        status = os.fstat(fd)
+        size = status.st_size
+        if not stat.S_ISREG(status.st_mode):
+            raise UncheckableFileError(f"{path} is not a file")
+        if size == 0:
+            raise UncheckableFileError(f"{path} is empty, not a SHELF-1 file")
+        try:
+            buffer = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as error:
+            raise UncheckableFileError(f"cannot read {path}: {error}") from None
+    finally:
+        os.close(fd)
+    try:
+        prefix = buffer[:len(PREFIX)]
+        if prefix != PREFIX[:len(prefix)]:
+            raise UncheckableFileError(
+                f"{path} is not a SHELF-1 file (it starts with {prefix!r}); only FileStorage files can be checked")
+        report = CheckReport(path, size)
+        _FileChecker(buffer, report, progress).run()
+    finally:
+        buffer.close()
+    return report
+
