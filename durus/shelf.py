@@ -20,28 +20,18 @@ This module reads and writes that format and nothing more: :class:`Shelf`
 is an open shelf file with its index of oid -> record offset; locking,
 oid bookkeeping and packing live in :mod:`durus.file_storage`.
 
-Crash safety (docs/file-format.md section 8 has the details and the
-reasoning).  While a shelf is open for writing, the file has *free space*
-after its last transaction (zeros, reserved ahead of the commits), and two
-things this module adds there, both beyond the logical end of the data:
-
-- a *seal* right after the last transaction, written by the same write as
-  the transaction: it says where the transactions written since a durable
-  point end, with a CRC-32 of their bytes;
-- two *commit trailer slots*, a page each, at the very end of the free
-  space.  Each fdatasync that makes commits durable is preceded by writing
-  a trailer (a sequence number, the span of bytes it vouches for and their
-  CRC-32) into the slot that does not hold the newest durable trailer, so
-  that one is never overwritten before its successor is on disk.
-
-Opening a file finds the newest trailer whose CRC matches, which marks a
-durable end, and then the furthest seal whose CRC matches: everything up to
-there is whole transactions, exactly as written.  Bytes beyond it that are
-not zeros are the remains of commits never acknowledged: an error
-(:class:`TornTransactionError`) unless ``repair=True``, which cuts them off.
-Closing gives the free space back, so a closed file is exactly what Durus
-4.3 writes and reads; a file with no trailer (closed, or written by Durus
-4.3) is checked by the shape and content of its last transaction instead.
+Crash safety (docs/file-format.md section 8 has the layouts and the
+reasoning): while a shelf is open for writing, its file has free space
+after the last transaction, holding a *seal* right after that transaction
+(written with it) and two page-sized *commit trailer slots* at the very
+end.  Each seal and trailer vouches for the bytes since a durable point
+with a CRC-32; each disk sync first writes a trailer into the slot not
+holding the newest synced one.  Opening finds the newest matching trailer,
+then the furthest matching seal; what follows them is what a crash left of
+unacknowledged commits: :class:`TornTransactionError`, or cut off with
+``repair=True``.  Closing cuts all of it off, so a closed file is what
+Durus 4.3 writes; a file without trailers is judged by the shape and
+content of its last transaction instead.
 """
 
 from __future__ import annotations
@@ -346,7 +336,7 @@ def write_parts(fd: int, parts: list[bytes], position: int) -> None:
     unless the OS writes less.
     """
     total = sum(len(part) for part in parts)
-    written = os.pwritev(fd, parts, position)
+    written = os.pwritev(fd, parts, position) if hasattr(os, "pwritev") else 0
     if written < total:
         write_all(fd, b"".join(parts)[written:], position + written)
 
@@ -748,9 +738,9 @@ class Shelf:
         the slot not holding the newest synced trailer, then fdatasync.
         """
         start, end, crc = self._span
-        if end == self.durable_end and self._slots is not None:
+        if end == self.durable_end:
             return
-        if self._slots is None:
+        if self._slots is None:  # given back after a failed write
             self._reserve(end)
             return
         slot = 1 - self._durable_slot
@@ -881,6 +871,7 @@ class Shelf:
             self._span = span
             with self._lock:
                 self._give_back_free_space()
+                self.durable_end = min(self.durable_end, start)
             raise
         self.recent.update(offsets)
         self.end = end
