@@ -32,20 +32,18 @@ from __future__ import annotations
 
 import mmap
 import os
-import pickle
 import stat
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from io import BytesIO
 from struct import Struct
-from typing import Any
 
 from durus.error import DamagedRecordError, DurusError
 from durus.record import ROOT_OID, oid_to_int
-from durus.serialize import load_pickle, state_pickle
-from durus.shelf import PREFIX, empty_shelf
+from durus.serialize import inspect_data
+from durus.file_storage import FileStorage
+from durus.shelf import PREFIX, ShelfError, TornTransactionError, empty_shelf
 
 __all__ = ["CheckReport", "Problem", "UncheckableFileError", "check_file"]
 
@@ -136,115 +134,6 @@ class CheckReport:
         return "\n".join(lines) + "\n"
 
 
-# -- reading states without importing anything ----------------------------------
-
-
-class _StandIn:
-    """What an unpickled instance of any class becomes: it takes whatever
-    the pickle gives it.  Each class name gets a subclass (see
-    :meth:`_Inspector.find_class`).
-    """
-
-    pickled_name = ""  # module.name
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> _StandIn:
-        return object.__new__(cls)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __setstate__(self, state: Any) -> None:
-        pass
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        pass
-
-    def append(self, item: Any) -> None:
-        pass
-
-    def extend(self, items: Any) -> None:
-        pass
-
-
-class _Reference:
-    """What a persistent id becomes."""
-
-    __slots__ = ("oid",)
-
-    def __init__(self, oid: bytes) -> None:
-        self.oid = oid
-
-
-def _encode(text: str, encoding: str = "utf-8") -> bytes:
-    """``_codecs.encode`` as a protocol-2 pickle of bytes calls it (an oid
-    is such bytes), for the text encodings only.
-    """
-    if type(text) is not str or encoding.lower().replace("-", "").replace("_", "") not in _TEXT_ENCODINGS:
-        raise pickle.UnpicklingError(f"_codecs.encode of {type(text).__name__} to {encoding!r}")
-    return text.encode(encoding)
-
-
-_TEXT_ENCODINGS = frozenset({"latin1", "iso88591", "ascii", "utf8"})
-# The only callables a state may reach: how protocol 2 pickles bytes.
-_REAL = {("_codecs", "encode"): _encode, ("__builtin__", "bytes"): bytes, ("builtins", "bytes"): bytes}
-
-
-class _Inspector(pickle.Unpickler):
-    """An unpickler that imports nothing: a class is a stand-in named after
-    it (bytes, which protocol 2 pickles through ``_codecs.encode``, are
-    real), a persistent id (``(oid, class)`` or a bare oid) is noted in
-    ``referred`` and becomes a :class:`_Reference`.
-    """
-
-    def __init__(self, file: BytesIO, stand_ins: dict[tuple[str, str], type]) -> None:
-        super().__init__(file)
-        self.stand_ins = stand_ins
-        self.referred: set[bytes] = set()
-
-    def find_class(self, module: str, name: str) -> Any:
-        key = (module, name)
-        real = _REAL.get(key)
-        if real is not None:
-            return real
-        stand_in = self.stand_ins.get(key)
-        if stand_in is None:
-            stand_in = type("StandIn", (_StandIn,), {"pickled_name": f"{module}.{name}"})
-            self.stand_ins[key] = stand_in
-        return stand_in
-
-    def persistent_load(self, pid: Any) -> _Reference:
-        if type(pid) is tuple and len(pid) == 2 and _is_stand_in(pid[1]):
-            oid = pid[0]
-        else:
-            oid = pid
-        if type(oid) is not bytes or len(oid) != 8:
-            raise pickle.UnpicklingError(f"a persistent id is neither (oid, class) nor an oid: {pid!r:.80}")
-        self.referred.add(oid)
-        return _Reference(oid)
-
-
-def _is_stand_in(value: Any) -> bool:
-    return isinstance(value, type) and issubclass(value, _StandIn)
-
-
-def inspect_record_data(data: bytes, stand_ins: dict[tuple[str, str], type] | None = None) -> tuple[str, set[bytes]]:
-    """The class name (``module.name``) of record ``data`` and the oids of
-    the persistent ids in its state, read as ObjectReader reads a record
-    but importing nothing; DamagedRecordError if a part cannot be read.
-    """
-    stand_ins = {} if stand_ins is None else stand_ins
-    stream = BytesIO(data)
-    class_reader = _Inspector(stream, stand_ins)
-    cls = load_pickle(class_reader, "its class pickle")
-    if not _is_stand_in(cls):
-        raise DamagedRecordError(f"its data does not start with a class pickle: {data[:60]!r}")
-    state_reader = _Inspector(BytesIO(state_pickle(data[stream.tell():])), stand_ins)
-    # A Durus 4.3 state may name the class as memo entry 0.
-    state_reader.memo = class_reader.memo
-    load_pickle(state_reader, "its state pickle")
-    return cls.pickled_name, state_reader.referred
-
-
 # -- the file ---------------------------------------------------------------------
 
 
@@ -255,6 +144,7 @@ class _Entry:
     offset: int
     oid: bytes
     record_start: int
+    data_end: int
     record_end: int
 
 
@@ -283,7 +173,7 @@ class _FileChecker:
     def problem(self, kind: str, offset: int, oid: bytes | None, message: str) -> None:
         self.report.problems.append(Problem(kind, offset, oid, message))
 
-    def run(self) -> None:
+    def run(self, verdict: _Verdict) -> None:
         buffer, size = self.buffer, self.size
         if size < len(PREFIX) + 8 + 24:
             if bytes(buffer[:size]) == empty_shelf()[:size]:
@@ -303,19 +193,30 @@ class _FileChecker:
             return
         for entry in initial:
             self.check_record(entry)
-        self.read_transactions(map_end)
+        if verdict.torn_at is not None and verdict.torn_at >= map_end:
+            self.read_transactions(map_end, verdict.torn_at)
+            self.tear(verdict.torn_at)
+        elif verdict.end is not None:
+            # What follows the end (free space, a seal, commit trailers) the
+            # storage has read and found sound.
+            self.read_transactions(map_end, verdict.end)
+        else:
+            self.read_transactions(map_end, size)
+            if verdict.error is not None and not any(
+                    problem.kind in (FRAMING, TORN) for problem in self.report.problems):
+                self.problem(FRAMING, verdict.error.offset, None, f"FileStorage cannot open it: {verdict.error}")
         self.check_references()
 
     # -- transactions and entries ----------------------------------------------
 
-    def parse_entries(self, start: int, end: int) -> tuple[list[_Entry], str | None, int, int]:
+    def parse_entries(self, start: int, end: int, size: int) -> tuple[list[_Entry], str | None, int, int]:
         """The sound entries of a transaction spanning ``start:end``, as far
-        as the file holds them; then the problem found (or None), its
-        offset, and where the damaged entry says it ends.  An entry cut off
-        by the end of the file is no problem here (the caller sees the
-        transaction runs past the end).
+        as the file holds them (up to ``size``); then the problem found (or
+        None), its offset, and where the damaged entry says it ends.  An
+        entry cut off at ``size`` is no problem here (the caller sees the
+        transaction runs past it).
         """
-        buffer, size = self.buffer, self.size
+        buffer = self.buffer
         read_int8, read_int4 = _int8.unpack_from, _int4.unpack_from
         entries = []
         offset = start
@@ -335,39 +236,37 @@ class _FileChecker:
             data_end = offset + 28 + read_int4(buffer, offset + 24)[0]
             if data_end > entry_end or (entry_end - data_end) % 8:
                 return entries, "a record's data length does not fit its entry", offset, entry_end
-            entries.append(_Entry(offset, oid, offset + 16, entry_end))
+            entries.append(_Entry(offset, oid, offset + 16, data_end, entry_end))
             offset = entry_end
         return entries, None, offset, offset
 
     def read_entries(self, start: int, end: int, transaction: int) -> list[_Entry]:
         """The entries of the initial transaction, reporting a framing problem."""
-        entries, problem, offset, _ = self.parse_entries(start, end)
+        entries, problem, offset, _ = self.parse_entries(start, end, self.size)
         if problem is not None:
             self.problem(FRAMING, offset, None, f"{problem} (in the transaction at byte {transaction}); "
                          "the rest of that transaction is not checked")
         return entries
 
-    def read_transactions(self, position: int) -> None:
-        """Check the transactions after the map, as a FileStorage reads them:
-        zeros at the end are free space, a cut-off last transaction is torn.
+    def read_transactions(self, position: int, size: int) -> None:
+        """Check the transactions from ``position`` up to ``size``, as a
+        FileStorage reads a file without commit trailers: zeros at the end
+        are free space, a cut-off last transaction is torn.
         """
-        buffer, size = self.buffer, self.size
+        buffer = self.buffer
         zeros_from = None  # start of a run of empty transactions reaching to here
         while position < size:
             torn = position if zeros_from is None else zeros_from
             if position + 8 > size:
                 if zeros_from is None or buffer[position:size].count(0) != size - position:
-                    self.torn(torn)
+                    self.tear(torn)
                 return
             end = position + 8 + _int8.unpack_from(buffer, position)[0]
-            entries, problem, offset, damaged_to = self.parse_entries(position + 8, end)
+            entries, problem, offset, damaged_to = self.parse_entries(position + 8, end, size)
             if problem is None and end > size or problem is not None and (
                     end == size or _zeros_to_end(buffer, min(damaged_to, end), size)):
-                found = self.misread_length(position, end)
-                if found is None:
-                    self.torn(torn)
-                    return
-                entries, end = found
+                self.tear(torn)
+                return
             elif problem is not None:
                 self.problem(FRAMING, offset, None, f"{problem} (in the transaction at byte {position}); "
                              "the rest of that transaction is not checked")
@@ -383,6 +282,34 @@ class _FileChecker:
                 self.check_record(entry)
             position = end
 
+    def tear(self, position: int) -> None:
+        """Report the transaction at ``position``, where whole commits end,
+        as torn, unless it only looks so (see :meth:`misread_length`).
+        """
+        size = self.size
+        claimed_end = position + 8 + _int8.unpack_from(self.buffer, position)[0] if position + 8 <= size else size
+        found = self.misread_length(position, claimed_end)
+        if found is not None:
+            entries, end = found
+            self.report.transactions += 1
+            for entry in entries:
+                self.check_record(entry)
+            self.read_transactions(end, size)
+            return
+        # What the records of the unfinished commit say, for their oids.
+        entries = self.parse_entries(position + 8, min(claimed_end, size), size)[0]
+        unread = []
+        for entry in entries:
+            try:
+                inspect_data(self.buffer[entry.record_start + 12:entry.data_end], self.stand_ins)
+            except DamagedRecordError as error:
+                unread.append(f"oid {oid_to_int(entry.oid)} at byte {entry.offset}: {error.problem}")
+        oids = _oid_list({entry.oid for entry in entries}) if entries else "no whole record"
+        detail = f"; it holds {oids}" + (f", and its record of {unread[-1]}" if unread else "")
+        self.problem(TORN, position, None, (
+            f"the last transaction is incomplete{detail}: a crash during a commit, or damage "
+            "(open the file with repair=True, or durus -s --repair, to cut it off: only that commit is lost)"))
+
     def misread_length(self, position: int, claimed_end: int) -> tuple[list[_Entry], int] | None:
         """For a transaction that looks cut short: if its entries end before
         the end of the file and whole transactions follow them to the end,
@@ -390,7 +317,7 @@ class _FileChecker:
         committed transactions): report that, and return its entries and
         where they end.  None for a true tear.
         """
-        entries, _, _, _ = self.parse_entries(position + 8, self.size)
+        entries, _, _, _ = self.parse_entries(position + 8, self.size, self.size)
         for count, entry in enumerate(entries, 1):
             if self.whole_transactions_from(entry.record_end):
                 self.problem(FRAMING, position, None, (
@@ -411,15 +338,10 @@ class _FileChecker:
             end = position + 8 + _int8.unpack_from(buffer, position)[0]
             if end == position + 8 and _zeros_to_end(buffer, position, size):
                 break  # free space
-            if end > size or self.parse_entries(position + 8, end)[1] is not None:
+            if end > size or self.parse_entries(position + 8, end, size)[1] is not None:
                 return False
             position = end
         return position > start and (position == size or _zeros_to_end(buffer, position, size))
-
-    def torn(self, position: int) -> None:
-        self.problem(TORN, position, None, "the last transaction is incomplete (a crash during a commit): "
-                     "open the file with repair=True, or durus -s --repair, to cut it off "
-                     "(only that unfinished commit is lost)")
 
     # -- the offset map -------------------------------------------------------------
 
@@ -477,7 +399,7 @@ class _FileChecker:
         buffer = self.buffer
         oid = entry.oid
         self.report.records += 1
-        data_end = entry.record_start + 12 + _int4.unpack_from(buffer, entry.record_start + 8)[0]
+        data_end = entry.data_end
         refs = buffer[data_end:entry.record_end]
         self.current[oid] = entry.offset
         if refs:
@@ -485,7 +407,7 @@ class _FileChecker:
         else:
             self.refs.pop(oid, None)
         try:
-            _, referred = inspect_record_data(buffer[entry.record_start + 12:data_end], self.stand_ins)
+            _, referred = inspect_data(buffer[entry.record_start + 12:data_end], self.stand_ins)
         except DamagedRecordError as error:
             self.damaged(entry, error.problem)
         else:
@@ -563,6 +485,34 @@ def _zeros_to_end(buffer: mmap.mmap | bytes, start: int, size: int) -> bool:
     return True
 
 
+@dataclass
+class _Verdict:
+    """What a read-only FileStorage makes of the file: where its whole
+    commits end (``end``), or where it finds one torn (``torn_at``), or the
+    damage that keeps it from opening (``error``).
+    """
+
+    end: int | None = None
+    torn_at: int | None = None
+    error: ShelfError | None = None
+
+
+def _storage_verdict(path: str) -> _Verdict:
+    """Open the file as a read-only FileStorage, which finds where whole
+    commits end (reading the seal and commit trailers a writer leaves).
+    """
+    try:
+        storage = FileStorage(path, readonly=True)
+    except TornTransactionError as error:
+        return _Verdict(torn_at=error.offset)
+    except ShelfError as error:
+        return _Verdict(error=error)
+    try:
+        return _Verdict(end=storage.shelf.end)
+    finally:
+        storage.close()
+
+
 def check_file(path: str | os.PathLike, progress: Callable[[int, int], None] | None = None) -> CheckReport:
     """Read the SHELF-1 file at ``path`` (read-only) and report what is
     damaged or dangling; see the module docstring.
@@ -596,7 +546,7 @@ def check_file(path: str | os.PathLike, progress: Callable[[int, int], None] | N
             raise UncheckableFileError(
                 f"{path} is not a SHELF-1 file (it starts with {prefix!r}); only FileStorage files can be checked")
         report = CheckReport(path, size)
-        _FileChecker(buffer, report, progress).run()
+        _FileChecker(buffer, report, progress).run(_storage_verdict(path))
     finally:
         buffer.close()
     return report

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ObjectReader",
     "ObjectWriter",
+    "inspect_data",
     "load_pickle",
     "record_location",
     "state_pickle",
@@ -493,3 +494,114 @@ class ObjectReader:
         if the class pickle or the zlib stream is damaged.
         """
         return split_data(data)[1]
+
+
+# -- reading record data without importing anything ------------------------
+
+
+class _StandIn:
+    """What an unpickled instance of any class becomes: it takes whatever
+    the pickle gives it.  Each class name gets a subclass (see
+    :meth:`_Inspector.find_class`).
+    """
+
+    pickled_name = ""  # module.name
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _StandIn:
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+
+class _Reference:
+    """What a persistent id becomes."""
+
+    __slots__ = ("oid",)
+
+    def __init__(self, oid: bytes) -> None:
+        self.oid = oid
+
+
+def _encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as a protocol-2 pickle of bytes calls it (an oid
+    is such bytes), for the text encodings only.
+    """
+    if type(text) is not str or encoding.lower().replace("-", "").replace("_", "") not in _TEXT_ENCODINGS:
+        raise pickle.UnpicklingError(f"_codecs.encode of {type(text).__name__} to {encoding!r}")
+    return text.encode(encoding)
+
+
+_TEXT_ENCODINGS = frozenset({"latin1", "iso88591", "ascii", "utf8"})
+# The only callables a state may reach: how protocol 2 pickles bytes.
+_REAL = {("_codecs", "encode"): _encode, ("__builtin__", "bytes"): bytes, ("builtins", "bytes"): bytes}
+
+
+class _Inspector(pickle.Unpickler):
+    """An unpickler that imports nothing: a class is a stand-in named after
+    it (bytes, which protocol 2 pickles through ``_codecs.encode``, are
+    real), a persistent id (``(oid, class)`` or a bare oid) is noted in
+    ``referred`` and becomes a :class:`_Reference`.
+    """
+
+    def __init__(self, file: BytesIO, stand_ins: dict[tuple[str, str], type]) -> None:
+        super().__init__(file)
+        self.stand_ins = stand_ins
+        self.referred: set[bytes] = set()
+
+    def find_class(self, module: str, name: str) -> Any:
+        key = (module, name)
+        real = _REAL.get(key)
+        if real is not None:
+            return real
+        stand_in = self.stand_ins.get(key)
+        if stand_in is None:
+            stand_in = type("StandIn", (_StandIn,), {"pickled_name": f"{module}.{name}"})
+            self.stand_ins[key] = stand_in
+        return stand_in
+
+    def persistent_load(self, pid: Any) -> _Reference:
+        if type(pid) is tuple and len(pid) == 2 and _is_stand_in(pid[1]):
+            oid = pid[0]
+        else:
+            oid = pid
+        if type(oid) is not bytes or len(oid) != 8:
+            raise pickle.UnpicklingError(f"a persistent id is neither (oid, class) nor an oid: {pid!r:.80}")
+        self.referred.add(oid)
+        return _Reference(oid)
+
+
+def _is_stand_in(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, _StandIn)
+
+
+def inspect_data(data: bytes, stand_ins: dict[tuple[str, str], type] | None = None) -> tuple[str, set[bytes]]:
+    """The class name (``module.name``) of record ``data`` and the oids of
+    the persistent ids in its state, read as ObjectReader reads a record
+    but importing nothing (for checkers: ``durus --check``);
+    DamagedRecordError, as ObjectReader raises it, if a part cannot be read.
+    ``stand_ins`` caches the stand-in classes across calls.
+    """
+    stand_ins = {} if stand_ins is None else stand_ins
+    stream = BytesIO(data)
+    class_reader = _Inspector(stream, stand_ins)
+    cls = load_pickle(class_reader, "its class pickle")
+    if not _is_stand_in(cls):
+        raise DamagedRecordError(f"its data does not start with a class pickle: {data[:60]!r}")
+    state_reader = _Inspector(BytesIO(state_pickle(data[stream.tell():])), stand_ins)
+    # A Durus 4.3 state may name the class as memo entry 0.
+    state_reader.memo = class_reader.memo
+    load_pickle(state_reader, "its state pickle")
+    return cls.pickled_name, state_reader.referred

@@ -136,11 +136,26 @@ def test_a_flipped_byte_in_a_compressed_state(tmp_path, name):
 def test_a_bad_class_pickle(tmp_path):
     path = tmp_path / "class.durus"
     oids = build(path)
-    offset = entry_offset(path, oids["last"])
+    offset = entry_offset(path, oids["first"])
     patch(path, offset + 28 + 2, lambda byte: 0xFF)  # the GLOBAL opcode
     problem = only_problem(path, DAMAGED)
-    assert (problem.oid, problem.offset) == (oids["last"], offset)
+    assert (problem.oid, problem.offset) == (oids["first"], offset)
     assert problem.message.startswith("its class pickle fails to unpickle (UnpicklingError")
+
+
+def test_damage_in_the_last_record_of_the_file_reads_as_a_tear(tmp_path):
+    """FileStorage takes a last record that does not read for what a crash
+    leaves (zeros where its end should be), so the check says torn, naming
+    the record, and that it may be damage.
+    """
+    path = tmp_path / "last.durus"
+    oids = build(path)
+    offset = entry_offset(path, oids["last"])
+    patch(path, offset + 28 + 2, lambda byte: 0xFF)
+    problem = only_problem(path, TORN)
+    assert problem.offset == transaction_starts(path)[-1]
+    assert f"its record of oid {oid_to_int(oids['last'])} at byte {offset}: its class pickle fails" in problem.message
+    assert "a crash during a commit, or damage" in problem.message
 
 
 def _store(path: Path, records: dict[bytes, bytes]) -> None:
@@ -214,6 +229,29 @@ def test_zeros_at_the_end_are_free_space(tmp_path):
     with open(path, "ab") as file:
         file.write(b"\x01")
     assert only_problem(path, TORN).offset == os.path.getsize(path) - 4096 - 4
+
+
+def test_a_file_open_for_writing_or_left_open_by_a_crash(tmp_path):
+    """The free space, seal and commit trailers a writer keeps at the end are
+    read as FileStorage reads them: whole commits, nothing torn.
+    """
+    path = tmp_path / "open.durus"
+    build(path)
+    connection = Connection(FileStorage(str(path)))
+    connection.get_root()["more"] = Item("more")
+    connection.commit()
+    assert os.path.getsize(path) % 4096 == 0  # free space and trailers
+    report = check_file(path)
+    assert report.clean, report.format()
+    code = ("import os, sys; sys.path.insert(0, '.'); from durus.connection import Connection; "
+            "from durus.file_storage import FileStorage; from tests.models import Item; "
+            f"c = Connection(FileStorage({str(path)!r})); c.get_root()['crash'] = Item('x'); c.commit(); "
+            "os._exit(0)")
+    connection.get_storage().close()
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent, timeout=60)
+    assert os.path.getsize(path) % 4096 == 0
+    crashed = check_file(path)
+    assert crashed.clean and crashed.objects == report.objects + 1, crashed.format()
 
 
 def test_framing_damage_mid_file_is_reported_and_the_rest_checked(tmp_path):
