@@ -154,7 +154,7 @@ class _FileChecker:
     Instance attributes: ``buffer`` (the mapped file), ``size``, ``report``,
     ``current`` (oid -> offset of its current entry), ``refs`` (oid -> refs
     of its current record, where it has any), ``stand_ins`` (the classes
-    met, see :class:`_Inspector`), ``progress`` and ``next_progress`` (when
+    met, see :func:`durus.serialize.inspect_data`), ``progress`` and ``next_progress`` (when
     to call it next), ``entries_read``.
     """
 
@@ -308,7 +308,7 @@ class _FileChecker:
         detail = f"; it holds {oids}" + (f", and its record of {unread[-1]}" if unread else "")
         self.problem(TORN, position, None, (
             f"the last transaction is incomplete{detail}: a crash during a commit, or damage "
-            "(open the file with repair=True, or durus -s --repair, to cut it off: only that commit is lost)"))
+            f"(repair=True, or durus -s --repair, cuts the file back to byte {position}, losing what follows)"))
 
     def misread_length(self, position: int, claimed_end: int) -> tuple[list[_Entry], int] | None:
         """For a transaction that looks cut short: if its entries end before

@@ -18,7 +18,8 @@ A record that cannot be read raises :class:`~durus.error.DamagedRecordError`,
 saying which part failed: the class pickle, the zlib stream (its checksum or
 its framing) or the state pickle.  The reader seldom knows the record's oid;
 the caller names it with ``error.for_record(oid, record_location(storage,
-oid))``.
+oid))``.  :func:`inspect_data` reads record data the same way while
+importing nothing, for ``durus --check``.
 """
 
 from __future__ import annotations
