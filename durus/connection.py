@@ -25,6 +25,7 @@ from typing import Any
 
 from durus.error import (
     ConflictError,
+    DamagedRecordError,
     DurusKeyError,
     ReadConflictError,
     WriteConflictError,
@@ -51,7 +52,7 @@ from durus.record import (
     split_oids,
     unpack_record,
 )
-from durus.serialize import ObjectReader, ObjectWriter
+from durus.serialize import ObjectReader, ObjectWriter, record_location
 from durus.storage import Storage
 
 _setattribute = object.__setattr__
@@ -348,7 +349,10 @@ class Connection:
     def _set_state(self, obj: PersistentObject, record: bytes) -> None:
         cls = real_class(type(obj))
         data, refers = record_data_and_refers(record)
-        state = self._reader.get_state(data, cls, refers)
+        try:
+            state = self._reader.get_state(data, cls, refers)
+        except DamagedRecordError as error:
+            raise error.for_record(obj._p_oid, record_location(self.storage, obj._p_oid))
         # UNSAVED while __setstate__ runs, so attribute writes in a custom
         # __setstate__ (filling in defaults, say) don't mark the object changed.
         _setattribute(obj, "_p_status", UNSAVED)

@@ -134,7 +134,6 @@ def test_a_connection_loading_a_damaged_record_raises_it():
     assert item._p_is_ghost()  # nothing half-loaded
 
 
-@pytest.mark.xfail(strict=True, reason="needs the DamagedRecordError line in Connection._set_state")
 def test_a_connection_names_the_damaged_record():
     class Described(MemoryStorage):
         def describe_record(self, oid):

@@ -21,7 +21,7 @@ import pytest
 import durus.persistent
 import durus.serialize
 from durus.connection import Connection
-from durus.error import ReadConflictError
+from durus.error import DamagedRecordError, ReadConflictError
 from durus.persistent import Persistent
 from durus.speedups import speedups
 from tests.models import Item
@@ -129,8 +129,9 @@ def test_a_persistent_id_of_the_wrong_shape_is_an_error() -> None:
     target = Connection(storage).root[0]
     oid = b"\x00" * 7 + b"\x50"
     store_raw(storage, oid, Item, {"name": "x", "other": target}, refs=target._p_oid, pickler_class=WrongIds)
-    with pytest.raises(ValueError):
+    with pytest.raises(DamagedRecordError) as raised:
         Connection(storage).get(oid)
+    assert isinstance(raised.value.__cause__, ValueError)
 
 
 # Deployments driven through a browser or a whole gunicorn set-up add
