@@ -511,9 +511,9 @@ class Shelf:
         # (start, end, crc): the CRC-32 of the bytes start..end, where start
         # is a durable end and end the end of the last transaction written.
         self._span = (self.end, self.end, 0)
-        if self.trailers:
+        if self.trailers and self.size > self.end:
             with self._lock:
-                self._start_free_space()
+                self._drop_free_space()
 
     # -- reading ---------------------------------------------------------------
 
@@ -740,7 +740,7 @@ class Shelf:
         start, end, crc = self._span
         if end == self.durable_end:
             return
-        if self._slots is None:  # given back after a failed write
+        if self._slots is None:  # none reserved yet, or given back after a failed write
             self._reserve(end)
             return
         slot = 1 - self._durable_slot
@@ -752,15 +752,13 @@ class Shelf:
         self._durable_slot = slot
         self.durable_end = end
 
-    def _start_free_space(self) -> None:
-        """Drop the free space a crash left (and any trailers in it), then
-        reserve new free space with its first trailer, synced.
+    def _drop_free_space(self) -> None:
+        """Cut off the free space a crash left, with its trailers and seal,
+        before any new ones are written; the first append reserves anew.
         """
-        if self.size > self.end:
-            os.ftruncate(self.fd, self.end)
-            self.size = self.end
-            self._fdatasync()
-        self._reserve(self.end)
+        os.ftruncate(self.fd, self.end)
+        self.size = self.end
+        self._fdatasync()
 
     def _reserve(self, end: int) -> None:
         """With the lock held: extend the free space past ``end`` (and a

@@ -135,11 +135,16 @@ def test_empty_commit_writes_nothing(path: str) -> None:
 
 
 def test_commit_is_two_writes_and_one_fdatasync(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The sealed transaction in one write, its commit trailer in another."""
+    """The sealed transaction in one write, its commit trailer in another
+    (the first commit also reserves free space, with a trailer of its own).
+    """
     storage = FileStorage(path)
     calls: list[str] = []
     count_syncs(monkeypatch, calls)
     commit(storage, {0: (b"root", [1]), 1: (b"a" * 5000, []), 2: (b"b", [])})
+    assert calls == ["write", "sync", "write", "write", "sync"]
+    calls.clear()
+    commit(storage, {1: (b"a" * 6000, [])})
     assert calls == ["write", "write", "sync"]
     storage.close()
 
@@ -448,6 +453,25 @@ def test_commits_go_into_reserved_free_space_given_back_on_close(path: str) -> N
     storage.close()
     assert os.path.getsize(path) == storage_end(path)
     assert Path(path).read_bytes()[-1:] != b"\0"
+
+
+def test_opening_and_closing_without_commits_changes_nothing(path: str) -> None:
+    data, _ = two_commit_file(path)
+    FileStorage(path).close()
+    assert Path(path).read_bytes() == data
+
+
+def test_opening_for_writing_drops_the_free_space_a_crash_left(path: str, tmp_path: Path) -> None:
+    storage = FileStorage(path)
+    commit(storage, {0: (b"root", [])})
+    end = storage.shelf.end
+    crashed = Path(path).read_bytes()  # free space, trailers and seal included
+    storage.close()
+    Path(path).write_bytes(crashed)
+    storage = FileStorage(path)
+    assert os.path.getsize(path) == end
+    assert all_records(storage) == {oid(0): record(0, b"root")}
+    storage.close()
 
 
 def storage_end(path: str) -> int:
@@ -966,6 +990,7 @@ def test_deferred_commits_share_one_sync(path: str, monkeypatch: pytest.MonkeyPa
     durable: a commit trailer, then one fdatasync.
     """
     storage = FileStorage(path)
+    commit(storage, {9: (b"first, which reserves free space", [])})
     calls: list[str] = []
     count_syncs(monkeypatch, calls)
     for n in range(3):
@@ -990,6 +1015,7 @@ def test_close_syncs_deferred_commits(path: str, monkeypatch: pytest.MonkeyPatch
     free space (trailers included) and syncs that.
     """
     storage = FileStorage(path)
+    commit(storage, {9: (b"first, which reserves free space", [])})
     calls: list[str] = []
     count_syncs(monkeypatch, calls)
     deferred_commit(storage, {0: (b"root", [])})
