@@ -851,7 +851,7 @@ class Shelf:
             durable_end = self.durable_end
             if durable_end > span_start:
                 # A sync made more durable since the span began: vouch from there.
-                crc = _crc_of_file(self.fd, durable_end, span_end)
+                crc = _crc_of_file(self.fd, durable_end, span_end) if span_end > durable_end else 0
                 span_start = durable_end
             crc = zlib.crc32(data, crc)
             parts = [data, encode_trailer(end, 0, span_start, end, crc, SEAL_MAGIC)]

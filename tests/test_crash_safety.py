@@ -269,18 +269,23 @@ def assert_state(log: FileLog, records: Records, low: int, high: int, where: str
 
 # -- building the logs -----------------------------------------------------------------
 
-def synced_commits_log(path: str, monkeypatch: pytest.MonkeyPatch, seed: int, count: int = 5) -> FileLog:
-    """A file, then ``count`` commits of about 20 kB, each synced."""
+def started_log(path: str, monkeypatch: pytest.MonkeyPatch, rng: random.Random, known: list[int]) -> tuple[FileStorage, FileLog]:
+    """A FileStorage with a first commit, and the log that starts after it."""
     monkeypatch.setattr(durus.shelf, "RESERVE", SMALL_RESERVE)
-    rng = random.Random(seed)
     storage = FileStorage(path)
-    known: list[int] = []
     first = commit_records(rng, known, 3000)
     storage.begin()
     for n, record in first.items():
         storage.store(int_to_oid(n), record)
     storage.end()
-    log = FileLog(path, {int_to_oid(n): record for n, record in first.items()})
+    return storage, FileLog(path, {int_to_oid(n): record for n, record in first.items()})
+
+
+def synced_commits_log(path: str, monkeypatch: pytest.MonkeyPatch, seed: int, count: int = 5) -> FileLog:
+    """``count`` commits of about 20 kB, each synced."""
+    rng = random.Random(seed)
+    known: list[int] = []
+    storage, log = started_log(path, monkeypatch, rng, known)
     with log.recording(monkeypatch):
         for _ in range(count):
             log.commit(storage, commit_records(rng, known, 20_000))
@@ -290,16 +295,9 @@ def synced_commits_log(path: str, monkeypatch: pytest.MonkeyPatch, seed: int, co
 
 def group_commits_log(path: str, monkeypatch: pytest.MonkeyPatch, seed: int) -> FileLog:
     """As a server does it: several commits with sync=False, then one sync."""
-    monkeypatch.setattr(durus.shelf, "RESERVE", SMALL_RESERVE)
     rng = random.Random(seed)
-    storage = FileStorage(path)
     known: list[int] = []
-    first = commit_records(rng, known, 3000)
-    storage.begin()
-    for n, record in first.items():
-        storage.store(int_to_oid(n), record)
-    storage.end()
-    log = FileLog(path, {int_to_oid(n): record for n, record in first.items()})
+    storage, log = started_log(path, monkeypatch, rng, known)
     with log.recording(monkeypatch):
         for group in (3, 1, 2):
             for _ in range(group):
