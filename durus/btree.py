@@ -38,10 +38,11 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import ItemsView, Iterable, Iterator, MutableMapping, ValuesView
+from functools import wraps
 from operator import itemgetter
 from typing import Any
 
-from durus.error import ConflictError
+from durus.error import ConflictError, ReadConflictError
 from durus.mapping_names import Durus43MappingNames
 from durus.merge import same
 from durus.persistent import UNSAVED, PersistentObject
@@ -627,6 +628,30 @@ def _replay_scan(tree: BTree, scan: _Scan) -> None:
 # -- the mapping ------------------------------------------------------------
 
 
+def _restartable(method: Any) -> Any:
+    """Make a BTree operation start again when a load in it meets other
+    clients' commits of nodes this transaction used and the connection
+    could bring the trees up to date (``Connection.refresh_trees``): the
+    operation held the old nodes, so it must not go on with them.
+    """
+
+    @wraps(method)
+    def operation(self: BTree, *args: Any, **kwargs: Any) -> Any:
+        for _ in range(_MAX_RESTARTS):
+            try:
+                return method(self, *args, **kwargs)
+            except ReadConflictError:
+                connection = self._p_connection
+                if connection is None or self._p_reads is NO_READS or not connection.refresh_trees():
+                    raise
+        return method(self, *args, **kwargs)
+
+    return operation
+
+
+_MAX_RESTARTS = 10
+
+
 class _ItemsView(ItemsView):
     """``tree.items()``: walks the nodes rather than looking up each key."""
 
@@ -729,11 +754,13 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
 
     # -- reading ------------------------------------------------------------
 
+    @_restartable
     def __len__(self) -> int:
         count = self.root.get_count()
         self._log().record((_replay_len, count))
         return count
 
+    @_restartable
     def __bool__(self) -> bool:
         truth = bool(self.root.items)
         self._log().record((_replay_bool, truth))
@@ -745,9 +772,11 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
     def __reversed__(self) -> Iterator[Any]:
         return map(_item_key, self._walk(False, _MISSING, True, False))
 
+    @_restartable
     def __contains__(self, key: object) -> bool:
         return self._lookup(key) is not None
 
+    @_restartable
     def __getitem__(self, key: Any) -> Any:
         item = self._lookup(key)
         if item is None:
@@ -760,10 +789,12 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
     def values(self) -> ValuesView:
         return _ValuesView(self)
 
+    @_restartable
     def get(self, key: Any, default: Any = None) -> Any:
         item = self._lookup(key)
         return default if item is None else item[1]
 
+    @_restartable
     def _extreme(self, smallest: bool) -> tuple[Any, Any]:
         root = self.root
         item = None
@@ -818,12 +849,14 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
                 else:
                     return
 
+    @_restartable
     def get_depth(self) -> int:
         """How many levels of nodes the tree has (1 for a lone root)."""
         depth = self.root.get_level() + 1
         self._log().record((_replay_shape, depth, None))
         return depth
 
+    @_restartable
     def get_node_count(self) -> int:
         """How many nodes the tree has (this loads them all)."""
         count = self.root.get_node_count()
@@ -832,6 +865,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
 
     # -- changing -----------------------------------------------------------
 
+    @_restartable
     def add(self, key: Any, value: Any = True) -> None:
         """Make ``self[key]`` be ``value``."""
         root = self.root
@@ -885,6 +919,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
         self._log().record((_replay_delete, key))
         return item
 
+    @_restartable
     def __delitem__(self, key: Any) -> None:
         # Look first: a delete reshapes nodes on its way down, which must not
         # happen (and be stored) for a key that is not there.
@@ -892,6 +927,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
             raise KeyError(key)
         self._remove(key)
 
+    @_restartable
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
         item = self._lookup(key)
         if item is None:
@@ -901,6 +937,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
         self._remove(key)
         return item[1]
 
+    @_restartable
     def popitem(self) -> tuple[Any, Any]:
         """Remove and return the item with the smallest key."""
         root = self.root
@@ -912,6 +949,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
         log.record((_replay_popitem, item))
         return item
 
+    @_restartable
     def setdefault(self, key: Any, default: Any = None) -> Any:
         item = self._lookup(key)
         if item is None:
@@ -919,6 +957,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
             return default
         return item[1]
 
+    @_restartable
     def clear(self) -> None:
         root = self.root
         self._log().record((_replay_clear,))
@@ -970,6 +1009,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
                 f"no BNode class has minimum degree {degree!r}; use one of {choices}"
             ) from None
 
+    @_restartable
     def set_bnode_minimum_degree(self, degree: int) -> bool:
         """Rebuild the tree with nodes of this minimum degree.
 

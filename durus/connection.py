@@ -584,6 +584,33 @@ class Connection:
             obj._p_replay()
         self._replay_unfinished = False
 
+    def refresh_trees(self) -> bool:
+        """In the middle of a transaction, after a load met other clients'
+        commits: if every object this transaction used that they changed is
+        a B-tree or one of its nodes, bring the trees it used up to date by
+        replaying their logs on the committed nodes, and say True; the
+        B-tree operation under way then starts again (it held the old
+        nodes).  False, changing nothing, where that cannot be done; a
+        replay that finds the trees read differently now raises
+        ReadConflictError.
+
+        What this transaction saw through the trees stays what it saw (the
+        replay checks each lookup and scan), so it keeps one consistent
+        state of everything it used.
+        """
+        for _ in range(MAX_LOAD_ATTEMPTS):
+            stale = [self._cache.get(oid) for oid in self._invalid_oids]
+            if not stale or any(obj is None or not obj._p_changes_replayed for obj in stale):
+                return False
+            try:
+                self._replay(stale, {})
+                return True
+            except ReadConflictError:
+                continue  # newer commits met while replaying: again
+            except ConflictError:
+                raise ReadConflictError(sorted(self._invalid_oids)) from None
+        return False
+
     def _note_invalidations(self, oids: list[bytes], read_oid: bytes | None = None) -> list[bytes]:
         """Ghost what others changed that this transaction has not used; the
         ones it used (except ``read_oid``, being loaded) are returned and kept
