@@ -628,23 +628,32 @@ def _replay_scan(tree: BTree, scan: _Scan) -> None:
 # -- the mapping ------------------------------------------------------------
 
 
-def _restartable(method: Any) -> Any:
-    """Make a BTree operation start again when a load in it meets other
-    clients' commits of nodes this transaction used and the connection
-    could bring the trees up to date (``Connection.refresh_trees``): the
-    operation held the old nodes, so it must not go on with them.
+def _restart(tree: BTree, conflict: ReadConflictError, method: Any, *args: Any) -> Any:
+    """``method`` met other clients' commits of nodes this transaction
+    used (``conflict``): call it again once the connection has brought the
+    trees up to date (``Connection.refresh_trees``: the operation held the
+    old nodes, so it must not go on with them), or raise the conflict.
     """
+    for _ in range(_MAX_RESTARTS):
+        connection = tree._p_connection
+        if connection is None or tree._p_reads is NO_READS or not connection.refresh_trees():
+            raise conflict
+        try:
+            return method(tree, *args)
+        except ReadConflictError as again:
+            conflict = again
+    raise conflict
+
+
+def _restartable(method: Any) -> Any:
+    """Make a BTree operation start again where ``_restart`` says so."""
 
     @wraps(method)
     def operation(self: BTree, *args: Any, **kwargs: Any) -> Any:
-        for _ in range(_MAX_RESTARTS):
-            try:
-                return method(self, *args, **kwargs)
-            except ReadConflictError:
-                connection = self._p_connection
-                if connection is None or self._p_reads is NO_READS or not connection.refresh_trees():
-                    raise
-        return method(self, *args, **kwargs)
+        try:
+            return method(self, *args, **kwargs)
+        except ReadConflictError as conflict:
+            return _restart(self, conflict, lambda tree, *a: method(tree, *a, **kwargs), *args)
 
     return operation
 
@@ -721,8 +730,15 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
         return start_reads(self, _OperationLog) if log is None else log
 
     def _lookup(self, key: Any) -> tuple[Any, Any] | None:
-        item = self.root.search(key)
-        self._log().record((_replay_lookup, key, item))
+        """The item with ``key``, or None; logged.  (The hot path: no
+        decorator, the log taken inline.)
+        """
+        try:
+            item = self.root.search(key)
+        except ReadConflictError as conflict:
+            return _restart(self, conflict, BTree._lookup, key)
+        log = self._p_reads
+        (start_reads(self, _OperationLog) if log is None else log).record((_replay_lookup, key, item))
         return item
 
     def _walk(self, ascending: bool, key: Any, closed: bool, preload: bool) -> Iterator[tuple[Any, Any]]:
@@ -772,11 +788,9 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
     def __reversed__(self) -> Iterator[Any]:
         return map(_item_key, self._walk(False, _MISSING, True, False))
 
-    @_restartable
     def __contains__(self, key: object) -> bool:
         return self._lookup(key) is not None
 
-    @_restartable
     def __getitem__(self, key: Any) -> Any:
         item = self._lookup(key)
         if item is None:
@@ -789,7 +803,6 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
     def values(self) -> ValuesView:
         return _ValuesView(self)
 
-    @_restartable
     def get(self, key: Any, default: Any = None) -> Any:
         item = self._lookup(key)
         return default if item is None else item[1]
@@ -865,9 +878,14 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
 
     # -- changing -----------------------------------------------------------
 
-    @_restartable
     def add(self, key: Any, value: Any = True) -> None:
         """Make ``self[key]`` be ``value``."""
+        try:
+            self._insert(key, value)
+        except ReadConflictError as conflict:
+            _restart(self, conflict, BTree._insert, key, value)
+
+    def _insert(self, key: Any, value: Any) -> None:
         root = self.root
         log = self._log()
         full = 2 * root.minimum_degree - 1

@@ -433,6 +433,42 @@ def test_a_replayed_lookup_that_reads_differently_conflicts() -> None:
         second.commit()
 
 
+def test_an_operation_meeting_newer_nodes_mid_transaction_starts_again_on_them() -> None:
+    """second has used the root; first then changes a leaf second has not
+    loaded yet (and, through the counts, the root): second's insert there
+    brings the tree up to date and starts again, instead of going on with
+    the old root or failing."""
+    first, second = two_sessions(200)
+    tree = second.root["tree"]
+    assert tree.get(0) == 0  # the root and the leftmost path are used
+    first.root["tree"][1991] = "first"
+    first.commit()
+    loads = second.get_load_count()
+    tree[1992] = "second"  # the right edge: loads nodes first changed
+    assert second.get_load_count() > loads
+    second.commit()
+    first.abort()
+    for connection in (first, second):
+        tree = connection.root["tree"]
+        assert tree[1991] == "first" and tree[1992] == "second" and len(tree) == 202
+        check_invariants(tree)
+
+
+def test_a_refresh_that_finds_a_lookup_reading_differently_stops_the_transaction() -> None:
+    from durus.error import ReadConflictError
+
+    first, second = two_sessions(200)
+    tree = second.root["tree"]
+    assert 0 in tree
+    del first.root["tree"][0]
+    first.root["tree"][1991] = "first"
+    first.commit()
+    with pytest.raises(ReadConflictError):
+        tree[1992] = "second"
+    second.abort()
+    assert 0 not in second.root["tree"]
+
+
 def test_counts_cached_from_durus43_nodes_follow_other_clients_changes() -> None:
     """A count computed in memory must not go stale when another client
     changes the subtree: every change marks the whole path it passes."""
