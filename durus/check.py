@@ -19,9 +19,10 @@ a :class:`CheckReport` listing each problem with its byte offset and oid:
 Objects the root does not reach are counted, not reported: that is garbage
 a pack removes, not damage.  States are unpickled without importing
 anything: classes are recorded by name, persistent ids by oid.  The layout
-checked is the one in ``docs/file-format.md``; the checker reads it on its
-own rather than through :mod:`durus.shelf`, so it does not trust the code it
-checks, and goes on past the first problem where the lengths allow.
+checked is the one in ``docs/file-format.md``.  Entries are framed by
+:func:`durus.shelf.parse_entries`, the rules FileStorage opens a file by;
+the checker walks transactions, the offset map and records itself, and goes
+on past the first problem where the lengths allow.
 
 Memory: about 150 bytes per current object (its offset and refs).  A file
 that a process is committing to may show the commit being written as torn.
@@ -43,13 +44,12 @@ from durus.error import DamagedRecordError, DurusError
 from durus.record import ROOT_OID, oid_to_int
 from durus.serialize import inspect_data
 from durus.file_storage import FileStorage
-from durus.shelf import PREFIX, ShelfError, TornTransactionError, empty_shelf
+from durus.shelf import (PREFIX, ShelfError, TornTransactionError, empty_shelf, entry_bounds, parse_entries,
+                         zeros_to_end)
 
 __all__ = ["CheckReport", "Problem", "UncheckableFileError", "check_file"]
 
-_int4 = Struct(">I")
 _int8 = Struct(">Q")
-_MIN_ENTRY_LENGTH = 8 + 12  # the entry's oid, then a record with no data
 # How often (seconds) ``progress`` is called, and how many entries go
 # between looks at the clock.
 PROGRESS_INTERVAL = 1.0
@@ -210,35 +210,13 @@ class _FileChecker:
     # -- transactions and entries ----------------------------------------------
 
     def parse_entries(self, start: int, end: int, size: int) -> tuple[list[_Entry], str | None, int, int]:
-        """The sound entries of a transaction spanning ``start:end``, as far
-        as the file holds them (up to ``size``); then the problem found (or
-        None), its offset, and where the damaged entry says it ends.  An
-        entry cut off at ``size`` is no problem here (the caller sees the
-        transaction runs past it).
+        """:func:`durus.shelf.parse_entries` on the file, its sound entries
+        with the bounds of their records.
         """
         buffer = self.buffer
-        read_int8, read_int4 = _int8.unpack_from, _int4.unpack_from
-        entries = []
-        offset = start
-        limit = min(end, size)
-        while offset < limit:
-            if offset + 8 > limit:
-                problem = None if end > size else "an entry runs past the end of its transaction"
-                return entries, problem, offset, offset
-            entry_end = offset + 8 + read_int8(buffer, offset)[0]
-            if entry_end > end or entry_end < offset + 8 + _MIN_ENTRY_LENGTH:
-                return entries, "an entry's length does not fit its transaction", offset, entry_end
-            if entry_end > size:
-                break
-            oid = bytes(buffer[offset + 8:offset + 16])
-            if buffer[offset + 16:offset + 24] != oid:
-                return entries, "an entry's record does not start with the entry's oid", offset, entry_end
-            data_end = offset + 28 + read_int4(buffer, offset + 24)[0]
-            if data_end > entry_end or (entry_end - data_end) % 8:
-                return entries, "a record's data length does not fit its entry", offset, entry_end
-            entries.append(_Entry(offset, oid, offset + 16, data_end, entry_end))
-            offset = entry_end
-        return entries, None, offset, offset
+        found, problem, offset, damaged_to = parse_entries(buffer, start, end, size)
+        entries = [_Entry(entry_offset, oid, *entry_bounds(buffer, entry_offset)) for oid, entry_offset in found]
+        return entries, problem, offset, damaged_to
 
     def read_entries(self, start: int, end: int, transaction: int) -> list[_Entry]:
         """The entries of the initial transaction, reporting a framing problem."""
@@ -264,7 +242,7 @@ class _FileChecker:
             end = position + 8 + _int8.unpack_from(buffer, position)[0]
             entries, problem, offset, damaged_to = self.parse_entries(position + 8, end, size)
             if problem is None and end > size or problem is not None and (
-                    end == size or _zeros_to_end(buffer, min(damaged_to, end), size)):
+                    end == size or zeros_to_end(buffer, min(damaged_to, end), size)):
                 self.tear(torn)
                 return
             elif problem is not None:
@@ -273,7 +251,7 @@ class _FileChecker:
             if end == position + 8:
                 if zeros_from is None:
                     zeros_from = position
-                    if _zeros_to_end(buffer, position, size):
+                    if zeros_to_end(buffer, position, size):
                         return  # free space
             else:
                 zeros_from = None
@@ -336,12 +314,12 @@ class _FileChecker:
         start = position
         while position + 8 <= size:
             end = position + 8 + _int8.unpack_from(buffer, position)[0]
-            if end == position + 8 and _zeros_to_end(buffer, position, size):
+            if end == position + 8 and zeros_to_end(buffer, position, size):
                 break  # free space
-            if end > size or self.parse_entries(position + 8, end, size)[1] is not None:
+            if end > size or parse_entries(buffer, position + 8, end, size)[1] is not None:
                 return False
             position = end
-        return position > start and (position == size or _zeros_to_end(buffer, position, size))
+        return position > start and (position == size or zeros_to_end(buffer, position, size))
 
     # -- the offset map -------------------------------------------------------------
 
@@ -474,15 +452,6 @@ def _oid_list(oids: set[bytes]) -> str:
     shown = ", ".join(str(number) for number in numbers[:5])
     more = f" and {len(numbers) - 5} more" if len(numbers) > 5 else ""
     return f"oid{'s' if len(numbers) > 1 else ''} {shown}{more}"
-
-
-def _zeros_to_end(buffer: mmap.mmap | bytes, start: int, size: int) -> bool:
-    chunk = 1 << 20
-    for position in range(start, size, chunk):
-        piece = buffer[position:min(position + chunk, size)]
-        if piece.count(0) != len(piece):
-            return False
-    return True
 
 
 @dataclass

@@ -19,7 +19,8 @@ saying which part failed: the class pickle, the zlib stream (its checksum or
 its framing) or the state pickle.  The reader seldom knows the record's oid;
 the caller names it with ``error.for_record(oid, record_location(storage,
 oid))``.  :func:`inspect_data` reads record data the same way while
-importing nothing, for ``durus --check``.
+importing nothing, for ``durus --check``; :func:`inspect_state` reads a
+state pickle so, for the shelf's check of a file's last record.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "ObjectReader",
     "ObjectWriter",
     "inspect_data",
+    "inspect_state",
     "load_pickle",
     "record_location",
     "state_pickle",
@@ -601,8 +603,20 @@ def inspect_data(data: bytes, stand_ins: dict[tuple[str, str], type] | None = No
     cls = load_pickle(class_reader, "its class pickle")
     if not _is_stand_in(cls):
         raise DamagedRecordError(f"its data does not start with a class pickle: {data[:60]!r}")
-    state_reader = _Inspector(BytesIO(state_pickle(data[stream.tell():])), stand_ins)
-    # A Durus 4.3 state may name the class as memo entry 0.
-    state_reader.memo = class_reader.memo
-    load_pickle(state_reader, "its state pickle")
-    return cls.pickled_name, state_reader.referred
+    referred = inspect_state(state_pickle(data[stream.tell():]), stand_ins, class_reader.memo)
+    return cls.pickled_name, referred
+
+
+def inspect_state(
+    state: bytes, stand_ins: dict[tuple[str, str], type] | None = None, class_memo: Any = None
+) -> set[bytes]:
+    """The oids of the persistent ids in ``state``, a state pickle (already
+    decompressed), read as :func:`inspect_data` reads it, importing nothing;
+    DamagedRecordError if it cannot be read.  ``class_memo`` is the memo of
+    the unpickler that read the record's class pickle, as a Durus 4.3 state
+    may name its class as memo entry 0; without it, entry 0 is a stand-in.
+    """
+    reader = _Inspector(BytesIO(state), {} if stand_ins is None else stand_ins)
+    reader.memo = {0: _StandIn} if class_memo is None else class_memo
+    load_pickle(reader, "its state pickle")
+    return reader.referred

@@ -36,24 +36,22 @@ content of its last transaction instead.
 
 from __future__ import annotations
 
-import codecs
 import fcntl
 import mmap
 import os
-import pickle
 import pickletools
 import sys
 import threading
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator
-from io import BytesIO
 from struct import Struct
 from struct import error as struct_error
 from typing import NamedTuple
 
 from durus.error import DurusError
 from durus.record import int_to_oid
+from durus.serialize import inspect_state
 
 PREFIX = b"SHELF-1\n"
 
@@ -286,14 +284,29 @@ def write_all(fd: int, data: bytes, position: int) -> None:
         position += written
 
 
-def _parse_entries(
+def parse_entries(
     buffer: mmap.mmap | bytes, start: int, end: int, size: int
 ) -> tuple[list[tuple[bytes, int]], str | None, int, int]:
-    """The ``(oid, offset)`` of the entries of a transaction spanning
-    ``start:end``, checked as far as the file (``size`` bytes) holds them; a
-    problem found, if any, its offset, and where the entry found damaged
-    says it ends (a crash leaves only zeros after that).  An entry cut off
-    by the end of the file is no problem: that is what a crash leaves.
+    """Read the entries of the transaction spanning ``start:end`` of a file
+    of ``size`` bytes; the one reading of the entry framing, for the shelf
+    and for :mod:`durus.check`.
+
+    Returns ``(entries, problem, offset, damaged_to)``: ``entries`` are the
+    ``(oid, offset)`` of the sound entries in file order, up to the first
+    one damaged or cut off.
+
+    - A sound transaction: ``problem`` is None, ``offset`` and
+      ``damaged_to`` are ``end``.
+    - Cut off by the end of the file (``end > size``): no problem, as that
+      is what a crash leaves; ``problem`` is None, ``offset`` and
+      ``damaged_to`` are where the first entry not wholly in the file
+      starts (``size`` if none of it is there).  The caller tells this from
+      a sound transaction by ``end > size``.
+    - Damage (an entry or record length that does not fit, a record that
+      starts with another oid): ``problem`` says what, ``offset`` is where
+      the damaged entry starts and ``damaged_to`` where its length says it
+      ends (``offset`` if it has no whole length): if only zeros follow
+      there, a crash cut the transaction short.
     """
     read_int8 = _int8.unpack_from
     read_int4 = _int4.unpack_from
@@ -320,7 +333,18 @@ def _parse_entries(
     return entries, None, offset, offset
 
 
-def _zeros_to_end(buffer: mmap.mmap | bytes, start: int, size: int) -> bool:
+def entry_bounds(buffer: mmap.mmap | bytes, offset: int) -> tuple[int, int, int]:
+    """Where the record of the entry at ``offset`` starts, where its data
+    ends (its refs start) and where it ends, for an entry
+    :func:`parse_entries` found sound.
+    """
+    # The same arithmetic as parse_entries, which inlines it: that loop runs
+    # for every entry of a file being opened.
+    data_end = offset + 28 + _int4.unpack_from(buffer, offset + 24)[0]
+    return offset + 16, data_end, offset + 8 + _int8.unpack_from(buffer, offset)[0]
+
+
+def zeros_to_end(buffer: mmap.mmap | bytes, start: int, size: int) -> bool:
     """Whether the bytes from ``start`` to ``size`` are all zero."""
     chunk = 1 << 20
     zeros = bytes(chunk)
@@ -342,56 +366,6 @@ def write_parts(fd: int, parts: list[bytes], position: int) -> None:
 
 
 # -- what a record written by Durus looks like (for files without trailers) ----
-
-class _StandIn:
-    """Whatever a state pickle builds, while only its references are wanted."""
-
-    def __new__(cls, *args: object, **kwargs: object) -> _StandIn:
-        return object.__new__(cls)
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        pass
-
-    def __call__(self, *args: object, **kwargs: object) -> _StandIn:
-        return _StandIn()
-
-    def __setstate__(self, state: object) -> None:
-        pass
-
-    def __setitem__(self, key: object, value: object) -> None:
-        pass
-
-    def append(self, item: object) -> None:
-        pass
-
-    def extend(self, items: object) -> None:
-        pass
-
-
-class _ReferenceReader(pickle.Unpickler):
-    """Reads a state pickle for the oids of its persistent ids, building
-    stand-ins for every class (only ``_codecs.encode``, which protocol 2 uses
-    for bytes such as oids, is the real one), so no code of the pickle's
-    classes runs.
-    """
-
-    def __init__(self, state: bytes) -> None:
-        super().__init__(BytesIO(state), encoding="bytes")
-        self.oids: set[bytes] = set()
-        self.memo = {0: _StandIn}  # Durus 4.3 state pickles may name their class as memo 0
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) == ("_codecs", "encode"):
-            return codecs.encode
-        return _StandIn
-
-    def persistent_load(self, pid: object) -> _StandIn:
-        oid = pid[0] if isinstance(pid, tuple) and pid else pid
-        if not (isinstance(oid, bytes) and len(oid) == 8):
-            raise ValueError("not an oid")
-        self.oids.add(oid)
-        return _StandIn()
-
 
 def _pickle_end(data: bytes) -> int | None:
     """Where the pickle at the start of ``data`` ends (after its STOP), or
@@ -447,12 +421,11 @@ def record_problem(record: bytes) -> str | None:
     if _pickle_end(state) != len(state):
         return "its state pickle is incomplete"
     if len(state) <= _REFERENCE_CHECK_LIMIT:
-        reader = _ReferenceReader(state)
         try:
-            reader.load()
+            referred = inspect_state(state)
         except Exception:  # a pickle the stand-ins cannot build: no verdict
             return None
-        if reader.oids - {oid} != set(ref_list):
+        if referred - {oid} != set(ref_list):
             return "its refs are not the references of its state"
     return None
 
@@ -616,7 +589,7 @@ class Shelf:
                 end, clean_from = following, following + TRAILER_SIZE
             position = following
         self._index_whole(buffer, durable_end, end)
-        if clean_from >= free_from or _zeros_to_end(buffer, clean_from, free_from):
+        if clean_from >= free_from or zeros_to_end(buffer, clean_from, free_from):
             return end
         return self._torn(end, repair)
 
@@ -629,7 +602,7 @@ class Shelf:
             following = position + 8 + read_int8(buffer, position)[0]
             if following > end:
                 raise ShelfError(self.path, position, f"a transaction runs past the end vouched for ({end})")
-            entries, problem, offset, _ = _parse_entries(buffer, position + 8, following, following)
+            entries, problem, offset, _ = parse_entries(buffer, position + 8, following, following)
             if problem is not None:
                 raise ShelfError(self.path, offset, f"{problem} (in the transaction at {position})")
             self.recent.update(entries)
@@ -650,9 +623,9 @@ class Shelf:
                     break  # free space, 8 bytes or more, that ends short of a whole step
                 return self._torn_after(last, torn, repair)
             end = position + 8 + read_int8(buffer, position)[0]
-            entries, problem, offset, damaged_to = _parse_entries(buffer, position + 8, end, size)
+            entries, problem, offset, damaged_to = parse_entries(buffer, position + 8, end, size)
             if problem is not None:
-                if end == size or _zeros_to_end(buffer, min(damaged_to, end), size):
+                if end == size or zeros_to_end(buffer, min(damaged_to, end), size):
                     # The file system kept the new length, not all the data
                     # of this transaction, nor any of the ones after it.
                     return self._torn_after(last, torn, repair)
@@ -662,7 +635,7 @@ class Shelf:
             if end == position + 8:
                 if zeros_from is None:
                     zeros_from = position
-                    if _zeros_to_end(buffer, position, size):
+                    if zeros_to_end(buffer, position, size):
                         break  # free space: no need to step through it
             else:
                 zeros_from = None
