@@ -44,8 +44,22 @@ from typing import Any
 
 from durus.error import ConflictError, ReadConflictError
 from durus.mapping_names import Durus43MappingNames
-from durus.merge import same
 from durus.persistent import UNSAVED, PersistentObject
+from durus.btree_log import (
+    OperationLog,
+    Scan,
+    replay_add,
+    replay_bool,
+    replay_clear,
+    replay_delete,
+    replay_extreme,
+    replay_len,
+    replay_lookup,
+    replay_popitem,
+    replay_rebuild,
+    replay_scan,
+    replay_shape,
+)
 from durus.reads import NO_READS, settle_reads, start_reads
 
 _setattribute = object.__setattr__
@@ -418,26 +432,8 @@ def _delete(root: BNode, key: Any) -> tuple[Any, Any]:
 # -- ordered iteration ------------------------------------------------------
 
 
-class _Scan:
-    """What one ordered iteration over a tree showed this transaction.
-
-    ``seen`` holds the items handed out so far (a leaf's items go in when
-    the leaf is reached, so it may hold a few more than were looked at);
-    ``done`` says the iteration reached the end.
-    """
-
-    __slots__ = ("ascending", "key", "closed", "seen", "done")
-
-    def __init__(self, ascending: bool, key: Any, closed: bool) -> None:
-        self.ascending = ascending
-        self.key = key
-        self.closed = closed
-        self.seen: list[tuple[Any, Any]] = []
-        self.done = False
-
-
 def _ascending(
-    node: BNode, key: Any, closed: bool, preload: bool = False, scan: _Scan | None = None
+    node: BNode, key: Any, closed: bool, preload: bool = False, scan: Scan | None = None
 ) -> Iterator[tuple[Any, Any]]:
     """Items of the subtree in ascending key order, from ``key`` on if given.
 
@@ -473,7 +469,7 @@ def _ascending(
 
 
 def _descending(
-    node: BNode, key: Any, closed: bool, preload: bool = False, scan: _Scan | None = None
+    node: BNode, key: Any, closed: bool, preload: bool = False, scan: Scan | None = None
 ) -> Iterator[tuple[Any, Any]]:
     """Items of the subtree in descending key order, from ``key`` down if given.
 
@@ -507,7 +503,7 @@ def _descending(
         scan.done = True
 
 
-def _shown(node: BNode, items: list[tuple[Any, Any]], preload: bool, scan: _Scan | None) -> list[tuple[Any, Any]]:
+def _shown(node: BNode, items: list[tuple[Any, Any]], preload: bool, scan: Scan | None) -> list[tuple[Any, Any]]:
     """``items`` of a leaf, in the order they are about to be handed out:
     recorded in ``scan``, and with ``preload`` their values loaded first
     with one bulk load (see ``Connection.preload``).
@@ -519,110 +515,6 @@ def _shown(node: BNode, items: list[tuple[Any, Any]], preload: bool, scan: _Scan
         if connection is not None and connection.preloads:
             connection.preload([value for _, value in items])
     return items
-
-
-# -- this transaction's operations, for replay ---------------------------------
-# Each log entry is ``(replay_function, *arguments)``; the function does the
-# operation again on the committed tree and raises ConflictError where it
-# would show this transaction something other than it saw.
-
-# How many operations one transaction's log of one tree holds at most; a
-# longer transaction cannot be replayed, and conflicts as Durus 4.3 would.
-MAX_LOGGED_OPERATIONS = 200_000
-
-
-class _OperationLog(list):
-    """What one transaction did through one BTree, in order."""
-
-    __slots__ = ("complete",)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.complete = True
-
-    def record(self, entry: tuple) -> None:
-        if len(self) < MAX_LOGGED_OPERATIONS:
-            self.append(entry)
-        else:
-            self.give_up()
-
-    def give_up(self) -> None:
-        """Something was done that replay cannot repeat."""
-        self.complete = False
-        self.clear()
-
-
-def _same_item(a: tuple[Any, Any] | None, b: tuple[Any, Any] | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a[0] == b[0] and same(a[1], b[1])
-
-
-def _check(shown_before: Any, shown_now: Any) -> None:
-    if not same(shown_before, shown_now):
-        raise ConflictError()
-
-
-def _replay_lookup(tree: BTree, key: Any, item: tuple[Any, Any] | None) -> None:
-    if not _same_item(tree.root.search(key), item):
-        raise ConflictError()
-
-
-def _replay_add(tree: BTree, key: Any, value: Any, old_item: tuple[Any, Any] | None) -> None:
-    # A key both sides wrote is a conflict, as in every built-in merge.
-    _replay_lookup(tree, key, old_item)
-    tree.add(key, value)
-
-
-def _replay_delete(tree: BTree, key: Any) -> None:
-    _delete(tree.root, key)  # the lookup logged before it found the key
-
-
-def _replay_popitem(tree: BTree, item: tuple[Any, Any]) -> None:
-    if not _same_item(tree.popitem(), item):
-        raise ConflictError()
-
-
-def _replay_clear(tree: BTree) -> None:
-    tree.clear()
-
-
-def _replay_rebuild(tree: BTree, degree: int, rebuilt: bool) -> None:
-    _check(rebuilt, tree.set_bnode_minimum_degree(degree))
-
-
-def _replay_len(tree: BTree, count: int) -> None:
-    _check(count, len(tree))
-
-
-def _replay_bool(tree: BTree, truth: bool) -> None:
-    _check(truth, bool(tree))
-
-
-def _replay_extreme(tree: BTree, smallest: bool, item: tuple[Any, Any] | None) -> None:
-    try:
-        now = tree.get_min_item() if smallest else tree.get_max_item()
-    except KeyError:
-        now = None
-    if not _same_item(now, item):
-        raise ConflictError()
-
-
-def _replay_shape(tree: BTree, depth: int | None, node_count: int | None) -> None:
-    if depth is not None:
-        _check(depth, tree.get_depth())
-    if node_count is not None:
-        _check(node_count, tree.get_node_count())
-
-
-def _replay_scan(tree: BTree, scan: _Scan) -> None:
-    walk = _ascending if scan.ascending else _descending
-    again = walk(tree.root, scan.key, scan.closed)
-    for item in scan.seen:
-        if not _same_item(next(again, None), item):
-            raise ConflictError()
-    if scan.done and next(again, None) is not None:
-        raise ConflictError()
 
 
 # -- the mapping ------------------------------------------------------------
@@ -725,9 +617,9 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
     # Each method takes ``self.root`` before the log: that loads a ghost,
     # which sets ``_p_reads``.
 
-    def _log(self) -> _OperationLog:
+    def _log(self) -> OperationLog:
         log = self._p_reads
-        return start_reads(self, _OperationLog) if log is None else log
+        return start_reads(self, OperationLog) if log is None else log
 
     def _lookup(self, key: Any) -> tuple[Any, Any] | None:
         """The item with ``key``, or None; logged.  (The hot path: no
@@ -738,17 +630,18 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
         except ReadConflictError as conflict:
             return _restart(self, conflict, BTree._lookup, key)
         log = self._p_reads
-        (start_reads(self, _OperationLog) if log is None else log).record((_replay_lookup, key, item))
+        (start_reads(self, OperationLog) if log is None else log).record((replay_lookup, key, item))
         return item
 
     def _walk(self, ascending: bool, key: Any, closed: bool, preload: bool) -> Iterator[tuple[Any, Any]]:
         root = self.root
         log = self._log()
         scan = None
+        walk = _ascending if ascending else _descending
         if log is not NO_READS:
-            scan = _Scan(ascending, key, closed)
-            log.record((_replay_scan, scan))
-        return (_ascending if ascending else _descending)(root, key, closed, preload, scan)
+            scan = Scan(walk, key, closed)
+            log.record((replay_scan, scan))
+        return walk(root, key, closed, preload, scan)
 
     def _p_replay(self) -> None:
         """Do this transaction's operations on this tree again, on the
@@ -773,13 +666,13 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
     @_restartable
     def __len__(self) -> int:
         count = self.root.get_count()
-        self._log().record((_replay_len, count))
+        self._log().record((replay_len, count))
         return count
 
     @_restartable
     def __bool__(self) -> bool:
         truth = bool(self.root.items)
-        self._log().record((_replay_bool, truth))
+        self._log().record((replay_bool, truth))
         return truth
 
     def __iter__(self) -> Iterator[Any]:
@@ -813,7 +706,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
         item = None
         if root.items:
             item = root.get_min_item() if smallest else root.get_max_item()
-        self._log().record((_replay_extreme, smallest, item))
+        self._log().record((replay_extreme, smallest, item))
         if item is None:
             which = "get_min_item" if smallest else "get_max_item"
             raise KeyError(f"{which}(): the BTree is empty")
@@ -866,14 +759,14 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
     def get_depth(self) -> int:
         """How many levels of nodes the tree has (1 for a lone root)."""
         depth = self.root.get_level() + 1
-        self._log().record((_replay_shape, depth, None))
+        self._log().record((replay_shape, depth, None))
         return depth
 
     @_restartable
     def get_node_count(self) -> int:
         """How many nodes the tree has (this loads them all)."""
         count = self.root.get_node_count()
-        self._log().record((_replay_shape, None, count))
+        self._log().record((replay_shape, None, count))
         return count
 
     # -- changing -----------------------------------------------------------
@@ -903,7 +796,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
             items = node.items
             i = bisect_left(items, key, key=_item_key)
             if i < len(items) and items[i][0] == key:
-                log.record((_replay_add, key, value, items[i]))
+                log.record((replay_add, key, value, items[i]))
                 node._p_note_change()
                 items[i] = item
                 return
@@ -915,14 +808,14 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
                 _split_child(node, i, child)
                 middle_key = items[i][0]
                 if middle_key == key:
-                    log.record((_replay_add, key, value, items[i]))
+                    log.record((replay_add, key, value, items[i]))
                     items[i] = item
                     return
                 if middle_key < key:
                     child = nodes[i + 1]
             path.append(node)
             node = child
-        log.record((_replay_add, key, value, None))
+        log.record((replay_add, key, value, None))
         if node._p_status != UNSAVED:
             node._p_note_change()
         items.insert(i, item)
@@ -934,7 +827,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
     def _remove(self, key: Any) -> tuple[Any, Any]:
         """Remove the item with ``key``, which a logged lookup found."""
         item = _delete(self.root, key)
-        self._log().record((_replay_delete, key))
+        self._log().record((replay_delete, key))
         return item
 
     @_restartable
@@ -961,10 +854,10 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
         root = self.root
         log = self._log()
         if not root.items:
-            log.record((_replay_bool, False))
+            log.record((replay_bool, False))
             raise KeyError("popitem(): the BTree is empty")
         item = _delete(root, root.get_min_item()[0])
-        log.record((_replay_popitem, item))
+        log.record((replay_popitem, item))
         return item
 
     @_restartable
@@ -978,7 +871,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
     @_restartable
     def clear(self) -> None:
         root = self.root
-        self._log().record((_replay_clear,))
+        self._log().record((replay_clear,))
         self.root = root.__class__()
 
     def update(self, *args: Any, **kwargs: Any) -> None:
@@ -1037,9 +930,9 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
         root = self.root
         log = self._log()
         if root.minimum_degree == degree:
-            log.record((_replay_rebuild, degree, False))
+            log.record((replay_rebuild, degree, False))
             return False
-        log.record((_replay_rebuild, degree, True))
+        log.record((replay_rebuild, degree, True))
         rebuilt = BTree(node_class)
         for key, value in _ascending(root, _MISSING, True):
             rebuilt.add(key, value)
