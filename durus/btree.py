@@ -528,7 +528,9 @@ def _restart(tree: BTree, conflict: ReadConflictError, method: Any, *args: Any) 
     """
     for _ in range(_MAX_RESTARTS):
         connection = tree._p_connection
-        if connection is None or tree._p_reads is NO_READS or not connection.refresh_trees():
+        # (A tree whose own load failed has no _p_reads yet.)
+        replaying = getattr(tree, "_p_reads", None) is NO_READS
+        if connection is None or replaying or not connection.refresh_trees():
             raise conflict
         try:
             return method(tree, *args)

@@ -469,6 +469,26 @@ def test_a_refresh_that_finds_a_lookup_reading_differently_stops_the_transaction
     assert 0 not in second.root["tree"]
 
 
+def test_a_tree_whose_own_load_meets_newer_commits_starts_again() -> None:
+    """second has used one tree and never loaded another; first changes
+    both (the second one's own object, by clearing it): loading that tree
+    meets the commit, the used tree is brought up to date, the insert runs."""
+    first, second = two_sessions(200)
+    first.root["other"] = BTree(BNode4)
+    first.root["other"][1] = 1
+    first.commit()
+    second.abort()
+    assert second.root["other"].get(1) == 1  # used: its root node will conflict
+    tree = second.root["tree"]  # a ghost never loaded here
+    first.root["other"][2] = 2
+    first.root["tree"].clear()
+    first.commit()
+    tree[5] = "second"
+    second.commit()
+    first.abort()
+    assert list(first.root["tree"].items()) == [(5, "second")] and first.root["other"][2] == 2
+
+
 def test_counts_cached_from_durus43_nodes_follow_other_clients_changes() -> None:
     """A count computed in memory must not go stale when another client
     changes the subtree: every change marks the whole path it passes."""
