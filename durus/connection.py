@@ -5,7 +5,8 @@ once, loads ghosts on first use, stores changes on ``commit()`` and drops
 them on ``abort()``.  Conflicts are found optimistically: when another client
 has committed an object this transaction used (read or wrote), the commit, or
 the load that meets it, raises a ConflictError, and the application aborts
-and retries.
+and retries; first, where the classes involved allow it, the commit brings
+its changes onto the other client's (:mod:`durus.resolution`).
 
 Which objects a transaction used is known without a hook on every attribute
 read: see :mod:`durus.persistent`.  An object attached to this connection is
@@ -20,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from durus.error import (
@@ -52,6 +53,7 @@ from durus.record import (
     split_oids,
     unpack_record,
 )
+from durus.resolution import MAX_RESOLUTION_ROUNDS, ConflictResolver
 from durus.serialize import ObjectReader, ObjectWriter, record_location
 from durus.storage import Storage
 
@@ -60,9 +62,6 @@ _getattribute = object.__getattribute__
 
 # How long a connection waits for another client to finish creating the root.
 ROOT_CREATION_TIMEOUT = 10.0
-# How many times one commit merges fresh conflicts before giving up; the
-# default of Connection.resolution_rounds (0 turns resolution off).
-MAX_RESOLUTION_ROUNDS = 10
 # How many times a load catches up with other clients' commits of its object.
 MAX_LOAD_ATTEMPTS = 10
 
@@ -126,7 +125,7 @@ class Connection:
         # Objects keeping a record of this transaction's reads in _p_reads
         # (see durus.reads); dropped when the transaction ends.
         self._read_records: list[PersistentObject] = []
-        self._replay_unfinished = False
+        self._resolver = ConflictResolver(self)
         self._reader = ObjectReader(self)
         self._writer = ObjectWriter(self)
         self.root = self._open_root(root_class)
@@ -285,6 +284,91 @@ class Connection:
             raise ReadConflictError([oid]) from None
         self._set_state(obj, record)
 
+    # -- used by the conflict resolver (durus.resolution) -------------------
+
+    @property
+    def stale_oids(self) -> list[bytes]:
+        """Sorted oids this transaction used that other clients changed since."""
+        return sorted(self._invalid_oids)
+
+    def stale_objects(self) -> list[PersistentObject | None]:
+        """The cached objects of the stale oids (None for one not cached)."""
+        cache = self._cache
+        return [cache.get(oid) for oid in self._invalid_oids]
+
+    @property
+    def changed_objects(self) -> Mapping[bytes, PersistentObject]:
+        """The objects this transaction changed, by oid (do not modify)."""
+        return self._changed
+
+    @property
+    def base_data(self) -> Mapping[bytes, bytes]:
+        """The record data each merging or read-checking object's transaction
+        started from, by oid (do not modify).
+        """
+        return self._base_data
+
+    @property
+    def read_records(self) -> Sequence[PersistentObject]:
+        """The objects keeping a record of this transaction's reads."""
+        return self._read_records
+
+    def read_state(self, data: bytes) -> Any:
+        """The state in record data ``data``, its references through this cache."""
+        return self._reader.get_state(data)
+
+    def rebase(self, obj: PersistentObject, data: bytes) -> None:
+        """``obj``'s transaction now starts from the committed record data ``data``."""
+        self._base_data[obj._p_oid] = data
+
+    def note_resolved(self, obj: PersistentObject) -> None:
+        """``obj`` holds a state merged onto the committed one: no longer stale."""
+        self._invalid_oids.discard(obj._p_oid)
+
+    def put_back(self, obj: PersistentObject) -> None:
+        """Drop ``obj``'s changes and make it a ghost that loads its committed state."""
+        oid = obj._p_oid
+        self._changed.pop(oid, None)
+        self._ghost(obj)
+        self._invalid_oids.discard(oid)
+
+    def pickle_changes(self, records: dict) -> None:
+        """Put into ``records`` those of the changed objects it lacks, and of
+        the new objects they reach.
+        """
+        self._pickle([obj for oid, obj in self._changed.items() if oid not in records], records)
+
+    def forget_new_objects(self, records: dict) -> list[PersistentObject]:
+        """Take the records of new objects out of ``records`` and their oids
+        from them; the changed objects whose records refer to one.
+        """
+        new = {oid for oid in records if oid not in self._changed}
+        for oid in new:
+            obj = records.pop(oid)[0]
+            self._cache.discard(oid)
+            _setattribute(obj, "_p_oid", None)
+            _setattribute(obj, "_p_connection", None)
+        if not new:
+            return []
+        return [obj for obj, _, record in records.values() if not new.isdisjoint(split_oids(record_refs(record)))]
+
+    def note_invalidations(self, oids: list[bytes], read_oid: bytes | None = None) -> list[bytes]:
+        """Ghost what others changed that this transaction has not used; the
+        ones it used (except ``read_oid``, being loaded) are returned and kept
+        as stale (``stale_oids``).
+        """
+        conflicts = []
+        for oid in oids:
+            obj = self._cache.get(oid)
+            if obj is None or oid == read_oid:
+                continue
+            if oid in self._changed or not is_tracking_class(type(obj)):
+                conflicts.append(oid)
+                self._invalid_oids.add(oid)
+            elif obj._p_status != GHOST:
+                self._ghost(obj)
+        return conflicts
+
     # -- internals ------------------------------------------------------------
 
     def _open_root(self, root_class: type | None) -> PersistentObject:
@@ -379,7 +463,7 @@ class Connection:
 
         A commit that meets other clients' commits of objects this
         transaction used brings its changes onto theirs
-        (:meth:`_resolve_conflicts`) and tries again, up to
+        (:class:`~durus.resolution.ConflictResolver`) and tries again, up to
         ``resolution_rounds`` times; each round resolves whatever
         ``_invalid_oids`` holds then.
         """
@@ -392,9 +476,9 @@ class Connection:
                     self._send(records)
                     break
                 except WriteConflictError as conflict:
-                    rounds = self._resolve_round(rounds, conflict, records)
+                    rounds = self._resolver.resolve_round(rounds, conflict, records)
         except BaseException:
-            self._forget_new_objects(records)
+            self.forget_new_objects(records)
             raise
         for oid, (obj, data, _) in records.items():
             _setattribute(obj, "_p_status", SAVED)
@@ -427,20 +511,6 @@ class Connection:
                 todo.append(new)
         writer.new_objects.clear()
 
-    def _forget_new_objects(self, records: dict) -> list[PersistentObject]:
-        """Take the records of new objects out of ``records`` and their oids
-        from them; the changed objects whose records refer to one.
-        """
-        new = {oid for oid in records if oid not in self._changed}
-        for oid in new:
-            obj = records.pop(oid)[0]
-            self._cache.discard(oid)
-            _setattribute(obj, "_p_oid", None)
-            _setattribute(obj, "_p_connection", None)
-        if not new:
-            return []
-        return [obj for obj, _, record in records.values() if not new.isdisjoint(split_oids(record_refs(record)))]
-
     def _send(self, records: dict[bytes, tuple[PersistentObject, bytes, bytes]]) -> None:
         storage = self.storage
         storage.begin()
@@ -448,185 +518,11 @@ class Connection:
             storage.store(oid, record)
         storage.end(self._handle_invalidations)
 
-    def _resolve_round(self, rounds: int, conflict: WriteConflictError, records: dict) -> int:
-        """Resolve what the commit met, as round ``rounds + 1``; the rounds
-        used, or the conflict raised when that cannot be done.  Loads that
-        meet newer commits while resolving start another round.
-        """
-        while True:
-            rounds += 1
-            if rounds > self.resolution_rounds or not self._invalid_oids:
-                raise conflict
-            try:
-                self._resolve_conflicts(records)
-                return rounds
-            except ReadConflictError:
-                conflict = WriteConflictError(sorted(self._invalid_oids))
-            except ConflictError:
-                raise WriteConflictError(sorted(self._invalid_oids)) from None
-
-    def _resolve_conflicts(self, records: dict[bytes, tuple[PersistentObject, bytes, bytes]]) -> None:
-        """Bring this transaction onto the committed states of the objects in
-        ``_invalid_oids`` (used here, changed since by other clients), and
-        pickle again what that changed; raise ConflictError if that cannot be
-        done without weakening serializability.
-
-        Each conflicting object is handled by what its class can do:
-
-        - changed here, and its class resolves: merged by
-          ``_p_resolve_conflict`` (which refuses if anything this
-          transaction read from it changed);
-        - only read here, and its class records its reads: checked by
-          ``_p_check_reads``, and left conflicting-but-consistent until the
-          commit ends (then it becomes a ghost);
-        - a BTree or one of its nodes: every tree this transaction used is
-          replayed on the committed nodes (:meth:`_replay`).
-
-        Anything else conflicts, as in Durus 4.3.  A load that meets newer
-        commits raises ReadConflictError (the caller starts another round).
-        """
-        cache, changed, base_data = self._cache, self._changed, self._base_data
-        conflicting = [cache.get(oid) for oid in self._invalid_oids]
-        if any(obj is None for obj in conflicting):
-            raise ConflictError()
-        by_state = [obj for obj in conflicting if not obj._p_changes_replayed]
-        for obj in by_state:
-            cls = obj.__class__
-            oid = obj._p_oid
-            able = cls._p_resolve_conflict if oid in changed else cls._p_check_reads
-            if able is None or oid not in base_data:
-                raise ConflictError()
-        committed = self._load_committed([obj._p_oid for obj in by_state])
-        merges = self._merge_states(by_state, committed)
-        # What is to be pickled again loses its record at once: a round cut
-        # short by newer commits must not leave a stale one behind.
-        for obj in self._forget_new_objects(records):
-            records.pop(obj._p_oid, None)
-        for obj, merged in merges:
-            self._adopt_merge(obj, merged)
-            records.pop(obj._p_oid, None)
-        for obj in by_state:
-            base_data[obj._p_oid] = committed[obj._p_oid]
-        if len(by_state) < len(conflicting) or self._replay_unfinished:
-            self._replay(conflicting, records)
-        self._pickle([obj for oid, obj in changed.items() if oid not in records], records)
-
-    def _load_committed(self, oids: list[bytes]) -> dict[bytes, bytes]:
-        """The newest committed data of ``oids``, with one bulk load (one
-        round trip to a server, however many objects merge).
-        """
-        if not oids:
-            return {}
-        try:
-            records = list(self.storage.bulk_load(oids))
-        except ReadConflictError:
-            # Newer commits: take them in, and resolve again with them.
-            self._note_invalidations(self.storage.sync())
-            raise
-        except DurusKeyError:
-            raise ConflictError(oids) from None
-        return {oid: unpack_record(record)[1] for oid, record in zip(oids, records)}
-
-    def _merge_states(
-        self, objects: list[PersistentObject], committed: dict[bytes, bytes]
-    ) -> list[tuple[PersistentObject, Any]]:
-        """The merged states of the changed ones among ``objects``, after
-        checking what was read from the others; raises ConflictError.
-        """
-        reader, changed, base_data = self._reader, self._changed, self._base_data
-        merges = []
-        for obj in objects:
-            oid = obj._p_oid
-            old_state = reader.get_state(base_data[oid])
-            committed_state = reader.get_state(committed[oid])
-            if oid not in changed:
-                obj._p_check_reads(old_state, committed_state)
-                continue
-            mine = obj.__class__.__getstate__(obj)
-            if isinstance(mine, dict):
-                mine = dict(mine)  # Persistent's state is its live __dict__
-            merges.append((obj, obj._p_resolve_conflict(old_state, committed_state, mine)))
-        return merges
-
-    def _adopt_merge(self, obj: PersistentObject, merged: Any) -> None:
-        """Give ``obj`` its merged state (its record of reads stays: a later
-        round checks them again against a newer commit).
-        """
-        obj.__class__.__setstate__(obj, merged)
-        self._invalid_oids.discard(obj._p_oid)
-
-    def _replay(self, conflicting: list[PersistentObject], records: dict) -> None:
-        """Redo this transaction's B-tree operations on the committed trees.
-
-        Every node and tree this transaction changed is put back to its
-        committed state (made a ghost, so it loads again), as is every
-        conflicting one; then each tree it used replays its log, which
-        raises ConflictError where the committed tree reads differently from
-        what this transaction saw.  The objects the replay changes are the
-        ones stored.
-        """
-        changed = self._changed
-        put_back = {oid: obj for oid, obj in changed.items() if obj._p_changes_replayed}
-        replayers = [obj for obj in self._read_records if getattr(obj, "_p_replay", None) is not None]
-        if put_back and not replayers:
-            raise ConflictError()  # changes no log can repeat
-        put_back.update((obj._p_oid, obj) for obj in conflicting if obj._p_changes_replayed)
-        for oid, obj in put_back.items():
-            changed.pop(oid, None)
-            records.pop(oid, None)
-            self._ghost(obj)
-            self._invalid_oids.discard(oid)
-        self.preload(put_back.values())
-        # A replay cut short by newer commits leaves trees half done: the
-        # next round must replay again even if only other objects conflict.
-        self._replay_unfinished = True
-        for obj in replayers:
-            obj._p_replay()
-        self._replay_unfinished = False
-
     def refresh_trees(self) -> bool:
-        """In the middle of a transaction, after a load met other clients'
-        commits: if every object this transaction used that they changed is
-        a B-tree or one of its nodes, bring the trees it used up to date by
-        replaying their logs on the committed nodes, and say True; the
-        B-tree operation under way then starts again (it held the old
-        nodes).  False, changing nothing, where that cannot be done; a
-        replay that finds the trees read differently now raises
-        ReadConflictError.
-
-        What this transaction saw through the trees stays what it saw (the
-        replay checks each lookup and scan), so it keeps one consistent
-        state of everything it used.
+        """Bring the B-trees this transaction used up to date after a load
+        met other clients' commits; see :meth:`ConflictResolver.refresh_trees`.
         """
-        for _ in range(MAX_LOAD_ATTEMPTS):
-            stale = [self._cache.get(oid) for oid in self._invalid_oids]
-            if not stale or any(obj is None or not obj._p_changes_replayed for obj in stale):
-                return False
-            try:
-                self._replay(stale, {})
-                return True
-            except ReadConflictError:
-                continue  # newer commits met while replaying: again
-            except ConflictError:
-                raise ReadConflictError(sorted(self._invalid_oids)) from None
-        return False
-
-    def _note_invalidations(self, oids: list[bytes], read_oid: bytes | None = None) -> list[bytes]:
-        """Ghost what others changed that this transaction has not used; the
-        ones it used (except ``read_oid``, being loaded) are returned and kept
-        in ``_invalid_oids``.
-        """
-        conflicts = []
-        for oid in oids:
-            obj = self._cache.get(oid)
-            if obj is None or oid == read_oid:
-                continue
-            if oid in self._changed or not is_tracking_class(type(obj)):
-                conflicts.append(oid)
-                self._invalid_oids.add(oid)
-            elif obj._p_status != GHOST:
-                self._ghost(obj)
-        return conflicts
+        return self._resolver.refresh_trees(MAX_LOAD_ATTEMPTS)
 
     def _handle_invalidations(self, oids: list[bytes], read_oid: bytes | None = None) -> None:
         """Ghost what others changed; raise if this transaction used any of it.
@@ -637,7 +533,7 @@ class Connection:
         transaction used must keep the states it saw until it ends, and what
         it goes on to read would be newer than they are.
         """
-        conflicts = self._note_invalidations(oids, read_oid)
+        conflicts = self.note_invalidations(oids, read_oid)
         if conflicts:
             if read_oid is None:
                 raise WriteConflictError(conflicts)
@@ -668,7 +564,7 @@ class Connection:
         for obj in self._read_records:
             _setattribute(obj, "_p_reads", None)
         self._read_records.clear()
-        self._replay_unfinished = False
+        self._resolver.replay_unfinished = False
         self.transaction_serial = serial + 1
         if len(loaded) > self._cache_size:
             self.shrink_cache()
