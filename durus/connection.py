@@ -66,11 +66,6 @@ ROOT_CREATION_TIMEOUT = 10.0
 MAX_LOAD_ATTEMPTS = 10
 
 
-def resolves_conflicts(cls: type) -> bool:
-    """Whether instances of ``cls`` can merge concurrent changes."""
-    return cls._p_resolve_conflict is not None
-
-
 def keeps_base_state(cls: type) -> bool:
     """Whether resolution needs the state a transaction started from for
     instances of ``cls`` (to merge, or to check what was read).
