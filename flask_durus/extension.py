@@ -31,6 +31,7 @@ uncommitted, and is current again once the request ends.
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,7 @@ from flask_durus import signals
 from flask_durus.errors import SERVER_ERRORS, EmbeddedStorageError, StorageUnavailable
 from flask_durus.pool import ConnectionPool, PooledConnection, storage_opener
 from flask_durus.replay import ATTEMPT, REPLAY, REPLAYABLE, RequestReplayer
-from flask_durus.settings import CONFIG_DEFAULTS, DurusSettings
+from flask_durus.settings import CONFIG_DEFAULTS, DurusSettings, ignored_environment
 
 log = logging.getLogger("flask_durus")
 
@@ -104,10 +105,20 @@ class Durus:
 
         The storage is opened by the first request (in each worker process),
         so this is safe before gunicorn forks, ``--preload`` included.
+        Settings come from ``app.config`` alone; ``FLASK_DURUS_*`` variables
+        that it does not reflect are logged as a WARNING, since running on
+        the embedded default instead of the intended server is silent.
         """
         if "durus" in app.extensions:
             raise RuntimeError(
                 f"Durus is already set up on the app {app.name!r}; call init_app once per app")
+        ignored = ignored_environment(app.config, os.environ)
+        if ignored:
+            log.warning(
+                "app %r does not use these environment variables (%s). An app factory loads "
+                "them with app.config.from_prefixed_env() before durus.init_app(app); config "
+                "given after that overrides them.",
+                app.name, "; ".join(ignored))
         for key, value in CONFIG_DEFAULTS.items():
             app.config.setdefault(key, value)
         settings = DurusSettings.from_config(app.config, app.instance_path)

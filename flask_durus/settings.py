@@ -7,6 +7,7 @@ than in the first request.  Nothing is opened here.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,36 @@ CONFIG_DEFAULTS: dict[str, object] = {
     "DURUS_SERVER_GCBYTES": 0,
     "DURUS_RESOLUTION_ROUNDS": 10,
 }
+
+
+#: Flask's prefix for settings in the environment: ``app.config.from_prefixed_env()``
+#: turns ``FLASK_DURUS_STORAGE`` into the key ``DURUS_STORAGE``.
+ENV_PREFIX = "FLASK_"
+
+
+def ignored_environment(config: Mapping[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """The ``FLASK_DURUS_*`` variables that ``config`` does not reflect, each
+    with the reason: the app factory did not load them (no
+    ``app.config.from_prefixed_env()``), config set the key to something
+    else, or the name is no setting at all (a typo).
+    """
+    problems = []
+    for name in sorted(environ):
+        key = name[len(ENV_PREFIX):]
+        if not name.startswith(ENV_PREFIX + "DURUS_") or "__" in key:
+            continue  # "__" marks a nested key to from_prefixed_env
+        if key not in CONFIG_DEFAULTS:
+            problems.append(f"{name}: {key} is not a flask-durus setting")
+            continue
+        try:  # what from_prefixed_env makes of the value
+            value = json.loads(environ[name])
+        except ValueError:
+            value = environ[name]
+        if key not in config:
+            problems.append(f"{name}: the app's config has no {key}")
+        elif config[key] != value:
+            problems.append(f"{name}: the app's config sets {key} = {config[key]!r}")
+    return problems
 
 
 def veto_error_responses(request: Any, response: Any) -> bool:

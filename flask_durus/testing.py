@@ -1,7 +1,9 @@
 """Helpers for testing applications that use flask_durus.
 
-A pytest plugin: enable it in your ``conftest.py`` with
-``pytest_plugins = ["flask_durus.testing"]``.  It offers these fixtures:
+A pytest plugin, registered by installing flask-durus (the ``pytest11``
+entry point ``flask_durus``): do not name it in ``pytest_plugins`` too, or
+pytest refuses to register it twice.  Your ``conftest.py`` defines
+``durus_app_factory``; the plugin offers these fixtures:
 
 - ``durus_config``: the config for a test app: ``memory://``, so each test
   starts empty.  Override it in your conftest to test on something else.
