@@ -591,3 +591,50 @@ def gen_every_instance(connection: Connection, *classes: type) -> Iterator[Persi
             if obj is not None:
                 yield obj
 
+
+
+class ObjectDictionary:
+    """Weak values whose dead keys are dropped when an iteration starts, for Durus 4.3 programs."""
+
+    def __init__(self) -> None:
+        import weakref
+
+        self.mapping: dict[Any, weakref.KeyedRef] = {}
+        self.dead: set[Any] = set()
+        owner = weakref.ref(self)
+
+        def callback(reference: Any) -> None:
+            dictionary = owner()
+            if dictionary is not None:
+                dictionary.dead.add(reference.key)
+
+        self.callback = callback
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        reference = self.mapping.get(key)
+        value = None if reference is None or key in self.dead else reference()
+        return default if value is None else value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        import weakref
+
+        self.dead.discard(key)
+        self.mapping[key] = weakref.KeyedRef(value, self.callback, key)
+
+    def __delitem__(self, key: Any) -> None:
+        self.dead.add(key)
+
+    def __contains__(self, key: Any) -> bool:
+        return self.get(key) is not None
+
+    def __len__(self) -> int:
+        return len(self.mapping) - len(self.dead & self.mapping.keys())
+
+    def clear_dead(self) -> None:
+        for key in self.dead:
+            self.mapping.pop(key, None)
+        self.dead.clear()
+
+    def __iter__(self) -> Iterator[Any]:
+        self.clear_dead()
+        return (key for key in list(self.mapping) if key not in self.dead)

@@ -423,3 +423,17 @@ class ComputedAttribute(PersistentObject):
             # Caching the value is not a change to store.
             _setattribute(self, "value", value)
             return value
+
+
+class ConnectionBase:
+    """A bare connection whose ``transaction_serial`` starts at 1, for Durus 4.3 programs."""
+
+    __slots__ = ("transaction_serial",)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> ConnectionBase:
+        instance = super().__new__(cls)
+        instance.transaction_serial = 1
+        return instance
+
+
+PersistentBase = PersistentObject  # 4.3's name for the base of persistent classes, for Durus 4.3 programs

@@ -812,3 +812,7 @@ def wait_for_server(
                 time.sleep(sleeptime)
     raise TimeoutError(f"no storage server answered at {server_address}; start one with: durus -s")
 
+
+
+# The one-byte status answers, under their Durus 4.3 names, for Durus 4.3 programs.
+STATUS_OKAY, STATUS_KEYERROR, STATUS_INVALID = protocol.STATUS_OKAY, protocol.STATUS_KEYERROR, protocol.STATUS_INVALID

@@ -14,6 +14,7 @@ request, with conflicts replayed and gunicorn workers made safe.
 
 from __future__ import annotations
 
+from durus import distribution_version
 from flask_durus.errors import EmbeddedStorageError, StorageUnavailable
 from flask_durus.extension import Durus
 from flask_durus.signals import (
@@ -24,6 +25,8 @@ from flask_durus.signals import (
     transaction_committed,
 )
 
+__version__ = distribution_version()
+
 __all__ = [
     "Durus",
     "EmbeddedStorageError",
@@ -33,4 +36,5 @@ __all__ = [
     "request_retried",
     "transaction_aborted",
     "transaction_committed",
+    "__version__",
 ]
