@@ -1,8 +1,8 @@
 """Helpers for testing applications that use flask_durus.
 
 A pytest plugin, registered by installing flask-durus (the ``pytest11``
-entry point ``flask_durus``): do not name it in ``pytest_plugins`` too, or
-pytest refuses to register it twice.  Your ``conftest.py`` defines
+entry point ``flask_durus.testing``, named as the module so that naming it
+in ``pytest_plugins`` too is harmless).  Your ``conftest.py`` defines
 ``durus_app_factory``; the plugin offers these fixtures:
 
 - ``durus_config``: the config for a test app: ``memory://``, so each test

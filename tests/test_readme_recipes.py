@@ -71,9 +71,15 @@ def test_testing_recipe_runs_under_pytest(tmp_path: Path) -> None:
     result = run(command, tmp_path, project_env(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
-    # With autoloading off, the README's `-p flask_durus` loads it instead.
-    result = run([*command, "-p", "flask_durus"], tmp_path,
+    # With autoloading off, the README's `-p flask_durus.testing` loads it instead.
+    result = run([*command, "-p", "flask_durus.testing"], tmp_path,
                  project_env(tmp_path, PYTEST_DISABLE_PLUGIN_AUTOLOAD="1"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout
+    # Listing it in pytest_plugins as well, as older instructions said, is harmless.
+    conftest = tmp_path / "conftest.py"
+    conftest.write_text('pytest_plugins = ["flask_durus.testing"]\n' + conftest.read_text())
+    result = run(command, tmp_path, project_env(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
 

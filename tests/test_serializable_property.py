@@ -57,7 +57,7 @@ from support.txn_model import (
 
 MAX_TRANSACTIONS = 3
 EXAMPLES = 1000
-SLOW_EXAMPLES = 10000
+SLOW_EXAMPLES = 4000
 
 # -- strategies ----------------------------------------------------------------------
 
@@ -266,7 +266,7 @@ def test_concurrent_transactions_commit_only_serializable_outcomes(cluster, init
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)  # 10,000 examples: minutes on a busy machine
+@pytest.mark.timeout(1500)  # 4,000 examples: minutes on a busy machine
 @settings(max_examples=SLOW_EXAMPLES, **COMMON)
 @given(initial=initial_states, txns=transactions, data=st.data())
 def test_concurrent_transactions_commit_only_serializable_outcomes_at_length(cluster, initial, txns, data) -> None:
