@@ -3,6 +3,11 @@
 
 ``python -m durus`` does the same.  Each mode has its own options; run
 ``durus -s -h`` (or ``-c -h``, ``-p -h``, ``--check -h``) to list them.
+
+When a mode cannot do what it was asked (no server at the address, the file
+missing or locked by another process, the port taken), it prints one line
+to stderr, ``durus -p: what is wrong; what to do``, and exits with status 2
+(:data:`EXIT_FAILED`), with no traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from durus.error import DurusError
 from durus.protocol import DEFAULT_HOST, DEFAULT_PORT, read_secret
 from durus.storage_server import (
     DEFAULT_GCBYTES,
@@ -35,6 +41,16 @@ usage: durus -s | -c | -p | --check [options]
 """
 
 
+#: The exit status of a mode that could not do what it was asked.
+EXIT_FAILED = 2
+
+
+class CommandError(Exception):
+    """What stopped the command, in one line for stderr: what is wrong and
+    what to do.  :func:`main` prints it and exits with :data:`EXIT_FAILED`.
+    """
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -42,7 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] not in modes:
         sys.stderr.write(USAGE)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return modes[argv[0]](argv[1:])
+    try:
+        return modes[argv[0]](argv[1:])
+    except CommandError as error:
+        sys.stderr.write(f"durus {argv[0]}: {error}\n")
+        return EXIT_FAILED
 
 
 def _add_address_options(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +78,67 @@ def _address(options: argparse.Namespace, **unix_options: object) -> SocketAddre
     if options.address is not None:
         return SocketAddress.new(options.address, **unix_options)
     return SocketAddress.new(None, options.host, options.port)
+
+
+def _address_args(options: argparse.Namespace) -> str:
+    """The address options as given, to repeat in a suggested command."""
+    if options.address is not None:
+        return f" --address {options.address}"
+    host = "" if options.host == DEFAULT_HOST else f" --host {options.host}"
+    return host + ("" if options.port == DEFAULT_PORT else f" --port {options.port}")
+
+
+def _reason(error: BaseException) -> str:
+    """``connection refused``: an OSError's reason, in lower case."""
+    if isinstance(error, TimeoutError) or (isinstance(error, OSError) and error.strerror is None
+                                           and "timed out" in str(error)):
+        return "timed out"
+    text = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    return text[:1].lower() + text[1:]
+
+
+def format_size(size: int) -> str:
+    """``107.3 MB``, ``12.0 kB`` or ``512 bytes``."""
+    if size >= 10**6:
+        return f"{size / 1e6:.1f} MB"
+    if size >= 10**3:
+        return f"{size / 1e3:.1f} kB"
+    return f"{size} bytes"
+
+
+def format_duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds:.2f} s"
+
+
+def open_file_storage(path: str, *, create: bool, in_use_hint: str, readonly: bool = False,
+                      repair: bool = False):
+    """A FileStorage on ``path``, or a :class:`CommandError` saying why not.
+
+    ``create``: a missing file in an existing folder becomes a new, empty
+    database; otherwise a missing file is refused.  A missing folder is
+    always refused: a typo must not leave new folders behind.
+    ``in_use_hint``: what to do when another process holds the file's lock.
+    """
+    from durus.file_storage import FileLockedError, FileStorage
+
+    if os.path.isdir(path):
+        raise CommandError(f"{path} is a folder, not a Durus file; give the path of the file")
+    if not os.path.exists(path):
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise CommandError(
+                f"cannot use {path}: the folder {folder} does not exist; check the path, "
+                f"or create the folder first (mkdir -p {folder})")
+        if not create or readonly:
+            raise CommandError(f"no such file: {path}; check the path (nothing was created)")
+    try:
+        return FileStorage(path, readonly=readonly, repair=repair)
+    except FileLockedError:
+        raise CommandError(f"{path} is in use by another process, which holds its lock; {in_use_hint}") from None
+    except DurusError as error:
+        raise CommandError(f"cannot open {path}: {error}") from None
+    except OSError as error:
+        raise CommandError(f"cannot open {path}: {_reason(error)}") from None
 
 
 def _logging_level(text: str) -> int:
@@ -98,15 +179,51 @@ def serve_main(argv: Sequence[str]) -> int:
     _configure_logging(options.logfile, options.logginglevel)
     from durus.file_storage import FileStorage
 
-    secret = read_secret(options.keyfile) if options.keyfile else None
-    storage = FileStorage(options.file, readonly=options.readonly, repair=options.repair)
+    secret = _read_keyfile(options.keyfile)
+    if options.file is None:
+        storage = FileStorage(None)
+        created = False
+    else:
+        created = not os.path.exists(options.file)
+        storage = open_file_storage(
+            options.file, create=True, readonly=options.readonly, repair=options.repair,
+            in_use_hint="a server (or another program) already has it open: connect to that "
+                        "server (durus -c --port PORT), or stop it first")
     server = StorageServer(
         storage, address=address, gcbytes=options.gcbytes, readonly=options.readonly,
         secret=secret, max_transaction_size=options.max_transaction_size)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stop())
-    server.serve()
+    try:
+        server.serve()
+    except OSError as error:
+        if server.listening_address is not None:
+            raise  # it failed while serving, not while starting to listen
+        storage.close()
+        if created:
+            os.unlink(options.file)  # this run made it, empty: leave nothing behind
+        raise CommandError(listen_failure(address, error, _address_args(options))) from None
     return 0
+
+
+def listen_failure(address: SocketAddress, error: OSError, address_args: str) -> str:
+    """Why a server cannot listen on ``address``, and what to do."""
+    import errno
+
+    if error.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {address}: address already in use (another server is listening "
+                f"there); stop it (durus -s --stop{address_args}, if it is a Durus server) or "
+                "choose another --port or --address")
+    return f"cannot listen on {address} ({_reason(error)}); choose another --host, --port or --address"
+
+
+def _read_keyfile(keyfile: str | None) -> bytes | None:
+    if not keyfile:
+        return None
+    try:
+        return read_secret(keyfile)
+    except OSError as error:
+        raise CommandError(f"cannot read the keyfile {keyfile}: {_reason(error)}") from None
 
 
 def _configure_logging(logfile: str | None, level: int) -> None:
@@ -124,8 +241,8 @@ def stop_server(address: SocketAddress, keyfile: str | None) -> int:
     try:
         storage = ClientStorage(address=address, keyfile=keyfile, timeout=10)
     except ServerUnavailableError:
-        sys.stderr.write(f"no Durus server is running at {address}\n")
-        return 1
+        sys.stderr.write(f"durus -s: no Durus server is running at {address}; there is nothing to stop\n")
+        return EXIT_FAILED
     storage.stop_server()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -134,24 +251,36 @@ def stop_server(address: SocketAddress, keyfile: str | None) -> int:
         except OSError:
             return 0
         time.sleep(0.1)
-    sys.stderr.write(f"the server at {address} is still accepting connections\n")
-    return 1
+    sys.stderr.write(f"durus -s: the server at {address} is still accepting connections after 10 s\n")
+    return EXIT_FAILED
 
 
 # -- durus -c and durus -p --------------------------------------------------------
 
 
-def _open_storage(options: argparse.Namespace):
-    if options.file is not None:
-        from durus.file_storage import FileStorage
-
-        return FileStorage(options.file, readonly=getattr(options, "readonly", False),
-                           repair=getattr(options, "repair", False))
+def _connect(options: argparse.Namespace):
+    """A ClientStorage on the server at the options' address, waiting a
+    second for one that is starting; else a :class:`CommandError`.
+    """
     from durus.client_storage import ClientStorage
 
     address = _address(options)
-    wait_for_server(address=address, maxtries=5, sleeptime=0.5)
-    return ClientStorage(address=address, keyfile=options.keyfile)
+    _read_keyfile(options.keyfile)  # a missing keyfile is said as such
+    try:
+        wait_for_server(address=address, maxtries=5, sleeptime=0.25)
+    except TimeoutError:
+        try:
+            address.connect(timeout=2).close()
+        except OSError as error:
+            raise CommandError(
+                f"no storage server at {address} ({_reason(error)}); start one with "
+                f"`durus -s --file FILE{_address_args(options)}`") from None
+    try:
+        return ClientStorage(address=address, keyfile=options.keyfile)
+    except DurusError as error:
+        raise CommandError(f"{error}") from None
+    except OSError as error:
+        raise CommandError(f"cannot talk to a storage server at {address}: {_reason(error)}") from None
 
 
 def client_main(argv: Sequence[str]) -> int:
@@ -169,7 +298,13 @@ def client_main(argv: Sequence[str]) -> int:
     options = parser.parse_args(argv)
     from durus.connection import Connection
 
-    storage = _open_storage(options)
+    if options.file is None:
+        storage = _connect(options)
+    else:
+        storage = open_file_storage(
+            options.file, create=True, readonly=options.readonly, repair=options.repair,
+            in_use_hint="connect to the server that serves it (durus -c --port PORT), "
+                        "open it with --readonly, or stop that process first")
     connection = Connection(storage, cache_size=options.cache_size)
     from pprint import pprint
 
@@ -195,20 +330,87 @@ def client_main(argv: Sequence[str]) -> int:
 def pack_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="durus -p", description="Pack a storage: drop unreachable objects.")
     _add_address_options(parser)
-    parser.add_argument("--file", default=None, help="pack this file directly instead of through a server")
+    parser.add_argument("--file", default=None,
+                        help="pack this existing file directly instead of through a server")
+    parser.add_argument("--progress", action="store_true",
+                        help="show progress on stderr even when it is not a terminal (with --file)")
     options = parser.parse_args(argv)
-    from durus.connection import Connection
+    if options.file is None:
+        storage = _connect(options)
+        try:
+            storage.pack()
+        except DurusError as error:
+            raise CommandError(f"{error}") from None
+        finally:
+            storage.close()
+        print(f"the server at {_address(options)} is packing in the background")
+        return 0
+    path = options.file
+    if os.path.exists(path) and not os.path.isdir(path) and os.path.getsize(path) == 0:
+        raise CommandError(f"{path} is empty, not a Durus file: there is nothing to pack")
+    storage = open_file_storage(
+        path, create=False,
+        in_use_hint="pack it through the server that serves it (durus -p --port PORT), "
+                    "or stop that process first")
+    progress = PackProgress(path) if options.progress or sys.stderr.isatty() else None
+    print(pack_file_storage(storage, progress))
+    return 0
 
-    storage = _open_storage(options)
+
+def pack_file_storage(storage, progress: PackProgress | None = None) -> str:
+    """Pack an open FileStorage, close it, and say what it did:
+    ``packed F: 107.3 MB -> 12.1 MB in 3.1 s``.  ``progress`` is called at
+    each step of the packer.  A pack that cannot be done is a
+    :class:`CommandError`.
+    """
+    path = storage.filename
+    before = os.path.getsize(path)
+    start = time.monotonic()
     try:
-        Connection(storage).pack()
+        for _ in storage.get_packer():
+            if progress is not None:
+                progress(before)
+    except DurusError as error:
+        raise CommandError(f"cannot pack {path}: {error}") from None
+    except OSError as error:
+        raise CommandError(f"cannot pack {path}: {_reason(error)}") from None
     finally:
         storage.close()
-    if options.file is not None:
-        print(f"packed {options.file}")
-    else:
-        print(f"the server at {_address(options)} is packing in the background")
-    return 0
+        if progress is not None:
+            progress.clear()
+    elapsed = time.monotonic() - start
+    return (f"packed {path}: {format_size(before)} -> {format_size(os.path.getsize(path))} "
+            f"in {format_duration(elapsed)}")
+
+
+class PackProgress:
+    """Shows ``packing PATH: 12.3 MB copied of 107.3 MB ...`` on one line of
+    stderr, overwritten in place at most five times a second: how much of
+    the packed file is written so far, against the file's size before.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.shown = False
+        self.last = 0.0
+
+    def __call__(self, before: int) -> None:
+        now = time.monotonic()
+        if self.shown and now - self.last < 0.2:
+            return
+        try:
+            written = os.path.getsize(self.path + ".pack")
+        except OSError:
+            return  # swapped in already
+        sys.stderr.write(f"\rpacking {self.path}: {format_size(written)} copied of {format_size(before)} ")
+        sys.stderr.flush()
+        self.shown = True
+        self.last = now
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[K" if sys.stderr.isatty() else "\n")
+            sys.stderr.flush()
 
 
 # -- durus --check ------------------------------------------------------------------

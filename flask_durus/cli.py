@@ -12,9 +12,18 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import click
+from durus.__main__ import (
+    CommandError,
+    PackProgress,
+    format_duration,
+    format_size,
+    listen_failure,
+    pack_file_storage,
+)
 from durus.client_storage import ClientStorage, ServerUnavailableError
 from durus.error import DurusKeyError
 from durus.file_storage import FileLockedError, FileStorage
@@ -91,7 +100,16 @@ def serve_command(host: str | None, port: int | None, address: str | None, file_
     else:
         listen = _server_address(settings)
     path = os.path.abspath(file_ or settings.server_file)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    folder = os.path.dirname(path)
+    if folder == os.path.abspath(current_app.instance_path):
+        os.makedirs(folder, exist_ok=True)  # the app's instance folder is the app's to create
+    elif not os.path.isdir(folder):
+        raise click.ClickException(
+            f"cannot serve {path}: the folder {folder} does not exist; check --file (or "
+            f"DURUS_SERVER_FILE), or create the folder first (mkdir -p {folder})")
+    if os.path.isdir(path):
+        raise click.ClickException(f"cannot serve {path}: it is a folder; give the path of a Durus file")
+    created = not os.path.exists(path)
     storage = _open_file(path)
     server = StorageServer(storage, address=listen,
                            gcbytes=settings.server_gcbytes if gcbytes is None else gcbytes,
@@ -105,6 +123,14 @@ def serve_command(host: str | None, port: int | None, address: str | None, file_
     click.echo(f"Serving {path} on {listen}", err=True)
     try:
         server.serve()
+    except OSError as error:
+        if server.listening_address is not None:
+            raise  # it failed while serving, not while starting to listen
+        storage.close()
+        if created:
+            os.unlink(path)  # this run made it, empty: leave nothing behind
+        raise click.ClickException(
+            listen_failure(listen, error, "").replace("durus -s --stop", "flask durus stop")) from None
     finally:
         storage.close()
 
@@ -119,7 +145,8 @@ def _log_to_stderr() -> None:
 
 
 @durus_group.command("pack")
-def pack_command() -> None:
+@click.option("--progress", is_flag=True, help="Show progress on stderr even when it is not a terminal.")
+def pack_command(progress: bool) -> None:
     """Drop the objects the root no longer reaches."""
     settings = _settings()
     location = settings.location
@@ -132,19 +159,29 @@ def pack_command() -> None:
         click.echo(f"Pack started on the server at {location}; it runs in the background.")
         return
     before = _file_size(location.file)
+    start = time.monotonic()
     if _holds_embedded_storage():
         _current_durus().connection.pack()
     elif location.kind == MEMORY:
         raise click.ClickException(
             "DURUS_STORAGE is memory://, and this process has not opened it: there is nothing to pack")
+    elif before is None:
+        raise click.ClickException(
+            f"there is no database file at {location.file} yet: nothing to pack (nothing was created)")
     else:
         storage = _open_file(location.file)
+        shown = PackProgress(location.file) if progress or sys.stderr.isatty() else None
         try:
-            storage.pack()
-        finally:
-            storage.close()
-    sizes = "" if before is None else f": {before} -> {_file_size(location.file)} bytes"
-    click.echo(f"Packed {location}{sizes}; finished.")
+            pack_file_storage(storage, shown)
+        except CommandError as error:
+            raise click.ClickException(str(error)) from None
+    took = format_duration(time.monotonic() - start)
+    if before is None:
+        click.echo(f"Packed {location}; finished. Took {took}.")
+        return
+    after = _file_size(location.file) or 0
+    took = f"{format_size(before)} -> {format_size(after)} in {took}" if before >= 10**6 else f"Took {took}"
+    click.echo(f"Packed {location}: {before} -> {after} bytes; finished. {took}.")
 
 
 def _holds_embedded_storage() -> bool:

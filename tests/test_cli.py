@@ -95,7 +95,7 @@ def test_stop_and_logging_options(tmp_path):
 
 def test_stop_without_a_server():
     result = durus("-s", "--stop", "--port", str(free_port()))
-    assert result.returncode == 1 and "no Durus server" in result.stderr
+    assert result.returncode == 2 and "no Durus server" in result.stderr
 
 
 def test_repair_option(tmp_path):
