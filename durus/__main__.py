@@ -1,5 +1,5 @@
 """The ``durus`` command: ``-s`` serve, ``-c`` interactive client, ``-p`` pack,
-``--check`` check a file.
+``--check`` check a file, ``--backup`` copy a live database.
 
 ``python -m durus`` does the same.  Each mode has its own options; run
 ``durus -s -h`` (or ``-c -h``, ``-p -h``, ``--check -h``) to list them.
@@ -32,11 +32,13 @@ from durus.storage_server import (
 )
 
 USAGE = """\
-usage: durus -s | -c | -p | --check [options]
+usage: durus -s | -c | -p | --check | --backup [options]
     -s        start (or, with --stop, stop) a storage server
     -c        open an interactive Python console on a storage
     -p        pack a storage
     --check   check every record and reference of a file (exit status 1 if damaged)
+    --backup  copy a live database, as of one commit, to a checked file:
+              durus --backup DEST [--file F | --host H --port P | --address A]
     durus -s -h (or -c -h, -p -h, --check -h) lists the options of each
 """
 
@@ -54,7 +56,7 @@ class CommandError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    modes = {"-s": serve_main, "-c": client_main, "-p": pack_main, "--check": check_main}
+    modes = {"-s": serve_main, "-c": client_main, "-p": pack_main, "--check": check_main, "--backup": backup_main}
     if not argv or argv[0] not in modes:
         sys.stderr.write(USAGE)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
@@ -411,6 +413,16 @@ class PackProgress:
         if self.shown:
             sys.stderr.write("\r\x1b[K" if sys.stderr.isatty() else "\n")
             sys.stderr.flush()
+
+
+# -- durus --backup -----------------------------------------------------------------
+
+
+def backup_main(argv: Sequence[str]) -> int:
+    """``durus --backup DEST``: see :func:`durus.backup.run_backup_command`."""
+    from durus.backup import run_backup_command
+
+    return run_backup_command(argv)
 
 
 # -- durus --check ------------------------------------------------------------------

@@ -244,6 +244,28 @@ def info_command() -> None:
                f"{settings.server_file}, " + ("does not exist" if size is None else f"is {size} bytes"))
 
 
+@durus_group.command("backup")
+@click.argument("destination", type=click.Path(dir_okay=False))
+def backup_command(destination: str) -> None:
+    """Copy the database, as of one commit, to DESTINATION: a checked file, safe while the server runs."""
+    from durus.backup import BackupError, backup, print_progress
+
+    settings = _settings()
+    if settings.location.kind == MEMORY:
+        raise click.ClickException("memory:// lives inside each app process: there is no database to back up from here.")
+    # Its own reader (the server's client, or the file read-only), never
+    # this process's connections, whose invalidations it would take.
+    storage = _open_to_read(settings)
+    if storage is None:
+        raise click.ClickException("There is no database to back up yet.")
+    try:
+        click.echo(backup(storage, destination, print_progress).summary())
+    except BackupError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        storage.close()
+
+
 def _open_to_read(settings: DurusSettings) -> Storage | None:
     """A client of the server, or the embedded file opened read-only (that
     needs no lock: this works beside a running `flask run`); None if the file

@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 from server_process import ServerProcess
@@ -238,3 +239,31 @@ def test_the_example_app_backs_up_through_its_server(tmp_path):
         assert "wiki" in Connection(copy).get_root()
     finally:
         copy.close()
+
+
+def test_the_commands_back_up_a_live_server_and_an_embedded_file(tmp_path: Path) -> None:
+    """`durus --backup` and `flask durus backup`, as the README gives them."""
+    import subprocess
+    import sys
+
+    from durus.connection import Connection
+
+    with ServerProcess(tmp_path / "live.durus") as server:
+        connection = Connection(ClientStorage(address=server.address))
+        connection.get_root()["answer"] = 42
+        connection.commit()
+        host, port = server.address
+        result = subprocess.run(
+            [sys.executable, "-m", "durus", "--backup", str(tmp_path / "copy.durus"), "--host", host, "--port", str(port)],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        connection.get_storage().close()
+    env = dict(os.environ, FLASK_DURUS_STORAGE=f"file://{tmp_path / 'copy.durus'}")
+    result = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "tests.flask_apps.bank:create_app", "durus", "backup", str(tmp_path / "again.durus")],
+        capture_output=True, text=True, timeout=60, env=env, cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    copy = Connection(FileStorage(str(tmp_path / "again.durus"), readonly=True))
+    assert copy.get_root()["answer"] == 42
