@@ -565,32 +565,44 @@ class Connection:
             self.shrink_cache()
 
 
-def touch_every_reference(connection: Connection, *words: str | bytes) -> None:
-    """Mark changed every object whose class or state pickle contains a word.
-
-    After moving or renaming a class, this makes every record that names it
-    be written again (with the class's new location) at the next commit.
+def gen_matching_oids(
+    connection: Connection, classes: tuple[type, ...] = (), words: Iterable[str | bytes] = ()
+) -> Iterator[bytes]:
+    """The oid of every stored record whose object is an instance of one of
+    ``classes`` or whose class or state pickle contains one of ``words``
+    (nothing is loaded but the records' class pickles).
     """
     needles = [word.encode() if isinstance(word, str) else word for word in words]
     reader = ObjectReader(connection)
     for oid, record in connection.get_storage().gen_oid_record():
         data = unpack_record(record)[1]
-        state = reader.get_state_pickle(data)
-        if any(needle in data or needle in state for needle in needles):
-            obj = connection.get(oid)
-            if obj is not None:
-                obj._p_note_change()
+        if classes and issubclass(reader.get_class(data), classes):
+            yield oid
+        elif needles:
+            state = reader.get_state_pickle(data)
+            if any(needle in data or needle in state for needle in needles):
+                yield oid
+
+
+def touch_every_reference(connection: Connection, *words: str | bytes) -> None:
+    """Mark changed every object whose class or state pickle contains a word.
+
+    After moving or renaming a class, this makes every record that names it
+    be written again (with the class's new location) at the next commit.
+    :func:`durus.schema.rewrite_instances` does so in batches of commits.
+    """
+    for oid in list(gen_matching_oids(connection, words=words)):
+        obj = connection.get(oid)
+        if obj is not None:
+            obj._p_note_change()
 
 
 def gen_every_instance(connection: Connection, *classes: type) -> Iterator[PersistentObject]:
     """Every stored object that is an instance of one of ``classes``."""
-    reader = ObjectReader(connection)
-    for oid, record in connection.get_storage().gen_oid_record():
-        if issubclass(reader.get_class(unpack_record(record)[1]), classes):
-            obj = connection.get(oid)
-            if obj is not None:
-                yield obj
-
+    for oid in gen_matching_oids(connection, classes):
+        obj = connection.get(oid)
+        if obj is not None:
+            yield obj
 
 
 class ObjectDictionary:

@@ -34,6 +34,7 @@ from pickle import UnpicklingError
 from pickle import loads as _loads
 from typing import TYPE_CHECKING, Any, Callable
 
+from durus import schema
 from durus.error import DamagedRecordError, DurusError
 from durus.persistent import PersistentObject, real_class
 from durus.record import pack_record, split_oids, unpack_record
@@ -139,7 +140,12 @@ def _read_class(data: bytes) -> tuple[type, int]:
         cls = _classes_by_pickle.get(prefix)
         if cls is not None:
             return cls, end
-        cls = pickle.loads(prefix)
+        try:
+            cls = pickle.loads(prefix)
+        except (ImportError, AttributeError):
+            if not schema.has_renames():
+                raise
+            cls = _RenamingUnpickler(BytesIO(prefix)).load()
     except DurusError:
         raise
     except _UNPICKLING_ERRORS as error:
@@ -148,6 +154,38 @@ def _read_class(data: bytes) -> tuple[type, int]:
         raise DamagedRecordError(f"its data does not start with a class pickle: {data[:60]!r}")
     _classes_by_pickle[prefix] = cls
     return cls, end
+
+
+class _RenamingUnpickler(pickle.Unpickler):
+    """An unpickler that finds a class whose name no longer imports under
+    the name it was renamed from (:func:`durus.schema.rename_class`).
+
+    Only a load that failed to import a class is tried again with it, so
+    classes that import cost no registry lookup.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            renamed = schema.renamed_class(module, name)
+            if renamed is None:
+                raise
+            return renamed
+
+
+class _RenamingStateUnpickler(_RenamingUnpickler):
+    """A state unpickler (see :class:`_StateUnpickler`) that finds renamed classes."""
+
+    def __init__(self, state: bytes, connection: Connection, memo: Any) -> None:
+        super().__init__(BytesIO(state))
+        self.persistent_load = PersistentLoader(connection, connection._cache)
+        self.memo = memo
+
+
+def forget_classes() -> None:
+    """Forget which class each class pickle names (the renames changed)."""
+    _classes_by_pickle.clear()
 
 
 def _decompress(state: bytes) -> bytes:
@@ -200,7 +238,7 @@ def _class_pickle_end(data: bytes) -> int:
             return end
     # Any other form: let pickle find the end.
     stream = BytesIO(data)
-    pickle.Unpickler(stream).load()
+    _RenamingUnpickler(stream).load()
     return stream.tell()
 
 
@@ -461,8 +499,8 @@ class ObjectReader:
         if not refers:
             try:
                 return _loads(state)
-            except UnpicklingError:
-                pass  # read below, where a damaged state is reported
+            except (UnpicklingError, ImportError, AttributeError):
+                pass  # read below, where a damaged state (or a renamed class) is handled
             except DurusError:
                 raise
             except _UNPICKLING_ERRORS as error:
@@ -482,10 +520,19 @@ class ObjectReader:
         busy, self._busy = self._busy, True
         try:
             return unpickler.load()
-        except DurusError:
-            raise
-        except _UNPICKLING_ERRORS as error:
-            raise _unpickling_failed("its state pickle", error) from error
+        except BaseException as error:
+            # A load that stops midway leaves the unpickler's stack and
+            # marks behind, which would spoil its next load.
+            if unpickler is self._unpickler:
+                self._unpickler = _StateUnpickler(self.connection)
+            if isinstance(error, DurusError):
+                raise
+            if isinstance(error, _UNPICKLING_ERRORS):
+                raise _unpickling_failed("its state pickle", error) from error
+            if not isinstance(error, (ImportError, AttributeError)) or not schema.has_renames():
+                raise
+            renaming = _RenamingStateUnpickler(state, self.connection, _class_memos.get(cls) or class_memo(cls))
+            return load_pickle(renaming, "its state pickle")
         finally:
             # The memo would keep what the state holds alive; the source
             # keeps only the state's bytes, till the next load.
