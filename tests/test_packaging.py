@@ -63,7 +63,7 @@ def test_wheel_packages_leave_out_the_example_app():
 def test_test_extra_has_what_tests_import_and_bench_the_rest():
     extras = PROJECT["optional-dependencies"]
     names = {extra: {r.split(">")[0].split("=")[0].strip() for r in reqs} for extra, reqs in extras.items()}
-    assert names["test"] == {"pytest", "pytest-timeout", "hypothesis", "selenium"}
+    assert names["test"] == {"pytest", "pytest-timeout", "hypothesis", "selenium", "sphinx"}
     assert names["bench"] == {"flask-sqlalchemy"}
 
 
