@@ -35,6 +35,7 @@ USAGE = """\
 usage: durus -s | -c | -p | --check | --backup [options]
     -s        start (or, with --stop, stop) a storage server
     -c        open an interactive Python console on a storage
+              (--file F opens an existing file; add --create for a new one)
     -p        pack a storage
     --check   check every record and reference of a file (exit status 1 if damaged)
     --backup  copy a live database, as of one commit, to a checked file:
@@ -113,13 +114,15 @@ def format_duration(seconds: float) -> str:
 
 
 def open_file_storage(path: str, *, create: bool, in_use_hint: str, readonly: bool = False,
-                      repair: bool = False):
+                      repair: bool = False, missing_hint: str | None = None):
     """A FileStorage on ``path``, or a :class:`CommandError` saying why not.
 
     ``create``: a missing file in an existing folder becomes a new, empty
     database; otherwise a missing file is refused.  A missing folder is
     always refused: a typo must not leave new folders behind.
     ``in_use_hint``: what to do when another process holds the file's lock.
+    ``missing_hint``: what else to do when a missing file is refused (say,
+    the option that creates it).
     """
     from durus.file_storage import FileLockedError, FileStorage
 
@@ -132,7 +135,8 @@ def open_file_storage(path: str, *, create: bool, in_use_hint: str, readonly: bo
                 f"cannot use {path}: the folder {folder} does not exist; check the path, "
                 f"or create the folder first (mkdir -p {folder})")
         if not create or readonly:
-            raise CommandError(f"no such file: {path}; check the path (nothing was created)")
+            also = f", {missing_hint}" if missing_hint else ""
+            raise CommandError(f"no such file: {path}; check the path{also} (nothing was created)")
     try:
         return FileStorage(path, readonly=readonly, repair=repair)
     except FileLockedError:
@@ -291,6 +295,8 @@ def client_main(argv: Sequence[str]) -> int:
         description="An interactive Python console with `connection` and `root` in scope.")
     _add_address_options(parser)
     parser.add_argument("--file", default=None, help="open this file directly instead of a server")
+    parser.add_argument("--create", action="store_true",
+                        help="with --file: create the file, a new empty database, if it does not exist")
     parser.add_argument("--readonly", action="store_true", help="open the file read-only")
     parser.add_argument("--repair", action="store_true", help="truncate a partial last transaction")
     parser.add_argument("--cache_size", "--cache-size", type=int, default=10000,
@@ -301,10 +307,15 @@ def client_main(argv: Sequence[str]) -> int:
     from durus.connection import Connection
 
     if options.file is None:
+        if options.create:
+            raise CommandError("--create goes with --file FILE; a server creates its own file (durus -s --file FILE)")
         storage = _connect(options)
     else:
+        if options.create and options.readonly:
+            raise CommandError("--create and --readonly contradict each other; give one of them")
         storage = open_file_storage(
-            options.file, create=True, readonly=options.readonly, repair=options.repair,
+            options.file, create=options.create, readonly=options.readonly, repair=options.repair,
+            missing_hint=None if options.readonly else "or add --create to start a new database there",
             in_use_hint="connect to the server that serves it (durus -c --port PORT), "
                         "open it with --readonly, or stop that process first")
     connection = Connection(storage, cache_size=options.cache_size)

@@ -49,7 +49,7 @@ def test_console_over_a_server(tmp_path):
 
 def test_console_on_a_file(tmp_path):
     path = str(tmp_path / "direct.durus")
-    result = durus("-c", "--file", path, stdin="root['x'] = [1, 2]\nconnection.commit()\n")
+    result = durus("-c", "--create", "--file", path, stdin="root['x'] = [1, 2]\nconnection.commit()\n")
     assert result.returncode == 0, result.stderr
     storage = FileStorage(path, readonly=True)
     assert Connection(storage).get_root()["x"] == [1, 2]

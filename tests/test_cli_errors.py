@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 APP = "tests.flask_apps.bank:create_app"
 
 
-def durus(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "durus", *args], input="", check=False,
+def durus(*args: str, cwd: Path | None = None, stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "durus", *args], input=stdin, check=False,
                           capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
@@ -110,6 +110,38 @@ def test_pack_refuses_an_empty_file_and_a_folder(tmp_path):
 def test_a_missing_folder_is_refused_and_not_created(tmp_path, mode):
     failed(durus(mode, "--file", "nodir/sub/x.durus", "--port", str(free_port()), cwd=tmp_path), 2,
            f"durus {mode}:", "nodir/sub", "does not exist", "mkdir -p")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_console_refuses_a_missing_file_without_create(tmp_path):
+    line = failed(durus("-c", "--file", "typo.durus", cwd=tmp_path), 2, "durus -c: no such file: typo.durus",
+                  "add --create", "nothing was created")
+    assert line.count("\n") == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_console_create_makes_a_new_database(tmp_path):
+    result = durus("-c", "--create", "--file", "new.durus", cwd=tmp_path,
+                   stdin="root['n'] = 1\nconnection.commit()\n")
+    assert result.returncode == 0, result.stderr
+    storage = FileStorage(str(tmp_path / "new.durus"), readonly=True)
+    assert Connection(storage).get_root()["n"] == 1
+    storage.close()
+    # On an existing file --create changes nothing: it opens it.
+    result = durus("-c", "--create", "--file", "new.durus", cwd=tmp_path, stdin="print('n is', root['n'])\n")
+    assert result.returncode == 0 and "n is 1" in result.stdout, result.stderr
+
+
+def test_console_create_still_refuses_a_missing_folder(tmp_path):
+    failed(durus("-c", "--create", "--file", "nodir/x.durus", cwd=tmp_path), 2, "durus -c:", "does not exist",
+           "mkdir -p")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_console_create_needs_a_file_and_a_writable_open(tmp_path):
+    failed(durus("-c", "--create", "--port", str(free_port())), 2, "durus -c: --create goes with --file")
+    failed(durus("-c", "--create", "--readonly", "--file", str(tmp_path / "x.durus")), 2,
+           "durus -c: --create and --readonly")
     assert list(tmp_path.iterdir()) == []
 
 
