@@ -212,13 +212,15 @@ def stop_command() -> None:
 
 
 @durus_group.command("info")
-def info_command() -> None:
+@click.option("--progress", is_flag=True, help="Show progress on stderr even when it is not a terminal.")
+def info_command(progress: bool) -> None:
     """Show where the data is, how many objects the root reaches, and the file size."""
     settings = _settings()
     location = settings.location
     click.echo(f"Storage: {location}" + ("" if location.uri else " (the embedded default)"))
+    counting = CountProgress() if progress or sys.stderr.isatty() else None
     if _holds_embedded_storage():
-        count = _count_reachable(_current_durus().connection.get_storage())
+        count = _count_reachable(_current_durus().connection.get_storage(), counting)
     elif location.kind == MEMORY:
         click.echo("memory:// lives inside each app process, and this one has not opened it: "
                    "nothing to inspect from here.")
@@ -226,7 +228,7 @@ def info_command() -> None:
     else:
         storage = _open_to_read(settings)
         try:
-            count = 0 if storage is None else _count_reachable(storage)
+            count = 0 if storage is None else _count_reachable(storage, counting)
         finally:
             if storage is not None:
                 storage.close()
@@ -277,11 +279,57 @@ def _open_to_read(settings: DurusSettings) -> Storage | None:
     return _open_file(location.file, readonly=True) if os.path.exists(location.file) else None
 
 
-def _count_reachable(storage: Storage) -> int:
+def _count_reachable(storage: Storage, progress: CountProgress | None = None) -> int:
+    """How many objects the root reaches (0 before the first commit);
+    ``progress``, if given, is shown the count as it grows.
+    """
+    count = 0
     try:
-        return sum(1 for _ in storage.gen_oid_record(ROOT_OID))
+        for _ in storage.gen_oid_record(ROOT_OID):
+            count += 1
+            if progress is not None and count % 1000 == 0:
+                progress(count)
     except DurusKeyError:
-        return 0  # no root yet: nothing was ever committed
+        pass  # no root yet: nothing was ever committed
+    finally:
+        if progress is not None:
+            progress.finish(count)
+    return count
+
+
+class CountProgress:
+    """Shows ``counting objects reachable from the root: 12000 so far`` on one
+    line of stderr, overwritten in place about once a second.  On a terminal
+    the line is wiped at the end (the summary on stdout gives the total);
+    elsewhere (``--progress`` into a log) it ends with the total and a
+    newline.
+    """
+
+    INTERVAL = 1.0
+
+    def __init__(self) -> None:
+        self.shown = False
+        self.last = 0.0
+
+    def __call__(self, count: int) -> None:
+        now = time.monotonic()
+        if self.shown and now - self.last < self.INTERVAL:
+            return
+        self._write(f"\rcounting objects reachable from the root: {count} so far ")
+        self.shown = True
+        self.last = now
+
+    def finish(self, count: int) -> None:
+        if sys.stderr.isatty():
+            if self.shown:
+                self._write("\r\x1b[K")
+            return
+        # Into a log: say the total even when it took less than a second.
+        self._write(f"\rcounting objects reachable from the root: {count}, done\n")
+
+    @staticmethod
+    def _write(text: str) -> None:
+        click.echo(text, err=True, nl=False)
 
 
 @durus_group.command("shell")

@@ -1,7 +1,10 @@
-"""The ``durus`` command: -s (serve, stop), -c (console), -p (pack)."""
+"""The ``durus`` command: -s (serve, stop), -c (console), -p (pack); and
+``flask durus info``'s progress line.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -121,3 +124,36 @@ def test_readonly_option(tmp_path):
     with ServerProcess(path, args=["--readonly"]) as server:
         reader = Connection(ClientStorage(address=server.address))
         assert reader.get_root()["x"] == 1
+
+
+# -- flask durus info --progress -----------------------------------------------
+
+
+def flask_durus_info(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "BANK_INSTANCE_PATH": str(tmp_path / "instance")}
+    env.pop("FLASK_DURUS_STORAGE", None)
+    return subprocess.run([sys.executable, "-m", "flask", "--app", "tests.flask_apps.bank:create_app",
+                           "durus", "info", *args], input="", check=False, capture_output=True, text=True,
+                          timeout=60, env=env, cwd=tmp_path)
+
+
+def test_flask_info_progress(tmp_path):
+    (tmp_path / "instance").mkdir()
+    connection = Connection(FileStorage(str(tmp_path / "instance" / "data.durus")))
+    connection.get_root()["many"] = PersistentDict((i, PersistentDict()) for i in range(2500))
+    connection.commit()
+    connection.get_storage().close()
+    summary = "Objects reachable from the root: 2502"
+    # --progress: the count so far on stderr (the first at 1000 objects,
+    # then about once a second), ending with the total.
+    result = flask_durus_info(tmp_path, "--progress")
+    assert result.returncode == 0, result.stderr
+    assert summary in result.stdout
+    assert "counting objects reachable from the root: 1000 so far" in result.stderr
+    assert result.stderr.endswith("counting objects reachable from the root: 2502, done\n"), result.stderr
+    # Without it (stderr not a terminal): the summary alone, no progress lines.
+    result = flask_durus_info(tmp_path)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert summary in result.stdout and "counting" not in result.stdout
+    assert result.stdout.count("Objects reachable") == 1
