@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.api_names import all_public_names, documented_objects, public_modules
+
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "guide"
 
@@ -26,23 +28,8 @@ CHAPTERS = [
     "compatibility",
 ]
 
-API_PAGES = [
-    "durus.connection",
-    "durus.persistent",
-    "durus.persistent_dict",
-    "durus.persistent_list",
-    "durus.persistent_set",
-    "durus.btree",
-    "durus.persistent_counter",
-    "durus.file_storage",
-    "durus.client_storage",
-    "durus.storage_server",
-    "durus.error",
-    "durus.check",
-    "durus.backup",
-    "durus.schema",
-    "flask_durus",
-]
+# Every public module has its own page, api/<module>.html.
+API_PAGES = public_modules()
 
 
 def test_guide_builds_without_warnings(tmp_path: Path) -> None:
@@ -65,6 +52,29 @@ def test_guide_builds_without_warnings(tmp_path: Path) -> None:
     # The links to the format and protocol documents are copied with the build.
     downloads = {path.name for path in (out / "_downloads").rglob("*.md")}
     assert {"file-format.md", "protocol.md"} <= downloads
+    assert_every_public_name_is_documented(out / "objects.inv")
+
+
+def assert_every_public_name_is_documented(inventory: Path) -> None:
+    """Every public module, and every public name in it, is an object of
+    the built reference (its ``objects.inv``), under the module's own
+    name.  Which modules and names are public is defined in
+    ``tests/support/api_names.py``: every module not starting with ``_``
+    but ``durus.__main__``; the classes and functions it defines, and its
+    ``__all__``.
+    """
+    documented = documented_objects(inventory)
+    modules = public_modules()
+    assert "durus.connection" in modules and "flask_durus.extension" in modules
+    missing_modules = [module for module in modules if documented.get(module) != "py:module"]
+    assert not missing_modules, f"public modules without a reference page: {missing_modules}"
+    names = all_public_names()
+    assert len(names) > 200  # the collection found the packages' names
+    missing = sorted(names - documented.keys())
+    assert not missing, (
+        f"{len(missing)} public names are not in the API reference (add them to "
+        f"docs/guide/api/): {', '.join(missing)}"
+    )
 
 
 def test_every_chapter_is_in_the_toctree() -> None:
