@@ -62,8 +62,13 @@ def test_wheel_packages_leave_out_the_example_app():
 
 def test_test_extra_has_what_tests_import_and_bench_the_rest():
     extras = PROJECT["optional-dependencies"]
+    assert set(extras) == {"test", "browser", "bench"}
     names = {extra: {r.split(">")[0].split("=")[0].strip() for r in reqs} for extra, reqs in extras.items()}
     assert names["test"] == {"pytest", "pytest-timeout", "hypothesis", "selenium", "sphinx"}
+    assert names["browser"] == {"selenium"}
+    # `test` is the whole suite, the browser test included: the same
+    # requirement, so the two cannot drift apart.
+    assert set(extras["browser"]) <= set(extras["test"])
     assert names["bench"] == {"flask-sqlalchemy"}
 
 
@@ -381,3 +386,100 @@ def test_durus43_tests_of_these_names_pass(durus43_tests, module, classes, tmp_p
         assert ran, "no test classes"
     """), tmp_path, [durus43_tests, REPO])
     assert done.returncode == 0, done.stderr
+
+
+# Names Durus 4.3 programs import from these modules, which ours must have
+# too, of the same kind: module -> names.  ``durus.utils.all_bytes`` (4.3's
+# table behind ``Byte``, an implementation detail) is the one name 4.3
+# defines in these modules that ours leaves out; see DURUS43_ONLY.
+DURUS43_NAMES = {
+    "durus.logger": ["direct_output", "is_logging", "log", "logger"],
+    "durus.utils": [
+        "BitArray", "Byte", "ByteArray", "BytesIO", "IntArray", "IntSet", "Pickler", "ShortRead", "TRACE",
+        "Unpickler", "WordArray", "as_bytes", "byte_string", "bytearray", "bytes", "dumps",
+        "empty_byte_string", "int4_to_str", "int8_to_str", "iteritems", "join_bytes", "loads", "next", "read",
+        "read_int4", "read_int4_str", "read_int8", "read_int8_str", "str_to_int4", "str_to_int8", "write",
+        "write_all", "write_int4", "write_int4_str", "write_int8", "write_int8_str", "xrange",
+    ],
+    "durus.persistent": ["ConnectionBase"],
+    "durus.connection": ["ObjectDictionary"],
+    "durus.storage_server": ["STATUS_OKAY", "STATUS_KEYERROR", "STATUS_INVALID"],
+    "durus.file": ["File"],
+}
+DURUS43_ONLY = {"durus.utils": {"all_bytes"}}
+
+# Run by both interpreters: import each name, print what kind of thing it
+# is (class, function, a constant's repr, or another object's type), and
+# for the modules whose every name is listed, what else 4.3 defines there.
+_NAME_KINDS = r"""
+import importlib, inspect, json, sys, types
+wanted = json.loads(sys.stdin.read())
+kinds = {}
+defined = {}
+for module_name, names in wanted.items():
+    module = importlib.import_module(module_name)
+    for name in names:
+        try:
+            value = getattr(module, name)
+        except AttributeError:
+            kinds[f"{module_name}.{name}"] = None
+            continue
+        if inspect.isclass(value):
+            kind = ["class"]
+        elif callable(value):
+            kind = ["function"]
+        elif isinstance(value, (bool, int, float, str, bytes, tuple, type(None))):
+            kind = ["constant", repr(value)]
+        else:
+            kind = ["object", type(value).__module__ + "." + type(value).__qualname__]
+        kinds[f"{module_name}.{name}"] = kind
+    # The names the module defines itself: not modules, not classes or
+    # functions of other modules (builtins aliased under their own name,
+    # such as ``bytes``, count), not names taken from a module it imports.
+    imported = [value for value in vars(module).values() if isinstance(value, types.ModuleType)]
+    imported += [importlib.import_module(value.__module__) for value in vars(module).values()
+                 if getattr(value, "__module__", None) in sys.modules]
+    defined[module_name] = sorted(
+        name for name, value in vars(module).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+        and getattr(value, "__module__", module_name) in (module_name, "builtins")
+        and not any(getattr(other, name, None) is value for other in imported if other is not module
+                    and other.__name__ != "builtins")
+    )
+print(json.dumps({"kinds": kinds, "defined": defined}))
+"""
+
+
+@pytest.mark.compat
+def test_durus43_names_import_from_both_packages():
+    """Each name of DURUS43_NAMES imports from the real Durus 4.3 (its own
+    virtual environment) and from ours (this interpreter, the checkout
+    first on the path), both in clean subprocesses, and is the same kind
+    of thing: a class, a function, an equal constant, or an object of the
+    same type (``logger`` is a ``logging.Logger``).
+    """
+    import json
+
+    from durus43 import ReferenceEnvError, durus43_python
+    from durus43 import run_python as run_reference
+
+    try:
+        reference = durus43_python()
+    except ReferenceEnvError as error:
+        pytest.fail(str(error), pytrace=False)
+    stdin = json.dumps(DURUS43_NAMES)
+    theirs = run_reference(reference, _NAME_KINDS, input=stdin, parse_json=True)
+    ours = run_reference(sys.executable, _NAME_KINDS, pythonpath=[REPO], input=stdin, parse_json=True)
+    where = run_reference(sys.executable, "import durus; print(durus.__file__)", pythonpath=[REPO])
+    assert Path(where.strip()).parent == REPO / "durus"
+    expected = [f"{module}.{name}" for module, names in DURUS43_NAMES.items() for name in names]
+    assert sorted(theirs["kinds"]) == sorted(expected)
+    assert [name for name in expected if theirs["kinds"][name] is None] == [], "not in Durus 4.3 itself"
+    assert [name for name in expected if ours["kinds"][name] is None] == [], "missing from ours"
+    different = {name: (theirs["kinds"][name], ours["kinds"][name])
+                 for name in expected if theirs["kinds"][name] != ours["kinds"][name]}
+    assert different == {}, "(Durus 4.3, ours)"
+    # The whole-module lists are complete: 4.3 defines nothing else there.
+    for module in ["durus.logger", "durus.utils", "durus.file"]:
+        extra = set(theirs["defined"][module]) - set(DURUS43_NAMES[module]) - DURUS43_ONLY.get(module, set())
+        assert extra == set(), f"{module}: 4.3 also defines {sorted(extra)}"
