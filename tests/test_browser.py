@@ -26,7 +26,7 @@ if _MISSING:
     # test here fails (see _browser_installed) and the rest of the run goes on.
     if not os.environ.get("CI"):
         pytest.skip(_WHY, allow_module_level=True)
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e '.[test]')")
+webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e '.[browser]'; '.[test]' has it too)")
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
