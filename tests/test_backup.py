@@ -6,6 +6,7 @@ import os
 import random
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,74 @@ def test_the_commands_back_up_a_live_server_and_an_embedded_file(tmp_path: Path)
     assert result.returncode == 0, result.stdout + result.stderr
     copy = Connection(FileStorage(str(tmp_path / "again.durus"), readonly=True))
     assert copy.get_root()["answer"] == 42
+
+
+def test_backups_taken_while_three_clients_commit_equal_the_database_at_their_commit(tmp_path):
+    """Three clients commit continuously through a server; backups taken
+    meanwhile, through the server and from its file, hold exactly the
+    records of the database as of one commit, object by object, and so
+    does each backup restored behind a server.
+
+    The writers log every record they commit and number their commits
+    (``tests/support/commit_history.py``), so the state as of commit ``n``
+    is known; the backup's own ``root["txn"]`` says which ``n`` it is.
+    """
+    from support.commit_history import CountingWriter, differences, history, seed, state_after
+
+    items = 300
+    data = tmp_path / "data.durus"
+    taken = {}
+    with ServerProcess(data) as server:
+        storage = ClientStorage(address=server.address)
+        start = seed(storage, items, writers=3)
+        writers = [CountingWriter(server.address, index, items) for index in range(3)]
+        for writer in writers:
+            writer.start()
+
+        def committed() -> int:
+            return sum(len(writer.numbers) for writer in writers)
+
+        def wait_for(count: int) -> None:
+            deadline = time.monotonic() + 60
+            while committed() < count and time.monotonic() < deadline:
+                for writer in writers:
+                    assert writer.error is None, repr(writer.error)
+                time.sleep(0.01)
+            assert committed() >= count
+
+        try:
+            wait_for(10)
+            for name, source in [("by-client", storage), ("by-file", data), ("by-client-2", storage)]:
+                before = committed()
+                backup(source, tmp_path / f"{name}.durus")
+                taken[name] = (before, committed())
+                wait_for(committed() + 5)
+        finally:
+            for writer in writers:
+                writer.stop()
+            storage.close()
+    commits = history(writers)
+    assert all(writer.numbers for writer in writers), [len(writer.numbers) for writer in writers]
+    for name, (before, after) in taken.items():
+        copy = FileStorage(str(tmp_path / f"{name}.durus"), readonly=True)
+        try:
+            copied = dict(copy.gen_oid_record())
+            n = Connection(copy).get_root()["txn"][0]
+        finally:
+            copy.close()
+        # The commit the backup is as of was made while the backup ran.
+        assert before <= n <= after < len(commits), (name, before, n, after)
+        expected = state_after(start, commits, n)
+        assert len(expected) > items
+        assert differences(expected, copied) == [], name
+        restore_dir = tmp_path / f"restore-{name}"
+        restore_dir.mkdir()
+        restored = restore_dir / "data.durus"
+        shutil.copyfile(tmp_path / f"{name}.durus", restored)
+        with ServerProcess(restored) as server:
+            client = ClientStorage(address=server.address)
+            try:
+                served = dict(client.gen_oid_record(start_oid=b"\0" * 8))
+            finally:
+                client.close()
+        assert differences(expected, served) == [], f"{name} restored"
