@@ -296,12 +296,16 @@ def test_backups_taken_while_three_clients_commit_equal_the_database_at_their_co
             return sum(len(writer.numbers) for writer in writers)
 
         def wait_for(count: int) -> None:
+            """Until ``count`` commits in all, and each writer has made one more."""
+            least = min(len(writer.numbers) for writer in writers) + 1
             deadline = time.monotonic() + 60
-            while committed() < count and time.monotonic() < deadline:
+            while (committed() < count or min(len(writer.numbers) for writer in writers) < least) \
+                    and time.monotonic() < deadline:
                 for writer in writers:
                     assert writer.error is None, repr(writer.error)
                 time.sleep(0.01)
-            assert committed() >= count
+            assert committed() >= count, committed()
+            assert min(len(writer.numbers) for writer in writers) >= least, [len(w.numbers) for w in writers]
 
         try:
             wait_for(10)

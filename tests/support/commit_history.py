@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 from durus.btree import BTree
 from durus.client_storage import ClientStorage
@@ -94,9 +95,11 @@ class CountingWriter(threading.Thread):
                 except ConflictError:
                     connection.abort()
                     self.conflicts += 1
+                    time.sleep(rng.uniform(0, 0.004))  # back off, or one writer starves the rest
                     continue
                 self.numbers.append(n)
                 assert len(self.numbers) == len(self.storage.committed)
+                time.sleep(rng.uniform(0, 0.002))  # give the others a turn
         except BaseException as error:  # reported by stop()
             self.error = error
         finally:
