@@ -50,6 +50,7 @@ dumps, loads, Pickler, Unpickler = pickle.dumps, pickle.loads, pickle.Pickler, p
 empty_byte_string = b""
 join_bytes = b"".join
 TRACE = False  # set True to print every read() and write(), for Durus 4.3 programs
+all_bytes = [builtins.bytes((value,)) for value in range(256)]  # each one-byte string, for Durus 4.3 programs
 
 
 def iteritems(mapping: Any) -> Any:
