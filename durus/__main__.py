@@ -198,6 +198,17 @@ def serve_main(argv: Sequence[str]) -> int:
     server = StorageServer(
         storage, address=address, gcbytes=options.gcbytes, readonly=options.readonly,
         secret=secret, max_transaction_size=options.max_transaction_size)
+    error = serve_until_stopped(server, storage, options.file if created else None)
+    if error is not None:
+        raise CommandError(listen_failure(address, error, _address_args(options)))
+    return 0
+
+
+def serve_until_stopped(server: StorageServer, storage: object, created: str | None) -> OSError | None:
+    """Serve until SIGTERM or SIGINT stops ``server``.  If it cannot start
+    listening, close ``storage``, remove ``created`` (the empty file this
+    run made, so that nothing is left behind) and return the error.
+    """
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stop())
     try:
@@ -207,9 +218,9 @@ def serve_main(argv: Sequence[str]) -> int:
             raise  # it failed while serving, not while starting to listen
         storage.close()
         if created:
-            os.unlink(options.file)  # this run made it, empty: leave nothing behind
-        raise CommandError(listen_failure(address, error, _address_args(options))) from None
-    return 0
+            os.unlink(created)
+        return error
+    return None
 
 
 def listen_failure(address: SocketAddress, error: OSError, address_args: str) -> str:

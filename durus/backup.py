@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from durus.check import check_file
 from durus.error import DurusError, DurusKeyError, ReadConflictError
-from durus.file_storage import FileStorage
+from durus.file_storage import FileStorage, sync_directory
 from durus.record import ROOT_OID, record_refs
 from durus.shelf import TornTransactionError
 from durus.storage import Storage
@@ -190,14 +190,6 @@ def _verify(path: str, digest: str, count: int, tick: _Throttle) -> None:
         storage.close()
 
 
-def _sync_directory(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)
@@ -243,7 +235,7 @@ def backup(source: Storage | str | os.PathLike, dest: str | os.PathLike,
     except BaseException:
         _unlink(partial)
         raise
-    _sync_directory(dest)
+    sync_directory(dest)
     return BackupReport(name, dest, len(records), sum(map(len, records.values())), size,
                         walks, reread, time.monotonic() - started, digest)
 

@@ -131,7 +131,7 @@ class FileStorage(Storage):
                 created = os.fstat(fd).st_size == 0
                 self.shelf = Shelf(fd, self.filename, repair=repair, sync=not self._temporary)
                 if created and not self._temporary:
-                    _sync_directory(self.filename)
+                    sync_directory(self.filename)
             except BaseException:
                 os.close(fd)
                 raise
@@ -397,7 +397,7 @@ class FileStorage(Storage):
             self._unused_oids = new_shelf.gen_unused_oids()
             self.freed.update(freed)
             old_shelf.close(sync=False)  # replaced: nothing in it needs to be durable
-            _sync_directory(self.filename)
+            sync_directory(self.filename)
 
     def close(self) -> None:
         """Sync any commits appended with ``sync=False``, then close the file
@@ -587,7 +587,7 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _sync_directory(path: str) -> None:
+def sync_directory(path: str) -> None:
     """Make a rename in ``path``'s directory durable."""
     fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import code
 import logging
 import os
-import signal
 import sys
 import time
 from typing import TYPE_CHECKING
@@ -23,6 +22,7 @@ from durus.__main__ import (
     format_size,
     listen_failure,
     pack_file_storage,
+    serve_until_stopped,
 )
 from durus.client_storage import ClientStorage, ServerUnavailableError
 from durus.error import DurusKeyError
@@ -115,24 +115,17 @@ def serve_command(host: str | None, port: int | None, address: str | None, file_
                            gcbytes=settings.server_gcbytes if gcbytes is None else gcbytes,
                            secret=_secret(settings))
     _log_to_stderr()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: server.stop())
     if settings.location.is_embedded:
         click.echo(f"Note: this app's DURUS_STORAGE is embedded ({settings.location}); point it at "
                    f"this server (durus://{listen}) so the app uses it.", err=True)
     click.echo(f"Serving {path} on {listen}", err=True)
     try:
-        server.serve()
-    except OSError as error:
-        if server.listening_address is not None:
-            raise  # it failed while serving, not while starting to listen
-        storage.close()
-        if created:
-            os.unlink(path)  # this run made it, empty: leave nothing behind
-        raise click.ClickException(
-            listen_failure(listen, error, "").replace("durus -s --stop", "flask durus stop")) from None
+        error = serve_until_stopped(server, storage, path if created else None)
     finally:
         storage.close()
+    if error is not None:
+        raise click.ClickException(
+            listen_failure(listen, error, "").replace("durus -s --stop", "flask durus stop"))
 
 
 def _log_to_stderr() -> None:

@@ -1163,7 +1163,7 @@ def test_swap_in_waits_for_a_running_sync_and_syncs_the_rename_first(
     deferred_commit(storage, {0: (b"root 2", [])})
     events: list[str] = []
     syncing = threading.Event()
-    real_sync, real_sync_directory = durus.shelf._fdatasync, durus.file_storage._sync_directory
+    real_sync, real_sync_directory = durus.shelf._fdatasync, durus.file_storage.sync_directory
 
     def slow_sync(fd: int) -> None:
         syncing.set()
@@ -1176,7 +1176,7 @@ def test_swap_in_waits_for_a_running_sync_and_syncs_the_rename_first(
         real_sync_directory(name)
 
     monkeypatch.setattr(durus.shelf, "_fdatasync", slow_sync)
-    monkeypatch.setattr(durus.file_storage, "_sync_directory", sync_directory)
+    monkeypatch.setattr(durus.file_storage, "sync_directory", sync_directory)
     thread = threading.Thread(target=storage.sync_to_disk)
     thread.start()
     syncing.wait(5)
