@@ -62,13 +62,19 @@ def test_wheel_packages_leave_out_the_example_app():
 
 def test_test_extra_has_what_tests_import_and_bench_the_rest():
     extras = PROJECT["optional-dependencies"]
-    assert set(extras) == {"test", "browser", "bench"}
-    names = {extra: {r.split(">")[0].split("=")[0].strip() for r in reqs} for extra, reqs in extras.items()}
-    assert names["test"] == {"pytest", "pytest-timeout", "hypothesis", "selenium", "sphinx"}
+    assert set(extras) == {"test", "browser", "bench", "example", "postgresql"}
+    names = {extra: {r.split(">")[0].split("=")[0].split("[")[0].strip() for r in reqs}
+             for extra, reqs in extras.items()}
+    assert names["test"] == {"pytest", "pytest-timeout", "hypothesis", "selenium", "sphinx",
+                             "markdown-it-py", "nh3", "psycopg"}
     assert names["browser"] == {"selenium"}
-    # `test` is the whole suite, the browser test included: the same
-    # requirement, so the two cannot drift apart.
-    assert set(extras["browser"]) <= set(extras["test"])
+    assert names["example"] == {"markdown-it-py", "nh3"}
+    assert names["postgresql"] == {"psycopg"}
+    # `test` is the whole suite, the browser test, the wiki and the
+    # PostgreSQL storage included: the same requirements, so they cannot
+    # drift apart.
+    for extra in ("browser", "example", "postgresql"):
+        assert set(extras[extra]) <= set(extras["test"])
     assert names["bench"] == {"flask-sqlalchemy"}
 
 
