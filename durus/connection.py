@@ -511,7 +511,19 @@ class Connection:
         storage.begin()
         for oid, (_, _, record) in records.items():
             storage.store(oid, record)
-        storage.end(self._handle_invalidations)
+        if storage.watches_reads:
+            storage.end(self._handle_invalidations, watched=self._watched_oids(records))
+        else:
+            storage.end(self._handle_invalidations)
+
+    def _watched_oids(self, records: dict) -> set[bytes]:
+        """The oids whose commit by another client conflicts with this
+        transaction unless resolved: those it used (read or wrote) and
+        those it writes.
+        """
+        watched = {obj._p_oid for obj in self._used}
+        watched.update(records)
+        return watched
 
     def refresh_trees(self) -> bool:
         """Bring the B-trees this transaction used up to date after a load

@@ -26,6 +26,11 @@ class Storage:
 
     batched_bulk_load = False
 
+    #: True where ``end()`` takes ``watched``, the oids the transaction read
+    #: or wrote, and checks them against other clients' commits itself, in
+    #: the same step as the write (a commit in one round trip); see ``end``.
+    watches_reads = False
+
     def load(self, oid: bytes) -> bytes:
         """The record stored for ``oid``; DurusKeyError if there is none.
 
@@ -47,6 +52,15 @@ class Storage:
         A shared storage first passes the oids other clients committed since
         this one last synced to ``handle_invalidations``, which raises
         ConflictError to abandon the commit.
+
+        A storage whose ``watches_reads`` is True is called with a keyword
+        ``watched`` as well (the oids this transaction read or wrote) and may
+        send records and ``watched`` together: when none of the oids others
+        committed since the last sync is watched, it writes and then passes
+        them to the handler (which ghosts them and does not raise); when one
+        is, it writes nothing and passes them to the handler, which raises
+        ConflictError or returns (every used object's reads were found
+        unchanged), and then it tries again, checking only newer commits.
         """
         raise NotImplementedError
 
