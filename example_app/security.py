@@ -91,6 +91,17 @@ def behind_tls(config: Mapping[str, Any]) -> bool:
     return flag(config.get("WIKI_BEHIND_TLS", os.environ.get("WIKI_BEHIND_TLS", "")), "WIKI_BEHIND_TLS")
 
 
+def proxy_count(config: Mapping[str, Any]) -> int:
+    value = config.get("WIKI_PROXY_COUNT", 0)
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0 or isinstance(value, bool):
+        raise ValueError(f"WIKI_PROXY_COUNT must be the number of proxies in front of the app, not {value!r}")
+    return count
+
+
 def init_security(app: Flask) -> None:
     """Set the cookie flags and wrap the app in the header middleware.
 
@@ -103,7 +114,7 @@ def init_security(app: Flask) -> None:
     if tls:
         app.config["SESSION_COOKIE_SECURE"] = True
         app.config["PREFERRED_URL_SCHEME"] = "https"
-    proxies = int(app.config.get("WIKI_PROXY_COUNT", 0))
+    proxies = proxy_count(app.config)
     wsgi_app = app.wsgi_app
     if proxies:
         wsgi_app = ProxyFix(wsgi_app, x_for=proxies, x_proto=proxies)
