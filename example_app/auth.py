@@ -129,7 +129,7 @@ def password_matches(user: User | None, password: str) -> bool:
     # other fields; accounts made then still log in with the password as
     # they type it.  (The stand-in takes the same second check.)
     stripped = password.strip()
-    return stripped != password and check(stripped) and user is not None
+    return stripped != password and check(stripped)
 
 
 def _unknown_user_check(password: str) -> bool:

@@ -205,8 +205,9 @@ def _settings() -> ThrottleSettings:
 def login_wait(name: str, address: str | None) -> tuple[float | None, float]:
     """(seconds the attempt must wait, or None; the time of the attempt).
 
-    Ends the request's transaction: the counts it read must not make the
-    failure recorded next conflict with other workers' failures.
+    Ends the request's transaction (call it before changing anything): the
+    counts it read must not make the failure recorded next conflict with
+    other workers' failures.
     """
     settings = _settings()
     now = settings.clock()

@@ -27,6 +27,7 @@ from example_app.database import current_wiki, durus
 from example_app.models import User
 from example_app.throttle import ROOT_KEY, address_key
 from flask_durus import signals
+from flask_durus.testing import free_port
 from tests.support.wiki_site import FAST_HASH, Client, Gunicorn, run_clients
 
 PASSWORD = "correct horse"
@@ -338,6 +339,28 @@ def test_every_kind_of_response_carries_the_security_headers(tmp_path, clock):
         assert_hardened(response)
         assert "Strict-Transport-Security" not in response.headers
     assert "Allow" in responses["method"].headers  # the error page keeps its own headers
+
+
+def test_the_durus_extensions_own_answers_carry_the_headers_too(tmp_path, clock, monkeypatch):
+    """The 503 for a missing storage server, and the 409 the extension makes
+    after its commit hook (after every app hook) when a conflict outlasts the
+    replays: here the first failures of a window, made at once, both create
+    the window, and no replay is allowed.
+    """
+    app = make_app(tmp_path, DURUS_STORAGE=f"durus://127.0.0.1:{free_port()}", DURUS_SOCKET_TIMEOUT=2)
+    response = app.test_client().get("/")
+    assert response.status_code == 503
+    assert "Retry-After" in response.headers
+    assert_hardened(response)
+
+    app = throttled_app(tmp_path / "conflict", clock, DURUS_RETRY_ATTEMPTS=0)
+    together = threading.Barrier(2)
+    monkeypatch.setattr("example_app.auth.password_matches", lambda user, password: together.wait(10) < 0)
+    visitors = [Visitor(app), Visitor(app)]
+    responses = run_clients(2, lambda i: visitors[i].login("alice", "wrong password"))
+    assert sorted(response.status_code for response in responses) == [400, 409]
+    for response in responses:
+        assert_hardened(response)
 
 
 def test_the_templates_need_no_inline_script_or_style():
