@@ -122,7 +122,15 @@ def password_matches(user: User | None, password: str) -> bool:
     method, so the answer takes as long as for a real account and its time
     does not tell which names exist.
     """
-    check = user.check_password if user is not None else _unknown_user_check
+    # Made on every path, so the first login of a process costs the same too.
+    stand_in = _stand_in_hash(current_app.config["PASSWORD_HASH_METHOD"])
+
+    def check(candidate: str) -> bool:
+        if user is None:
+            check_password_hash(stand_in, candidate)
+            return False
+        return user.check_password(candidate)
+
     if check(password):
         return True
     # Passwords used to be stored with surrounding spaces stripped, like
@@ -130,11 +138,6 @@ def password_matches(user: User | None, password: str) -> bool:
     # they type it.  (The stand-in takes the same second check.)
     stripped = password.strip()
     return stripped != password and check(stripped)
-
-
-def _unknown_user_check(password: str) -> bool:
-    check_password_hash(_stand_in_hash(current_app.config["PASSWORD_HASH_METHOD"]), password)
-    return False
 
 
 @functools.cache
