@@ -38,6 +38,8 @@ from werkzeug.exceptions import HTTPException
 
 from example_app.csrf import init_csrf
 from example_app.database import durus
+from example_app.security import init_security
+from example_app.throttle import init_throttle
 
 SECRET_KEY_FILE = "secret_key"
 
@@ -60,6 +62,7 @@ def create_app(config: Mapping[str, Any] | None = None, instance_path: str | Non
 
     durus.init_app(app)
     init_csrf(app)
+    init_throttle(app)
 
     from example_app import auth, backup, consistency, views
 
@@ -69,6 +72,7 @@ def create_app(config: Mapping[str, Any] | None = None, instance_path: str | Non
     app.cli.add_command(consistency.wiki_cli)
     app.jinja_env.filters["when"] = format_time
     app.register_error_handler(HTTPException, render_error)
+    init_security(app)  # last: its headers wrap every other layer's answers
     return app
 
 

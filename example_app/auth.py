@@ -2,12 +2,19 @@
 
 The session cookie (signed with the app's secret key) holds the user's name;
 each request looks the user up again, so a deleted account is logged out.
-Passwords are stored only as werkzeug hashes.
+Passwords are stored only as werkzeug hashes, and kept as typed (spaces
+included).  A login answers in the same time whether the name exists or
+not (an unknown name is checked against a stand-in hash of the same cost),
+and failures are throttled per account and per client address
+(:mod:`example_app.throttle`): a throttled attempt gets a 429 and its
+password is not even checked.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import secrets
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,10 +30,13 @@ from flask import (
     session,
     url_for,
 )
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from example_app.csrf import csrf_token
 from example_app.database import current_wiki
 from example_app.forms import LoginForm, SignupForm
+from example_app.models import User
+from example_app.throttle import login_wait, record_failed_login
 
 bp = Blueprint("auth", __name__)
 
@@ -84,15 +94,62 @@ def signup() -> Any:
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     form = LoginForm(request.form if request.method == "POST" else request.args)
-    if request.method == "POST":
-        user = current_wiki().find_user(form.values["name"])
-        if user is not None and user.check_password(form.values["password"]):
-            log_in(user.name)
-            flash(f"Logged in as {user.name}.")
-            return redirect(safe_next(form.values["next"]))
-        form.errors["password"] = "Wrong name or password."
-        return render_template("login.html", form=form), 400
-    return render_template("login.html", form=form)
+    if request.method != "POST":
+        return render_template("login.html", form=form)
+    name, password = form.values["name"], form.values["password"]
+    wait, now = login_wait(name, request.remote_addr)
+    if wait is not None:
+        seconds = max(math.ceil(wait), 1)
+        form.errors["password"] = (
+            f"Too many failed logins; try again in {describe_wait(seconds)}.")
+        response = current_app.make_response((render_template("login.html", form=form), 429))
+        response.headers["Retry-After"] = str(seconds)
+        return response
+    user = current_wiki().find_user(name)
+    if password_matches(user, password):
+        log_in(user.name)
+        flash(f"Logged in as {user.name}.")
+        return redirect(safe_next(form.values["next"]))
+    record_failed_login(name, request.remote_addr, now)
+    form.errors["password"] = "Wrong name or password."
+    return render_template("login.html", form=form), 400
+
+
+def password_matches(user: User | None, password: str) -> bool:
+    """Whether ``password`` is ``user``'s, at the same cost when there is no such user.
+
+    An unknown name is checked against a stand-in hash made with the same
+    method, so the answer takes as long as for a real account and its time
+    does not tell which names exist.
+    """
+    # Made on every path, so the first login of a process costs the same too.
+    stand_in = _stand_in_hash(current_app.config["PASSWORD_HASH_METHOD"])
+
+    def check(candidate: str) -> bool:
+        if user is None:
+            check_password_hash(stand_in, candidate)
+            return False
+        return user.check_password(candidate)
+
+    if check(password):
+        return True
+    # Passwords used to be stored with surrounding spaces stripped, like
+    # other fields; accounts made then still log in with the password as
+    # they type it.  (The stand-in takes the same second check.)
+    stripped = password.strip()
+    return stripped != password and check(stripped)
+
+
+@functools.cache
+def _stand_in_hash(method: str) -> str:
+    """A hash of a random password, made once per process and method."""
+    return generate_password_hash(secrets.token_urlsafe(16), method=method)
+
+
+def describe_wait(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} seconds"
+    return f"{math.ceil(seconds / 60)} minutes"
 
 
 @bp.route("/logout", methods=["POST"])

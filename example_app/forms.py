@@ -21,16 +21,22 @@ class Form:
 
     Instance attributes:
 
-    - ``values``: field name -> the text submitted (stripped), or "" when absent;
-      templates put these back into the fields so nothing typed is lost.
+    - ``values``: field name -> the text submitted (stripped, except the
+      fields in ``verbatim``), or "" when absent; templates put these back
+      into the fields so nothing typed is lost.
     - ``errors``: field name -> a message saying what to change.
     """
 
     fields: tuple[str, ...] = ()
+    # Fields kept exactly as typed: a password's spaces are part of it.
+    verbatim: frozenset[str] = frozenset()
 
     def __init__(self, data: Mapping[str, str] | None = None) -> None:
         data = data or {}
-        self.values = {name: (data.get(name) or "").strip() for name in self.fields}
+        self.values = {
+            name: value if name in self.verbatim else value.strip()
+            for name, value in ((name, data.get(name) or "") for name in self.fields)
+        }
         self.errors: dict[str, str] = {}
 
     @property
@@ -40,6 +46,7 @@ class Form:
 
 class SignupForm(Form):
     fields = ("name", "password", "confirm")
+    verbatim = frozenset({"password", "confirm"})
 
     def validate(self, name_taken: Callable[[str], bool]) -> bool:
         name, password = self.values["name"], self.values["password"]
@@ -49,6 +56,8 @@ class SignupForm(Form):
             self.errors["name"] = f"The name {name!r} is taken; choose another."
         if len(password) < MIN_PASSWORD:
             self.errors["password"] = f"Use at least {MIN_PASSWORD} characters."
+        elif not password.strip():
+            self.errors["password"] = "Use something besides spaces."
         elif password != self.values["confirm"]:
             self.errors["confirm"] = "The two passwords differ; type the same one twice."
         return self.valid
@@ -56,6 +65,7 @@ class SignupForm(Form):
 
 class LoginForm(Form):
     fields = ("name", "password", "next")
+    verbatim = frozenset({"password"})
 
 
 class PageForm(Form):
