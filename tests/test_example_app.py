@@ -19,7 +19,8 @@ from durus.file_storage import FileStorage
 from example_app import create_app, load_secret_key
 from example_app.backup import back_up
 from example_app.database import current_wiki
-from example_app.text import excerpt, parse_tags, render, slugify, words
+from example_app.markup import render
+from example_app.text import excerpt, parse_tags, slugify, words
 
 FAST_HASH = "pbkdf2:sha256:1000"
 
@@ -145,8 +146,9 @@ def test_create_edit_and_history(alice):
     assert recent.index("/wiki/durus-notes/rev/3") < recent.index("/wiki/durus-notes/rev/1")
 
     revision = alice.client.get("/wiki/durus-notes/rev/3").text
-    assert '<span class="ddel">-Second line.</span>' in revision
-    assert '<span class="dadd">+Third line.</span>' in revision
+    assert '<tr class="del"><td class="num">2</td><td class="num"></td><td class="sign">−</td><td class="line"><del>Second</del> line.</td></tr>' in revision
+    assert '<tr class="add"><td class="num"></td><td class="num">2</td><td class="sign">+</td><td class="line"><ins>Third</ins> line.</td></tr>' in revision
+    assert "@@" not in revision
     assert alice.client.get("/wiki/durus-notes/rev/9").status_code == 404
 
 
@@ -168,7 +170,7 @@ def test_an_edit_of_an_old_revision_is_reported_and_kept(alice, app):
     assert stale.status_code == 409
     assert "saved revision 2 while you were editing" in stale.text
     assert ">my version from 1</textarea>" in stale.text
-    assert '<span class="ddel">-second version</span>' in stale.text
+    assert '<td class="line"><del>second</del> version</td>' in stale.text
     assert 'name="base" value="2"' in stale.text  # sending it again is a deliberate overwrite
     with app.app_context():
         assert current_wiki().pages["shared"].revision_count == 2
@@ -247,12 +249,12 @@ def test_recent_changes_are_paginated_newest_first(alice, app):
 # -- text, secret key, backup ----------------------------------------------------------
 
 
-def test_markup_is_escaped_and_links_pages():
-    html = render("<script>alert(1)</script> see [[Other Page]] and `a<b`")
-    assert "<script>" not in html and "&lt;script&gt;" in html
-    assert '<a href="/wiki/other-page">Other Page</a>' in html
+def test_markup_is_sanitised_and_links_pages():
+    html = render("<script>alert(1)</script>\n\nsee [[Other Page]] and `a<b`")
+    assert "<script>" not in html and "alert(1)" not in html
+    assert '<a class="wikilink" href="/wiki/other-page" title="Other Page"' in html
     assert "<code>a&lt;b</code>" in html
-    assert slugify("  Crème Brûlée, 2nd try! ") == "creme-brulee-2nd-try"
+    assert slugify("  Crème Brûlée, 2nd try! ") == "crème-brûlée-2nd-try"
     assert words("It's the BTree's day") == {"it", "the", "btree", "day"}
     assert parse_tags("web, Web python") == (["python", "web"], None)
     assert "at most 10" in parse_tags(" ".join(f"t{i}" for i in range(11)))[1]
