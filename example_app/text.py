@@ -22,7 +22,6 @@ MAX_TAGS = 10
 MAX_TITLE = 100
 MAX_SLUG = 80
 
-_WORD = re.compile(r"[^\W_]+")
 _TAG = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
 _LEGACY_SLUG_JUNK = re.compile(r"[^a-z0-9]+")
 _MARKUP = re.compile(r"\[\[|\]\]|\*|`|^#+ |^[-+*>] |^\d+\. |^```", re.MULTILINE)
@@ -36,8 +35,26 @@ def nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
-def _slug_char(char: str) -> str:
-    return char if unicodedata.category(char)[0] in "LMN" else "-"
+class _WordCharacters(dict):
+    """A ``str.translate`` table: letters, marks and digits stay, anything else is a space.
+
+    Marks count as part of a word: Devanagari, Thai or Arabic words carry
+    vowel signs that a regular expression's ``\\w`` would split them at.
+    Filled in as characters are met.
+    """
+
+    def __missing__(self, code: int) -> int | str:
+        keep = unicodedata.category(chr(code))[0] in "LMN"
+        self[code] = code if keep else " "
+        return self[code]
+
+
+_WORD_CHARACTERS = _WordCharacters()
+
+
+def _split(text: str) -> list[str]:
+    """The runs of letters, marks and digits in ``text``."""
+    return text.translate(_WORD_CHARACTERS).split()
 
 
 def slugify(title: str) -> str:
@@ -48,8 +65,7 @@ def slugify(title: str) -> str:
     when the title has no letter or digit, which the forms report.  Applying
     it to a slug gives the same slug, so a URL can be checked against it.
     """
-    lowered = nfc(nfc(title).lower())
-    slug = re.sub("-+", "-", "".join(_slug_char(char) for char in lowered)).strip("-")
+    slug = "-".join(_split(nfc(nfc(title).lower())))
     return slug[:MAX_SLUG].strip("-")
 
 
@@ -85,7 +101,7 @@ def words(*texts: str) -> set[str]:
     """The distinct search words of ``texts``: NFC, lowercased, two characters or more."""
     found: set[str] = set()
     for text in texts:
-        found.update(word for word in _WORD.findall(nfc(text).lower()) if len(word) > 1)
+        found.update(word for word in _split(nfc(text).lower()) if len(word) > 1)
     return found
 
 
