@@ -296,13 +296,14 @@ class Wiki(Persistent):
                         "(run `flask wiki check`)", key)
 
     def revert_page(self, page: Page, base: int, number: int, author: User) -> Revision:
-        """A new revision with the title, text and tags of revision ``number``.
+        """A new revision with the text and tags of revision ``number``.
 
-        Raises KeyError if there is no such revision and :class:`EditConflict`
-        as :meth:`edit_page` does.
+        The title stays: it goes with the page's slug, which only a rename
+        changes.  Raises KeyError if there is no such revision and
+        :class:`EditConflict` as :meth:`edit_page` does.
         """
         old = page.revisions[number]
-        return self.edit_page(page, base, old.title, old.text, list(old.tags),
+        return self.edit_page(page, base, page.current.title, old.text, list(old.tags),
                               f"Reverted to revision {number}", author)
 
     def delete_page(self, page: Page) -> None:

@@ -2,7 +2,7 @@
 and HTTP visitors with cookies who fill in its forms.
 
 Used by the deployment tests (test_example_app_deploy.py) and the
-consistency stress test (test_example_app_consistency.py).
+consistency stress tests (test_example_app_consistency.py).
 """
 
 from __future__ import annotations
@@ -97,6 +97,23 @@ class Client:
         data = {"csrf_token": token.group(1), "title": title, "text": text, "tags": tags,
                 "base": base.group(1)}
         return form, self.request("POST", f"/wiki/{slug}/edit", data)
+
+    def rename(self, slug: str, title: str) -> Response:
+        """Rename a page from the revision its rename form shows (the form's response if it has none)."""
+        form = self.get(f"/wiki/{slug}/rename")
+        base = _BASE.search(form.text)
+        if form.status != 200 or not base:
+            return form
+        return self.post_form(f"/wiki/{slug}/rename", {"title": title, "base": base.group(1)})
+
+    def revert(self, slug: str, number: int) -> Response:
+        """Revert a page to revision ``number``, from the revision its edit form shows."""
+        base = self.current_revision(slug)
+        return self.post_form(f"/wiki/{slug}/edit", {"number": str(number), "base": str(base)},
+                              path=f"/wiki/{slug}/revert")
+
+    def delete(self, slug: str) -> Response:
+        return self.post_form(f"/wiki/{slug}/delete", {})
 
     def current_revision(self, slug: str) -> int:
         return int(_BASE.search(self.get(f"/wiki/{slug}/edit").text).group(1))
