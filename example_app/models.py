@@ -14,7 +14,14 @@ Edits of the *same* page are a different matter: two people editing from
 the same revision must not silently overwrite each other.  Every edit names
 the revision it started from (``base``), and :meth:`Wiki.edit_page` refuses an
 edit whose base is no longer the current revision (:class:`EditConflict`),
-so the view can show the newer text instead of losing either edit.
+so the view can show the newer text instead of losing either edit.  Reverts
+and renames are edits too (a new revision, from a named base).
+
+Renames and deletions are rarer and touch more: a rename files the page
+and every one of its entries in the log under the new slug and leaves a
+redirect behind; a deletion takes the page out of every index and the log.
+Each is one transaction, so the indexes stay as :mod:`example_app.consistency`
+expects them whichever edits run beside it.
 """
 
 from __future__ import annotations
@@ -182,7 +189,8 @@ class Wiki(Persistent):
       regardless of case).
     - ``tags``: BTree tag -> PersistentSet of the slugs of pages with that tag.
     - ``words``: BTree word -> PersistentSet of slugs, the search index over
-      titles and texts.  A posting list is one object, so an edit loads one
+      titles and texts.  Keys are sorted, so the words a search term begins
+      are one range of keys (:meth:`search`).  A posting list is one object, so an edit loads one
       record per word it adds or removes, and concurrent edits adding
       different pages to one word merge at commit (a set never splits).
     - ``recent``: BTree ``(timestamp, slug)`` -> :class:`Revision`, the log
@@ -246,10 +254,9 @@ class Wiki(Persistent):
     def redirect_target(self, slug: str) -> str | None:
         """Where a renamed page's old slug leads now, following later renames; None if nowhere."""
         seen = set()
-        target = None
         while self.redirects is not None and slug in self.redirects and slug not in seen:
             seen.add(slug)
-            slug = target = self.redirects[slug]
+            slug = self.redirects[slug]
             if slug in self.pages:
                 return slug
         return None
