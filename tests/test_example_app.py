@@ -7,58 +7,19 @@ test_example_app_deploy.py; a real browser in test_browser.py.
 from __future__ import annotations
 
 import os
-import re
 import threading
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 
 from durus.connection import Connection
 from durus.file_storage import FileStorage
-from example_app import create_app, load_secret_key
+from example_app import load_secret_key
 from example_app.backup import back_up
 from example_app.database import current_wiki
 from example_app.markup import render
 from example_app.text import excerpt, parse_tags, slugify, words
-
-FAST_HASH = "pbkdf2:sha256:1000"
-
-
-def make_app(tmp_path, **config) -> Flask:
-    settings = {"DURUS_STORAGE": "memory://", "PASSWORD_HASH_METHOD": FAST_HASH, "SECRET_KEY": "test"}
-    settings.update(config)
-    return create_app(settings, instance_path=str(tmp_path / "instance"))
-
-
-def token(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
-class Wiki:
-    """A test client that knows the wiki's forms (and fetches their tokens)."""
-
-    def __init__(self, client: FlaskClient) -> None:
-        self.client = client
-
-    def post(self, form_path: str, data: dict[str, str], path: str | None = None):
-        data = {"csrf_token": token(self.client.get(form_path).text), **data}
-        return self.client.post(path or form_path, data=data)
-
-    def signup(self, name: str, password: str = "correct horse"):
-        return self.post("/signup", {"name": name, "password": password, "confirm": password})
-
-    def login(self, name: str, password: str = "correct horse", next: str = ""):
-        return self.post("/login", {"name": name, "password": password, "next": next})
-
-    def create(self, title: str, text: str, tags: str = ""):
-        return self.post("/new", {"title": title, "text": text, "tags": tags})
-
-    def edit(self, slug: str, text: str, base: int, title: str | None = None, tags: str = "", comment: str = ""):
-        data = {"title": title or self.client.get(f"/wiki/{slug}").text.split("<h1>")[1].split("<")[0],
-                "text": text, "tags": tags, "base": str(base), "comment": comment}
-        return self.post(f"/wiki/{slug}/edit", data)
-
+from tests.support.wiki_site import FAST_HASH, Wiki, make_app, token  # noqa: F401 (other tests import them from here)
 
 @pytest.fixture
 def app(tmp_path) -> Flask:

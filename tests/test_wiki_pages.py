@@ -3,15 +3,14 @@ Unicode titles, pager labels (Flask test client, in-memory store)."""
 
 from __future__ import annotations
 
-import re
 from urllib.parse import quote
 
 import pytest
-from test_example_app import FAST_HASH, Wiki, make_app
 
 from example_app.consistency import check_wiki
 from example_app.database import current_wiki
-from example_app.markup import HTML_FORMAT, render
+from example_app.markup import HTML_FORMAT
+from tests.support.wiki_site import Wiki, make_app
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ from html.parser import HTMLParser
 from urllib.parse import quote
 
 import pytest
-from test_example_app import Wiki, make_app
 
 from example_app.markup import render
+from tests.support.wiki_site import Wiki, make_app
 
 ATTACKS = [
     "<script>alert(1)</script>",

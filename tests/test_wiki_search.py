@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
-from test_example_app import Wiki, make_app
 
 from example_app.database import current_wiki
+from tests.support.wiki_site import Wiki, make_app
 
 
 @pytest.fixture
