@@ -85,6 +85,14 @@ def page_text(rng: random.Random, words: int) -> str:
     return " ".join(sentences)
 
 
+def shared_text(rng: random.Random, index: int, pages: int) -> str:
+    """A shared page: Markdown (a heading, a list, paragraphs) with wiki links to
+    two pages that exist and one that does not, which every view checks."""
+    return (f"# Page {index}\n\n{page_text(rng, 150)}\n\n- {page_text(rng, 10)}\n- {page_text(rng, 10)}\n\n"
+            f"{page_text(rng, 130)} See [[Page {(index + 1) % pages}]], [[Page {(index + 7) % pages}|another]] "
+            f"and [[Missing {index}]].")
+
+
 def own_text(index: int) -> str:
     """The text client ``index``'s page is created with; each edit adds 8 words to it
     (so an edit moves its page in and out of about 16 posting lists)."""
@@ -251,7 +259,7 @@ def seed(port: int, clients: int, pages: int) -> list[Visitor]:
         visitors.append(visitor)
     for index in range(pages):
         visitors[index % clients].post(
-            "/new", {"title": f"Page {index}", "text": page_text(rng, 300), "tags": f"t{index % 10} shared"})
+            "/new", {"title": f"Page {index}", "text": shared_text(rng, index, pages), "tags": f"t{index % 10} shared"})
     return visitors
 
 

@@ -10,8 +10,10 @@ is derived from them and updated, edit by edit, next to them:
 - the log of recent changes ``Wiki.recent`` (every revision of every page,
   once, under ``(timestamp, slug)``);
 - each page's ``current`` revision (the newest one) and the numbering of its
-  revisions, each revision's stored HTML (its text, rendered), and the
-  accounts its authors are;
+  revisions, each revision's stored HTML (its text, rendered, when the
+  current renderer made it), and the accounts its authors are;
+- the redirects renames leave (``Wiki.redirects``): each old slug is no
+  longer a page's and leads, through later renames, to a page that exists;
 - the item counts that every BTree keeps for its O(1) ``len`` (pagination
   uses them).
 
@@ -40,7 +42,8 @@ from durus.connection import Connection
 from durus.error import ConflictError
 from durus.file_storage import FileStorage
 from example_app.models import WIKI_KEY, Wiki
-from example_app.text import render, words
+from example_app.markup import HTML_FORMAT, render
+from example_app.text import words
 from flask_durus.storage_uri import FILE, MEMORY
 
 # How many times ``flask wiki check`` reads the wiki again when other
@@ -122,6 +125,7 @@ class _Checker:
         stored_words = self.check_index("search index", "word", wiki.words, expected_words, page_by_slug)
         stored_tags = self.check_index("tag index", "tag", wiki.tags, expected_tags, page_by_slug)
         self.check_recent(page_by_slug, revisions)
+        self.check_redirects(page_by_slug)
         self.result.counts.update(
             pages=len(pages), revisions=len(revisions), users=len(users),
             words=stored_words, tags=stored_tags)
@@ -154,7 +158,7 @@ class _Checker:
             if id(revision.author) not in users:
                 self.report(f"{where}: revision {number} was written by {revision.author.name!r}, "
                             "who has no account")
-            if revision.html != render(revision.text):
+            if revision.html_format == HTML_FORMAT and revision.html != render(revision.text):
                 self.report(f"{where}: revision {number}'s stored HTML is not its text rendered")
         current = page.current
         if current is None:
@@ -193,6 +197,23 @@ class _Checker:
                 self.report(f"{name}: the entry for {key!r} lists {_slugs(unknown)}, "
                             "which the wiki does not have")
         return len(stored)
+
+    def check_redirects(self, pages: dict[str, Any]) -> None:
+        """Every old slug leads somewhere, and no live page hides behind one."""
+        redirects = getattr(self.wiki, "redirects", None)
+        if redirects is None:
+            return
+        table = dict(self.items("redirects", redirects))
+        for old, new in table.items():
+            if old in pages:
+                self.report(f"redirects: {old!r} is a page's slug but also redirects to {new!r}")
+            seen = {old}
+            target = new
+            while target in table and target not in pages and target not in seen:
+                seen.add(target)
+                target = table[target]
+            if target not in pages:
+                self.report(f"redirects: {old!r} leads to {target!r}, which the wiki does not have")
 
     def check_recent(self, pages: dict[str, Any], revisions: dict[int, tuple[str, Any]]) -> None:
         """Every revision is in the log of recent changes once, under its own key."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 
-from example_app.text import parse_tags, slugify
+from example_app.text import nfc, parse_tags, slugify, title_error
 
 MAX_TEXT = 50_000
 MIN_PASSWORD = 8
@@ -79,6 +79,8 @@ class PageForm(Form):
 
     def __init__(self, data: Mapping[str, str] | None = None) -> None:
         super().__init__(data)
+        self.values["title"] = nfc(self.values["title"])
+        self.values["text"] = nfc(self.values["text"])
         self.slug = ""
         self.tags: list[str] = []
         try:
@@ -90,12 +92,9 @@ class PageForm(Form):
         """Check the fields; ``slug_taken`` is given for new pages only."""
         title, text = self.values["title"], self.values["text"]
         self.slug = slugify(title)
-        if not title:
-            self.errors["title"] = "Give the page a title."
-        elif len(title) > 100:
-            self.errors["title"] = "Keep the title under 100 characters."
-        elif not self.slug:
-            self.errors["title"] = "Use at least one letter or digit in the title."
+        problem = title_error(title)
+        if problem:
+            self.errors["title"] = problem
         elif slug_taken is not None and slug_taken(self.slug):
             self.errors["title"] = "A page with this title exists already; edit it instead."
         if not text:

@@ -14,7 +14,14 @@ Edits of the *same* page are a different matter: two people editing from
 the same revision must not silently overwrite each other.  Every edit names
 the revision it started from (``base``), and :meth:`Wiki.edit_page` refuses an
 edit whose base is no longer the current revision (:class:`EditConflict`),
-so the view can show the newer text instead of losing either edit.
+so the view can show the newer text instead of losing either edit.  Reverts
+and renames are edits too (a new revision, from a named base).
+
+Renames and deletions are rarer and touch more: a rename files the page
+and every one of its entries in the log under the new slug and leaves a
+redirect behind; a deletion takes the page out of every index and the log.
+Each is one transaction, so the indexes stay as :mod:`example_app.consistency`
+expects them whichever edits run beside it.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from werkzeug.security import check_password_hash, generate_password_hash
 from durus.btree import BNode32, BTree
 from durus.persistent import Persistent
 from durus.persistent_set import PersistentSet
-from example_app.text import render, words
+from example_app.markup import HTML_FORMAT, render, render_cached
+from example_app.text import legacy_slug, nfc, slugify, words
 
 WIKI_KEY = "wiki"
 
@@ -59,6 +67,14 @@ class EditConflict(Exception):
         self.base = base
 
 
+class SlugTaken(Exception):
+    """A rename would give a page the slug of another page (``slug``)."""
+
+    def __init__(self, slug: str) -> None:
+        super().__init__(f"A page called {slug!r} exists already")
+        self.slug = slug
+
+
 class User(Persistent):
     """An account.
 
@@ -79,7 +95,7 @@ class User(Persistent):
 
 
 class Revision(Persistent):
-    """One saved version of a page; never changed after it is made.
+    """One saved version of a page; only its ``slug`` ever changes (when the page is renamed).
 
     Instance attributes:
 
@@ -89,6 +105,10 @@ class Revision(Persistent):
     - ``title``, ``text``, ``tags``: the page as this revision left it
       (``tags`` a tuple of strings).
     - ``html``: ``text`` rendered, kept so a page view does no rendering.
+    - ``html_format``: the renderer that made ``html``
+      (:data:`example_app.markup.HTML_FORMAT`); revisions saved by earlier
+      versions of the wiki have none (the class default) and are rendered
+      again when shown (:meth:`display_html`).
     - ``comment``: the editor's summary of the change (may be empty).
     - ``author``: the :class:`User` who saved it.
     - ``timestamp``: when it was saved (seconds since the epoch).
@@ -103,9 +123,18 @@ class Revision(Persistent):
         self.text = text
         self.tags = tags
         self.html = render(text)
+        self.html_format = HTML_FORMAT
         self.comment = comment
         self.author = author
         self.timestamp = time.time()
+
+    html_format = None
+
+    def display_html(self) -> str:
+        """The HTML to show: the stored one, unless an older renderer made it."""
+        if self.html_format == HTML_FORMAT:
+            return self.html
+        return render_cached(self.text)
 
 
 class Page(Persistent):
@@ -113,7 +142,8 @@ class Page(Persistent):
 
     Instance attributes:
 
-    - ``slug``: the page's URL name, fixed when the page is created.
+    - ``slug``: the page's URL name, made from its first title; it changes
+      only when the page is renamed.
     - ``revisions``: BTree revision number -> :class:`Revision`.
     - ``current``: the latest revision (what the page shows).
     """
@@ -136,6 +166,11 @@ class Page(Persistent):
         return self.current.timestamp
 
     @property
+    def author(self) -> User:
+        """Who created the page (the only one who may delete it)."""
+        return self.revisions[1].author
+
+    @property
     def revision_count(self) -> int:
         return len(self.revisions)
 
@@ -154,14 +189,20 @@ class Wiki(Persistent):
       regardless of case).
     - ``tags``: BTree tag -> PersistentSet of the slugs of pages with that tag.
     - ``words``: BTree word -> PersistentSet of slugs, the search index over
-      titles and texts.  A posting list is one object, so an edit loads one
+      titles and texts.  Keys are sorted, so the words a search term begins
+      are one range of keys (:meth:`search`).  A posting list is one object, so an edit loads one
       record per word it adds or removes, and concurrent edits adding
       different pages to one word merge at commit (a set never splits).
     - ``recent``: BTree ``(timestamp, slug)`` -> :class:`Revision`, the log
       of every edit, newest at the end.  Entries are only ever appended,
       so concurrent edits change this tree only at its right edge, with
-      different keys.
+      different keys (renames and deletions move or remove a page's entries).
+    - ``redirects``: BTree old slug -> the slug a renamed page moved to
+      (which may itself have moved on).  None until the first rename: wikis
+      made before renames existed have no such attribute.
     """
+
+    redirects: BTree | None = None
 
     def __init__(self) -> None:
         self.pages = BTree()
@@ -187,11 +228,112 @@ class Wiki(Persistent):
     # -- pages ------------------------------------------------------------------
 
     def create_page(self, slug: str, title: str, text: str, tags: list[str], author: User) -> Page:
-        """A new page with its first revision; the caller checked the slug is free."""
+        """A new page with its first revision; the caller checked the slug is free.
+
+        A redirect left under the slug by a rename gives way to the new page.
+        """
         page = Page(slug)
         self.pages[slug] = page
+        if self.redirects is not None and slug in self.redirects:
+            del self.redirects[slug]
         self._save(page, title, text, tags, "Created", author)
         return page
+
+    def resolve(self, slug: str) -> Page | None:
+        """The page a URL or link names: by slug, through redirects, or by its legacy ASCII slug."""
+        slug = nfc(slug)
+        page = self.pages.get(slug)
+        if page is not None:
+            return page
+        target = self.redirect_target(slug)
+        if target is not None:
+            return self.pages.get(target)
+        legacy = legacy_slug(slug)
+        return self.pages.get(legacy) if legacy and legacy != slug else None
+
+    def redirect_target(self, slug: str) -> str | None:
+        """Where a renamed page's old slug leads now, following later renames; None if nowhere."""
+        seen = set()
+        while self.redirects is not None and slug in self.redirects and slug not in seen:
+            seen.add(slug)
+            slug = self.redirects[slug]
+            if slug in self.pages:
+                return slug
+        return None
+
+    def rename_page(self, page: Page, base: int, title: str, author: User) -> Revision:
+        """Give ``page`` a new title (and the slug that goes with it), as a new revision.
+
+        The old slug redirects to the new one.  Raises :class:`EditConflict`
+        when ``base`` is not the current revision and :class:`SlugTaken` when
+        another page has the new slug; nothing is changed then.
+        """
+        if base != page.current.number:
+            raise EditConflict(page, base)
+        old_slug, new_slug = page.slug, slugify(title)
+        if new_slug != old_slug and new_slug in self.pages:
+            raise SlugTaken(new_slug)
+        current = page.current
+        comment = f"Renamed from {current.title!r}"
+        if new_slug != old_slug:
+            self._move(page, old_slug, new_slug)
+        return self._save(page, title, current.text, list(current.tags), comment, author, indexed_as=old_slug)
+
+    def _move(self, page: Page, old_slug: str, new_slug: str) -> None:
+        """File ``page`` and its log entries under ``new_slug`` and leave a redirect behind."""
+        del self.pages[old_slug]
+        self.pages[new_slug] = page
+        page.slug = new_slug
+        for _, revision in page.revisions.items():
+            self._unlog(revision, old_slug)
+            revision.slug = new_slug
+            self.recent[(revision.timestamp, new_slug)] = revision
+        if self.redirects is None:
+            self.redirects = BTree()
+        if new_slug in self.redirects:
+            del self.redirects[new_slug]
+        self.redirects[old_slug] = new_slug
+
+    def _unlog(self, revision: Revision, slug: str) -> None:
+        key = (revision.timestamp, slug)
+        if key in self.recent:
+            del self.recent[key]
+        else:
+            log.warning("The log of recent changes has no entry %r to remove: it is inconsistent "
+                        "(run `flask wiki check`)", key)
+
+    def revert_page(self, page: Page, base: int, number: int, author: User) -> Revision:
+        """A new revision with the text and tags of revision ``number``.
+
+        The title stays: it goes with the page's slug, which only a rename
+        changes.  Raises KeyError if there is no such revision and
+        :class:`EditConflict` as :meth:`edit_page` does.
+        """
+        old = page.revisions[number]
+        return self.edit_page(page, base, page.current.title, old.text, list(old.tags),
+                              f"Reverted to revision {number}", author)
+
+    def delete_page(self, page: Page) -> None:
+        """Remove ``page``, its history, its index entries and the redirects that lead to it."""
+        slug, current = page.slug, page.current
+        self._reindex(self.words, slug, words(current.title, current.text), set())
+        self._reindex(self.tags, slug, set(current.tags), set())
+        for _, revision in page.revisions.items():
+            self._unlog(revision, slug)
+        del self.pages[slug]
+        if self.redirects is not None:
+            leading_here = [old for old, _ in self.redirects.items() if self._leads_to(old, slug)]
+            for old in leading_here:
+                del self.redirects[old]
+
+    def _leads_to(self, old: str, slug: str) -> bool:
+        seen = set()
+        while old in self.redirects and old not in seen:
+            seen.add(old)
+            old = self.redirects[old]
+            if old == slug:
+                return True
+        return False
 
     def edit_page(
         self, page: Page, base: int, title: str, text: str, tags: list[str], comment: str, author: User
@@ -205,13 +347,23 @@ class Wiki(Persistent):
             raise EditConflict(page, base)
         return self._save(page, title, text, tags, comment, author)
 
-    def _save(self, page: Page, title: str, text: str, tags: list[str], comment: str, author: User) -> Revision:
+    def _save(self, page: Page, title: str, text: str, tags: list[str], comment: str, author: User,
+              indexed_as: str | None = None) -> Revision:
+        """Add a revision; ``indexed_as`` is the slug the indexes list the page under, if not its own."""
         old = page.current
         number = old.number + 1 if old else 1
         revision = Revision(page.slug, number, title, text, tuple(tags), comment, author)
         old_words = words(old.title, old.text) if old else set()
-        self._reindex(self.words, page.slug, old_words, words(title, text))
-        self._reindex(self.tags, page.slug, set(old.tags) if old else set(), set(tags))
+        old_tags = set(old.tags) if old else set()
+        old_slug = indexed_as or page.slug
+        if old_slug == page.slug:
+            self._reindex(self.words, page.slug, old_words, words(title, text))
+            self._reindex(self.tags, page.slug, old_tags, set(tags))
+        else:
+            self._reindex(self.words, old_slug, old_words, set())
+            self._reindex(self.tags, old_slug, old_tags, set())
+            self._reindex(self.words, page.slug, set(), words(title, text))
+            self._reindex(self.tags, page.slug, set(), set(tags))
         self.recent[(revision.timestamp, page.slug)] = revision
         page.revisions[number] = revision
         page.current = revision
@@ -259,24 +411,52 @@ class Wiki(Persistent):
         return ((tag, len(postings)) for tag, postings in self.tags.items())
 
     def search(self, terms: set[str]) -> list[Page]:
-        """Pages whose title or text holds every word of ``terms``, by slug.
+        """Pages whose title or text has, for every term, a word starting with it; best first.
 
-        Intersects the posting lists, smallest first, so a rare word keeps
-        the work small however common the others are.
+        Each term's pages are the union of the posting lists of the words it
+        begins (one range of the word BTree, at most
+        :data:`MAX_PREFIX_WORDS` words); the results are their intersection,
+        smallest first.  Ranked by :func:`_rank`: pages with every term in
+        the title first, then pages with more terms as whole words.
         """
-        postings = []
-        for term in terms:
-            found = self.words.get(term)
-            if found is None:
-                return []
-            postings.append(found)
-        if not postings:
+        if not terms:
             return []
-        postings.sort(key=len)
-        slugs = set(postings[0])
-        for other in postings[1:]:
-            slugs = {slug for slug in slugs if slug in other}
-        return [self.pages[slug] for slug in sorted(slugs)]
+        found: list[tuple[set[str], set[str]]] = []  # per term: (pages, pages with the exact word)
+        for term in terms:
+            slugs, exact = self._prefix_postings(term)
+            if not slugs:
+                return []
+            found.append((slugs, exact))
+        found.sort(key=lambda pair: len(pair[0]))
+        slugs = set(found[0][0])
+        for other, _ in found[1:]:
+            slugs &= other
+        pages = [self.pages[slug] for slug in slugs if slug in self.pages]
+        return sorted(pages, key=lambda page: _rank(page, terms, found))
+
+    def _prefix_postings(self, term: str) -> tuple[set[str], set[str]]:
+        slugs: set[str] = set()
+        exact: set[str] = set()
+        for count, (word, postings) in enumerate(self.words.items_range(term, term + "\U0010ffff", True, True)):
+            if count >= MAX_PREFIX_WORDS:
+                break
+            slugs.update(postings)
+            if word == term:
+                exact.update(postings)
+        return slugs, exact
+
+
+# How many index words one search term may expand to (a short prefix of a
+# big wiki would otherwise read most of the index).
+MAX_PREFIX_WORDS = 500
+
+
+def _rank(page: Page, terms: set[str], found: list[tuple[set[str], set[str]]]) -> tuple:
+    """Sort key of a search result: title matches, then whole-word matches, then title."""
+    title_words = words(page.title)
+    in_title = sum(any(word.startswith(term) for word in title_words) for term in terms)
+    whole = sum(page.slug in exact for _, exact in found)
+    return (-in_title, -whole, page.title.lower(), page.slug)
 
 
 def get_wiki(root) -> Wiki:

@@ -1,54 +1,107 @@
-"""Page text: slugs, search words, tags, and the small markup the wiki renders.
+"""Page text: titles, slugs, search words, tags and search excerpts.
 
 Kept free of any storage so the Durus app and the SQLite baseline in
-``bench/`` turn text into the same HTML and the same index words.
+``bench/`` make the same slugs and the same index words.  Page text itself
+is Markdown, turned into HTML by :mod:`example_app.markup`.
 
-The markup, chosen to be guessable without a help page:
-
-- a blank line separates paragraphs;
-- ``# Heading`` and ``## Subheading`` at the start of a line;
-- lines starting with ``- `` form a list;
-- ``[[Page title]]`` links to a page, ``**bold**``, ``*emphasis*``, ```code```.
+Titles may be in any script.  Everything that compares titles, slugs or
+words first brings them to Unicode normal form C (:func:`nfc`), so a title
+typed with a precomposed "é" and a link typed with "e" plus a combining
+accent name the same page, in the URL, the lookup, links and the index.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 import unicodedata
 from collections.abc import Iterable
 
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 MAX_TAGS = 10
+MAX_TITLE = 100
+MAX_SLUG = 80
 
-_WORD = re.compile(r"[^\W_]+")
-_SLUG_JUNK = re.compile(r"[^a-z0-9]+")
 _TAG = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
-_MARKUP = re.compile(r"\[\[|\]\]|\*|`|^#+ |^- ", re.MULTILINE)
-_INLINE = re.compile(
-    r"\[\[(?P<link>[^\]\n]{1,100})\]\]"
-    r"|\*\*(?P<bold>[^*\n]+)\*\*"
-    r"|\*(?P<em>[^*\n]+)\*"
-    r"|`(?P<code>[^`\n]+)`"
-)
+_LEGACY_SLUG_JUNK = re.compile(r"[^a-z0-9]+")
+_MARKUP = re.compile(r"\[\[|\]\]|\*|`|^#+ |^[-+*>] |^\d+\. |^```", re.MULTILINE)
+# Characters a title may hold although Unicode files them as format
+# controls: the joiners that Arabic, Indic scripts and emoji need.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def nfc(text: str) -> str:
+    """``text`` in Unicode normal form C, the one form stored and compared."""
+    return unicodedata.normalize("NFC", text)
+
+
+class _WordCharacters(dict):
+    """A ``str.translate`` table: letters, marks and digits stay, anything else is a space.
+
+    Marks count as part of a word: Devanagari, Thai or Arabic words carry
+    vowel signs that a regular expression's ``\\w`` would split them at.
+    Filled in as characters are met.
+    """
+
+    def __missing__(self, code: int) -> int | str:
+        keep = unicodedata.category(chr(code))[0] in "LMN"
+        self[code] = code if keep else " "
+        return self[code]
+
+
+_WORD_CHARACTERS = _WordCharacters()
+
+
+def _split(text: str) -> list[str]:
+    """The runs of letters, marks and digits in ``text``."""
+    return text.translate(_WORD_CHARACTERS).split()
 
 
 def slugify(title: str) -> str:
-    """The URL name of a page: lowercase ASCII words joined by hyphens.
+    """The URL name of a page: the title's letters, marks and digits, lowercased, joined by hyphens.
 
-    Empty when the title has no letter or digit that survives the folding,
-    which the forms report as an error.
+    Any script is kept as it is ("日本語 ページ" -> "日本語-ページ"); runs of
+    anything else (spaces, punctuation, slashes) become one hyphen.  Empty
+    when the title has no letter or digit, which the forms report.  Applying
+    it to a slug gives the same slug, so a URL can be checked against it.
+    """
+    slug = "-".join(_split(nfc(nfc(title).lower())))
+    return slug[:MAX_SLUG].strip("-")
+
+
+def legacy_slug(title: str) -> str:
+    """The slug earlier versions of the wiki made: accents dropped, ASCII only.
+
+    Pages created then keep their slug, and a link to "Crème" still finds
+    the page stored as ``creme``.
     """
     folded = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
-    return _SLUG_JUNK.sub("-", folded.lower()).strip("-")[:80]
+    return _LEGACY_SLUG_JUNK.sub("-", folded.lower()).strip("-")[:MAX_SLUG]
+
+
+def title_error(title: str) -> str | None:
+    """Why ``title`` cannot name a page, or None if it can."""
+    if not title:
+        return "Give the page a title."
+    if len(title) > MAX_TITLE:
+        return f"Keep the title under {MAX_TITLE} characters (it has {len(title)})."
+    for char in title:
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cs", "Co", "Cn") or (category == "Cf" and char not in _JOINERS):
+            return (f"The title contains the invisible control character U+{ord(char):04X}; "
+                    "remove it.")
+    if "/" in title or "\\" in title:
+        return "Titles cannot contain / or \\ (they would read as a path in the page's address)."
+    if not slugify(title):
+        return "Use at least one letter or digit in the title."
+    return None
 
 
 def words(*texts: str) -> set[str]:
-    """The distinct search words of ``texts``: lowercased, two letters or more."""
+    """The distinct search words of ``texts``: NFC, lowercased, two characters or more."""
     found: set[str] = set()
     for text in texts:
-        found.update(word for word in _WORD.findall(text.lower()) if len(word) > 1)
+        found.update(word for word in _split(nfc(text).lower()) if len(word) > 1)
     return found
 
 
@@ -66,60 +119,12 @@ def parse_tags(raw: str) -> tuple[list[str], str | None]:
     return tags, None
 
 
-def render(text: str) -> str:
-    """The HTML of a page's text (computed once per revision and stored)."""
-    html: list[str] = []
-    for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n").strip()):
-        lines = block.split("\n")
-        if all(line.startswith("- ") for line in lines):
-            items = "".join(f"<li>{_inline(line[2:])}</li>" for line in lines)
-            html.append(f"<ul>{items}</ul>")
-        elif lines[0].startswith("## "):
-            html.append(f"<h3>{_inline(lines[0][3:])}</h3>")
-            if lines[1:]:
-                html.append(f"<p>{_inline(' '.join(lines[1:]))}</p>")
-        elif lines[0].startswith("# "):
-            html.append(f"<h2>{_inline(lines[0][2:])}</h2>")
-            if lines[1:]:
-                html.append(f"<p>{_inline(' '.join(lines[1:]))}</p>")
-        elif block.strip():
-            html.append(f"<p>{_inline(' '.join(lines))}</p>")
-    return "\n".join(html)
-
-
-def _inline(line: str) -> str:
-    out: list[str] = []
-    position = 0
-    for match in _INLINE.finditer(line):
-        out.append(str(escape(line[position : match.start()])))
-        if match["link"] is not None:
-            title = match["link"].strip()
-            out.append(f'<a href="/wiki/{slugify(title)}">{escape(title)}</a>')
-        elif match["bold"] is not None:
-            out.append(f"<strong>{escape(match['bold'])}</strong>")
-        elif match["em"] is not None:
-            out.append(f"<em>{escape(match['em'])}</em>")
-        else:
-            out.append(f"<code>{escape(match['code'])}</code>")
-        position = match.end()
-    out.append(str(escape(line[position:])))
-    return "".join(out)
-
-
-def diff_lines(old: str, new: str) -> list[tuple[str, str]]:
-    """A line diff as ``(kind, line)`` pairs, kind one of ``"+"``, ``"-"``, ``" "``, ``"@"``."""
-    lines: list[tuple[str, str]] = []
-    for line in difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=2):
-        if line.startswith(("---", "+++")):
-            continue
-        kind = line[:1] if line[:1] in "+- @" else " "
-        lines.append((kind, line[1:] if kind != "@" else line))
-    return lines
-
-
 def excerpt(text: str, terms: Iterable[str], width: int = 160) -> Markup:
-    """A short piece of ``text`` (markup removed) around the first search term, terms in ``<mark>``."""
-    text = _MARKUP.sub("", text)
+    """A short piece of ``text`` (markup removed) around the first search term, terms in ``<mark>``.
+
+    Terms are matched as prefixes of words, as the search matches them.
+    """
+    text = _MARKUP.sub("", nfc(text))
     lowered = text.lower()
     positions = [lowered.find(term) for term in terms]
     start = min((p for p in positions if p >= 0), default=0)

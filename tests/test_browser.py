@@ -2,14 +2,16 @@
 
 Uses Debian's ``chromium`` and ``chromium-driver`` packages (.ci/run installs
 them with apt-get); the driver is named explicitly so Selenium never tries
-to download one.  Screenshots go to the test's temporary folder, or to
-``$WIKI_SCREENSHOTS`` when set (to look at them).
+to download one.  Screenshots are test artefacts: they go to
+``test-artifacts/browser/<test name>/`` in the repository (git-ignored), or
+under ``$WIKI_SCREENSHOTS`` when set, and each test prints where.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import pytest
 from server_process import ServerProcess
@@ -70,11 +72,17 @@ def browser():
         driver.quit()
 
 
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
+
+
 @pytest.fixture
-def screenshots(tmp_path) -> Path:
-    folder = Path(os.environ.get("WIKI_SCREENSHOTS") or tmp_path / "screenshots")
+def screenshots(request, capsys) -> Path:
+    """The folder this test's screenshots go to (its path is printed after the test)."""
+    folder = Path(os.environ.get("WIKI_SCREENSHOTS") or ARTIFACTS) / request.node.name
     folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    yield folder
+    with capsys.disabled():
+        print(f"\nscreenshots of {request.node.name}: {folder}")
 
 
 def fill(browser, **fields: str) -> None:
@@ -164,3 +172,123 @@ def test_sign_up_create_edit_and_find_a_page(site, browser, screenshots):
     assert changes[1].startswith("revision 1 by grace")
     browser.save_screenshot(str(screenshots / "recent.png"))
     assert (screenshots / "page.png").stat().st_size > 10_000
+
+
+def sign_up(site: str, browser, name: str) -> None:
+    browser.get(site + "/signup")
+    fill(browser, name=name, password="a long password", confirm="a long password")
+    submit(browser)
+    assert browser.find_element(By.CSS_SELECTOR, ".who").text == name
+
+
+def create(site: str, browser, title: str, text: str) -> None:
+    browser.get(site + "/new")
+    fill(browser, title=title, text=text)
+    submit(browser, "button[value=save]")
+    assert browser.find_element(By.CSS_SELECTOR, ".page h1").text == title
+
+
+def css(browser, selector: str):
+    return browser.find_element(By.CSS_SELECTOR, selector)
+
+
+MARKDOWN = """## Shopping
+- milk
+- eggs
+
+one line
+same paragraph\\
+after a hard break
+
+1. first
+2. second
+
+```
+x = 1 < 2
+```
+
+> a quote
+
+[the docs](https://example.com/docs), [[Existing Page]] and [[Nowhere Yet|a missing page]]
+"""
+
+
+def test_markdown_preview_and_links_to_missing_pages(site, browser, screenshots):
+    sign_up(site, browser, "ada")
+    create(site, browser, "Existing Page", "I exist.")
+    browser.get(site + "/new")
+    fill(browser, title="Markdown", text=MARKDOWN)
+    submit(browser, "button[value=preview]")  # shown, not saved
+    assert css(browser, ".preview .text h3").text == "Shopping"
+    assert "Markdown" == browser.find_element(By.NAME, "title").get_attribute("value")
+    browser.save_screenshot(str(screenshots / "preview.png"))
+    submit(browser, "button[value=save]")
+
+    text = css(browser, "article .text")
+    assert [li.text for li in text.find_elements(By.CSS_SELECTOR, "h3 + ul > li")] == ["milk", "eggs"]
+    paragraph = text.find_elements(By.TAG_NAME, "p")[0]
+    assert paragraph.text == "one line same paragraph\nafter a hard break"  # a soft break is a space
+    assert len(paragraph.find_elements(By.TAG_NAME, "br")) == 1
+    assert [li.text for li in text.find_elements(By.CSS_SELECTOR, "ol > li")] == ["first", "second"]
+    assert css(browser, "article .text pre code").text == "x = 1 < 2"
+    assert css(browser, "article .text blockquote").text == "a quote"
+    assert css(browser, "article .text a[href='https://example.com/docs']").text == "the docs"
+    existing = css(browser, "article .text a.wikilink:not(.missing)")
+    missing = css(browser, "article .text a.wikilink.missing")
+    assert existing.text == "Existing Page" and missing.text == "a missing page"
+    assert existing.value_of_css_property("color") != missing.value_of_css_property("color")
+    browser.save_screenshot(str(screenshots / "markdown.png"))
+
+    navigate(browser, missing)  # a missing page's link opens the form that creates it
+    assert browser.find_element(By.NAME, "title").get_attribute("value") == "Nowhere Yet"
+    fill(browser, text="Now I exist.")
+    submit(browser, "button[value=save]")
+    browser.get(site + "/wiki/markdown")
+    assert not browser.find_elements(By.CSS_SELECTOR, "a.wikilink.missing")
+    assert (screenshots / "markdown.png").stat().st_size > 10_000
+
+
+def test_compare_revert_rename_and_a_japanese_title(site, browser, screenshots):
+    sign_up(site, browser, "grace")
+    create(site, browser, "Plans", "alpha\nbeta\ngamma")
+    for text in ("alpha\nBETA changed\ngamma", "alpha\nBETA changed\ngamma\ndelta"):
+        follow(browser, "Edit")
+        fill(browser, text=text)
+        submit(browser, "button[value=save]")
+
+    follow(browser, "History")
+    css(browser, "input[name=from][value='1']").click()
+    css(browser, "input[name=to][value='3']").click()
+    submit(browser, "#compare")
+    assert "revision 1 → 3" in css(browser, "h1").text
+    assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, "table.diff del")] == ["beta"]
+    assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, "table.diff ins")] == ["BETA changed"]
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.diff tbody tr")
+    assert [row.get_attribute("class") for row in rows] == ["same", "del", "add", "same", "add"]
+    assert "@@" not in browser.page_source
+    browser.save_screenshot(str(screenshots / "compare.png"))
+
+    browser.get(site + "/wiki/plans/rev/1")
+    submit(browser, "#revert")
+    assert "Reverted" in css(browser, ".flash").text
+    assert css(browser, "article .text").text == "alpha beta gamma"
+    browser.save_screenshot(str(screenshots / "reverted.png"))
+
+    follow(browser, "Rename")
+    fill(browser, title="Better Plans")
+    submit(browser)
+    assert browser.current_url == site + "/wiki/better-plans"
+    browser.get(site + "/wiki/plans")  # the old address leads to the new one
+    assert browser.current_url == site + "/wiki/better-plans"
+    assert css(browser, ".page h1").text == "Better Plans"
+    browser.save_screenshot(str(screenshots / "renamed.png"))
+
+    create(site, browser, "日本語のページ", "こんにちは、[[Better Plans]]。")
+    assert unquote(browser.current_url) == site + "/wiki/日本語のページ"
+    assert browser.current_url == site + "/wiki/" + quote("日本語のページ")
+    assert css(browser, "article .text a.wikilink").get_attribute("class") == "wikilink"
+    browser.save_screenshot(str(screenshots / "japanese.png"))
+    search = css(browser, "header form.search input[name=q]")
+    search.send_keys("日本", Keys.ENTER)
+    WebDriverWait(browser, 20).until(expected_conditions.title_contains("Search"))
+    assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, "ol.results a.title")] == ["日本語のページ"]

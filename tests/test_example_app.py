@@ -7,57 +7,19 @@ test_example_app_deploy.py; a real browser in test_browser.py.
 from __future__ import annotations
 
 import os
-import re
 import threading
 
 import pytest
 from flask import Flask
-from flask.testing import FlaskClient
 
 from durus.connection import Connection
 from durus.file_storage import FileStorage
-from example_app import create_app, load_secret_key
+from example_app import load_secret_key
 from example_app.backup import back_up
 from example_app.database import current_wiki
-from example_app.text import excerpt, parse_tags, render, slugify, words
-
-FAST_HASH = "pbkdf2:sha256:1000"
-
-
-def make_app(tmp_path, **config) -> Flask:
-    settings = {"DURUS_STORAGE": "memory://", "PASSWORD_HASH_METHOD": FAST_HASH, "SECRET_KEY": "test"}
-    settings.update(config)
-    return create_app(settings, instance_path=str(tmp_path / "instance"))
-
-
-def token(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
-class Wiki:
-    """A test client that knows the wiki's forms (and fetches their tokens)."""
-
-    def __init__(self, client: FlaskClient) -> None:
-        self.client = client
-
-    def post(self, form_path: str, data: dict[str, str], path: str | None = None):
-        data = {"csrf_token": token(self.client.get(form_path).text), **data}
-        return self.client.post(path or form_path, data=data)
-
-    def signup(self, name: str, password: str = "correct horse"):
-        return self.post("/signup", {"name": name, "password": password, "confirm": password})
-
-    def login(self, name: str, password: str = "correct horse", next: str = ""):
-        return self.post("/login", {"name": name, "password": password, "next": next})
-
-    def create(self, title: str, text: str, tags: str = ""):
-        return self.post("/new", {"title": title, "text": text, "tags": tags})
-
-    def edit(self, slug: str, text: str, base: int, title: str | None = None, tags: str = "", comment: str = ""):
-        data = {"title": title or self.client.get(f"/wiki/{slug}").text.split("<h1>")[1].split("<")[0],
-                "text": text, "tags": tags, "base": str(base), "comment": comment}
-        return self.post(f"/wiki/{slug}/edit", data)
-
+from example_app.markup import render
+from example_app.text import excerpt, parse_tags, slugify, words
+from tests.support.wiki_site import FAST_HASH, Wiki, make_app, token  # noqa: F401 (other tests import them from here)
 
 @pytest.fixture
 def app(tmp_path) -> Flask:
@@ -145,8 +107,9 @@ def test_create_edit_and_history(alice):
     assert recent.index("/wiki/durus-notes/rev/3") < recent.index("/wiki/durus-notes/rev/1")
 
     revision = alice.client.get("/wiki/durus-notes/rev/3").text
-    assert '<span class="ddel">-Second line.</span>' in revision
-    assert '<span class="dadd">+Third line.</span>' in revision
+    assert '<tr class="del"><td class="num">2</td><td class="num"></td><td class="sign">−</td><td class="line"><del>Second</del> line.</td></tr>' in revision
+    assert '<tr class="add"><td class="num"></td><td class="num">2</td><td class="sign">+</td><td class="line"><ins>Third</ins> line.</td></tr>' in revision
+    assert "@@" not in revision
     assert alice.client.get("/wiki/durus-notes/rev/9").status_code == 404
 
 
@@ -168,7 +131,7 @@ def test_an_edit_of_an_old_revision_is_reported_and_kept(alice, app):
     assert stale.status_code == 409
     assert "saved revision 2 while you were editing" in stale.text
     assert ">my version from 1</textarea>" in stale.text
-    assert '<span class="ddel">-second version</span>' in stale.text
+    assert '<td class="line"><del>second</del> version</td>' in stale.text
     assert 'name="base" value="2"' in stale.text  # sending it again is a deliberate overwrite
     with app.app_context():
         assert current_wiki().pages["shared"].revision_count == 2
@@ -247,12 +210,12 @@ def test_recent_changes_are_paginated_newest_first(alice, app):
 # -- text, secret key, backup ----------------------------------------------------------
 
 
-def test_markup_is_escaped_and_links_pages():
-    html = render("<script>alert(1)</script> see [[Other Page]] and `a<b`")
-    assert "<script>" not in html and "&lt;script&gt;" in html
-    assert '<a href="/wiki/other-page">Other Page</a>' in html
+def test_markup_is_sanitised_and_links_pages():
+    html = render("<script>alert(1)</script>\n\nsee [[Other Page]] and `a<b`")
+    assert "<script>" not in html and "alert(1)" not in html
+    assert '<a class="wikilink" href="/wiki/other-page" title="Other Page"' in html
     assert "<code>a&lt;b</code>" in html
-    assert slugify("  Crème Brûlée, 2nd try! ") == "creme-brulee-2nd-try"
+    assert slugify("  Crème Brûlée, 2nd try! ") == "crème-brûlée-2nd-try"
     assert words("It's the BTree's day") == {"it", "the", "btree", "day"}
     assert parse_tags("web, Web python") == (["python", "web"], None)
     assert "at most 10" in parse_tags(" ".join(f"t{i}" for i in range(11)))[1]

@@ -22,6 +22,7 @@ import pytest
 from flask import Flask
 from server_process import ServerProcess
 
+from durus.btree import BTree
 from durus.client_storage import ClientStorage
 from durus.connection import Connection
 from durus.error import ReadConflictError
@@ -29,6 +30,7 @@ from durus.persistent_set import PersistentSet
 from example_app import consistency, create_app
 from example_app.consistency import check_wiki, inspect_wiki
 from example_app.database import current_wiki
+from example_app.text import slugify
 from tests.support.wiki_site import FAST_HASH, ROOT, Client, Gunicorn, run_clients
 
 
@@ -89,7 +91,27 @@ def _rehtml(wiki):
     wiki.pages["apples"].current.html = "<p>Something else</p>"
 
 
+def _redirect(wiki, old, new):
+    wiki.redirects = wiki.redirects or BTree()
+    wiki.redirects[old] = new
+
+
+def _unrename_revision(wiki):
+    wiki.pages["bananas"].revisions[1].slug = "old-bananas"
+
+
 DAMAGE = {
+    "redirect leading nowhere": (
+        lambda wiki: _redirect(wiki, "old-apples", "gone"),
+        ["redirects: 'old-apples' leads to 'gone', which the wiki does not have"]),
+    "redirect hiding a page": (
+        lambda wiki: _redirect(wiki, "apples", "bananas"),
+        ["redirects: 'apples' is a page's slug but also redirects to 'bananas'"]),
+    "revision left under its old slug": (
+        _unrename_revision,
+        ["page 'bananas': revision 1 names the page 'old-bananas'",
+         re.compile(r"recent changes: revision 1 of 'old-bananas' saved at [\d.]+ is filed under "
+                    r"\([\d.]+, 'bananas'\)")]),
     "lost posting": (
         lambda wiki: wiki.words["fruit"].discard("bananas"),
         ["search index: the entry for 'fruit' lacks page 'bananas', whose current revision has that word"]),
@@ -150,6 +172,26 @@ def test_each_kind_of_damage_is_reported_exactly(app, name):
             assert want in problems, problems
         else:
             assert any(want.fullmatch(problem) for problem in problems), problems
+
+
+def test_rename_revert_and_delete_keep_the_wiki_consistent(app):
+    with app.app_context():
+        wiki = current_wiki()
+        ann = wiki.find_user("ann")
+        bananas = wiki.pages["bananas"]
+        wiki.rename_page(bananas, 2, "Plantains", ann)
+        wiki.revert_page(bananas, 3, 1, ann)
+        wiki.rename_page(bananas, 4, "Bananas", ann)  # back: the redirect it left gives way
+        wiki.rename_page(wiki.pages["apples"], 1, "Pommes", ann)
+        wiki.create_page("apples", "Apples", "A new page where the old one was.", ["fruit"], ann)
+        wiki.delete_page(wiki.pages["pommes"])
+        app.extensions["durus"].connection.commit()
+    with app.app_context():
+        wiki = current_wiki()
+        assert check_wiki(app.extensions["durus"].root) == []
+        assert dict(wiki.redirects.items()) == {"plantains": "bananas"}
+        assert [revision.comment for revision in wiki.pages["bananas"].history()] == [
+            "Renamed from 'Plantains'", "Reverted to revision 1", "Renamed from 'Bananas'", "greener", "Created"]
 
 
 def test_every_difference_is_reported_at_once(app):
@@ -412,4 +454,120 @@ def _six_editors(server: ServerProcess, web: Gunicorn) -> None:
     if final.returncode != 0:
         findings.append(f"flask wiki check exited {final.returncode} after the final edits:\n"
                         + final.stdout[-2000:] + final.stderr[-2000:])
+    assert not findings, "\n".join(findings)
+
+
+# -- renames, reverts and deletions beside edits ---------------------------------------------
+
+PAGE_OPERATIONS = ("edit", "edit", "revert", "rename", "delete")
+
+
+@pytest.mark.slow
+def test_renames_reverts_and_deletes_beside_edits_keep_the_wiki_consistent(tmp_path):
+    """Four editors, each changing its own page in every way at once.
+
+    Each step edits the page (shared words and tags), reverts it to a random
+    revision, renames it (between two titles, so slugs and redirects come
+    and go and the log of recent changes is re-keyed), or deletes it and
+    creates it again.  They all move the same posting lists and the same
+    log, concurrently.  Every step must succeed; the check must find the
+    wiki consistent after every round and at the end (``flask wiki check``).
+    """
+    server = ServerProcess(tmp_path / "data.durus", log_path=tmp_path / "server.log").start()
+    try:
+        web = Gunicorn(tmp_path, f"durus://127.0.0.1:{server.address[1]}")
+        try:
+            _four_page_changers(server, web)
+        finally:
+            web.stop()
+    finally:
+        server.stop()
+
+
+def _change(client: Client, chooser: random.Random, titles: tuple[str, str], named: int, i: int, step: int,
+            errors: list[str]) -> tuple[int, int | None]:
+    """One random change of a changer's page: (which title it has now, the answer's status)."""
+    slug = slugify(titles[named])
+    operation = chooser.choice(PAGE_OPERATIONS)
+    if operation == "edit":
+        text, tags = shared_text(chooser, i, step)
+        _, answer = client.edit_current(slug, titles[named], text, tags)
+    elif operation == "revert":
+        history = client.get(f"/wiki/{slug}/history")
+        count = int(re.search(r"(\d+) revisions", history.text).group(1))
+        answer = client.revert(slug, chooser.randint(1, count))
+    elif operation == "rename":
+        answer = client.rename(slug, titles[1 - named])
+        if answer.status == 302:
+            named = 1 - named
+    else:
+        answer = client.delete(slug)
+        if answer.status == 302:
+            text, tags = shared_text(chooser, i, step)
+            answer = client.post_form("/new", {"title": titles[named], "text": text, "tags": tags})
+    status = answer.status if answer is not None else None
+    if status != 302:
+        errors.append(f"changer {i}, step {step} ({operation} {slug}): {status}: "
+                      f"{answer.text[:300] if answer else ''}")
+        named = _resync(client, chooser, titles, i, step)
+    return named, status
+
+
+def _resync(client: Client, chooser: random.Random, titles: tuple[str, str], i: int, step: int) -> int:
+    """After a change that failed (a 409 once the replays ran out): which title the page has,
+    creating it again if a deletion went through but the creation after it did not."""
+    for named, title in enumerate(titles):
+        if client.get(f"/wiki/{slugify(title)}").status == 200:
+            return named
+    text, tags = shared_text(chooser, i, step)
+    created = client.post_form("/new", {"title": titles[0], "text": text, "tags": tags})
+    assert created.status == 302, f"changer {i} cannot create its page again: {created.status}"
+    return 0
+
+
+def _four_page_changers(server: ServerProcess, web: Gunicorn, editors: int = 4, rounds: int = 4,
+                        steps: int = 12) -> None:
+    clients = [Client(web.port) for _ in range(editors)]
+    titles = [(f"Changer {i}", f"Renamed changer {i}") for i in range(editors)]
+    for i, client in enumerate(clients):
+        assert client.signup(f"changer{i}").status == 302
+        text, tags = shared_text(random.Random(f"start {i}"), i, 0)
+        assert client.post_form("/new", {"title": titles[i][0], "text": text, "tags": tags}).status == 302
+    errors: list[str] = []
+    checks: list[list[str]] = []
+    between_rounds = threading.Barrier(
+        editors, action=lambda: checks.append(check_through_server(server.address)), timeout=240)
+
+    def changer(i: int) -> Counter:
+        chooser = random.Random(f"changer {i}")
+        client, done = clients[i], Counter()
+        named = 0  # which of its two titles the page has
+        for step in range(1, rounds * steps + 1):
+            try:
+                named, status = _change(client, chooser, titles[i], named, i, step, errors)
+            except Exception as error:  # reported with the others; the barrier must not wait for it
+                errors.append(f"changer {i}, step {step}: {error!r}")
+                status = "exception"
+            done[status] += 1
+            if step % steps == 0:
+                between_rounds.wait()
+        return done
+
+    results = run_clients(editors, changer, timeout=600)
+    done = sum(results, Counter())
+    print(f"\n{sum(done.values())} steps by {editors} changers: {dict(done)}; problems after each round: "
+          f"{[len(problems) for problems in checks]}")
+    findings = []
+    if done.keys() - {302, 409} or done[409] > MAX_409_SHARE * sum(done.values()):
+        findings.append(f"{len(errors)} steps failed, the first ones:\n" + "\n".join(errors[:5]))
+    damaged = [(number, problems) for number, problems in enumerate(checks, 1) if problems]
+    if damaged:
+        findings.append(f"the check found problems after round {damaged[0][0]}:\n  "
+                        + "\n  ".join(damaged[0][1][:10]))
+    checked = flask_wiki_check(web)
+    if checked.returncode != 0:
+        findings.append(f"flask wiki check exited {checked.returncode}:\n{checked.stdout[-3000:]}")
+    warnings = [line for line in web.log.read_text(errors="replace").splitlines() if "is inconsistent" in line]
+    if warnings:
+        findings.append(f"{len(warnings)} changes met a damaged index or log, the first: {warnings[0]}")
     assert not findings, "\n".join(findings)

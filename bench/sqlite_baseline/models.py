@@ -14,7 +14,7 @@ from sqlalchemy import Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from example_app.text import render
+from example_app.markup import HTML_FORMAT, render
 
 
 class Base(DeclarativeBase):
@@ -60,6 +60,10 @@ class Revision(db.Model):
     @property
     def tags(self) -> list[str]:
         return self.tag_text.split()
+
+    def display_html(self) -> str:
+        """The stored HTML (every row here was rendered by the current renderer)."""
+        return self.html
 
 
 class Page(db.Model):

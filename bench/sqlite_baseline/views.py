@@ -16,16 +16,26 @@ from flask import (
     session,
     url_for,
 )
+from markupsafe import Markup
 from sqlalchemy import delete, func, select
 
 from example_app.auth import log_in, login_required, safe_next
 from example_app.forms import LoginForm, PageForm, SignupForm
 from example_app.pagination import PER_PAGE, Pagination, page_number
-from example_app.text import diff_lines, excerpt, words
+from example_app.diffs import diff_rows
+from example_app.markup import mark_missing_links, render
+from example_app.text import excerpt, words
 from sqlite_baseline.models import Page, PageTag, PageWord, Revision, User, db
 
 auth = Blueprint("auth", __name__)
 wiki = Blueprint("wiki", __name__)
+
+
+@wiki.app_template_filter("page_html")
+def page_html(revision: Revision) -> Markup:
+    """The stored HTML, links to missing pages marked: one query per distinct link target."""
+    exists = lambda slug: db.session.scalar(select(Page.id).where(Page.slug == slug)) is not None
+    return Markup(mark_missing_links(revision.html, exists))
 
 
 def find_user(name: str) -> User | None:
@@ -163,6 +173,9 @@ def edit(slug: str) -> Any:
         )
         return render_template("edit.html", form=form, page=page)
     form = PageForm(request.form)
+    if request.form.get("action") == "preview":
+        form.validate()
+        return render_template("edit.html", form=form, page=page, preview=Markup(render(form.values["text"])))
     if not form.validate():
         return render_template("edit.html", form=form, page=page), 400
     if form.base != page.current.number:
@@ -174,7 +187,7 @@ def edit(slug: str) -> Any:
         )
         return render_template(
             "edit.html", form=form, page=page, theirs=theirs,
-            diff=diff_lines(theirs.text, form.values["text"]),
+            diff=diff_rows(theirs.text, form.values["text"]),
         ), 409
     revision = _save(page, form, form.values["comment"])
     db.session.commit()
@@ -202,8 +215,35 @@ def revision(slug: str, number: int) -> Any:
     if number not in found:
         abort(404, description=f"{page.title!r} has no revision {number}.")
     shown, previous = found[number], found.get(number - 1)
-    diff = diff_lines(previous.text if previous else "", shown.text)
+    diff = diff_rows(previous.text if previous else "", shown.text)
     return render_template("revision.html", page=page, revision=shown, previous=previous, diff=diff)
+
+
+@wiki.route("/wiki/<slug>/compare")
+def compare(slug: str) -> Any:
+    page = _page_or_404(slug)
+    try:
+        numbers = sorted(int(request.args.get(name, "")) for name in ("from", "to"))
+    except ValueError:
+        abort(400, description="Choose two revisions to compare.")
+    found = {
+        revision.number: revision
+        for revision in db.session.scalars(
+            select(Revision).where(Revision.page_id == page.id, Revision.number.in_(numbers)))
+    }
+    if any(number not in found for number in numbers):
+        abort(404, description=f"{page.title!r} has no such revision.")
+    old, new = found[numbers[0]], found[numbers[1]]
+    return render_template("compare.html", page=page, old=old, new=new, diff=diff_rows(old.text, new.text))
+
+
+# Rename, delete and revert exist so that the shared templates can link to
+# them; the benchmark measures none of them, and the baseline leaves them out.
+@wiki.route("/wiki/<slug>/revert", methods=["POST"], endpoint="revert")
+@wiki.route("/wiki/<slug>/rename", methods=["GET", "POST"], endpoint="rename")
+@wiki.route("/wiki/<slug>/delete", methods=["GET", "POST"], endpoint="delete")
+def not_in_the_baseline(slug: str) -> Any:
+    abort(501, description="The SQLite baseline does not rename, delete or revert pages.")
 
 
 @wiki.route("/search")

@@ -1,8 +1,9 @@
-"""The example wiki as real processes see it: gunicorn on a storage server,
-and HTTP visitors with cookies who fill in its forms.
+"""The example wiki as its visitors see it: through Flask's test client
+(:class:`Wiki`, on an app from :func:`make_app`), or as real processes,
+gunicorn on a storage server, with HTTP visitors (:class:`Client`) who keep
+cookies and fill in its forms.
 
-Used by the deployment tests (test_example_app_deploy.py) and the
-consistency stress test (test_example_app_consistency.py).
+Used by the wiki's tests (test_example_app*.py, test_wiki_*.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from flask import Flask
+from flask.testing import FlaskClient
+
+from example_app import create_app
 from flask_durus.testing import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +33,44 @@ GUNICORN_CONF = ROOT / "example_app" / "gunicorn.conf.py"
 FAST_HASH = "pbkdf2:sha256:1000"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 _BASE = re.compile(r'name="base" value="(\d+)"')
+
+
+def make_app(tmp_path: Path, **config: Any) -> Flask:
+    """The wiki on an in-memory store, with a fast password hash; ``config`` adds settings."""
+    settings = {"DURUS_STORAGE": "memory://", "PASSWORD_HASH_METHOD": FAST_HASH, "SECRET_KEY": "test"}
+    settings.update(config)
+    return create_app(settings, instance_path=str(tmp_path / "instance"))
+
+
+def token(html: str) -> str:
+    """The CSRF token of the (first) form in ``html``."""
+    return _CSRF.search(html).group(1)
+
+
+class Wiki:
+    """A test client that knows the wiki's forms (and fetches their tokens)."""
+
+    def __init__(self, client: FlaskClient) -> None:
+        self.client = client
+
+    def post(self, form_path: str, data: dict[str, str], path: str | None = None):
+        """Fetch the form at ``form_path`` for its token, then post ``data`` (to ``path`` if given)."""
+        data = {"csrf_token": token(self.client.get(form_path).text), **data}
+        return self.client.post(path or form_path, data=data)
+
+    def signup(self, name: str, password: str = "correct horse"):
+        return self.post("/signup", {"name": name, "password": password, "confirm": password})
+
+    def login(self, name: str, password: str = "correct horse", next: str = ""):
+        return self.post("/login", {"name": name, "password": password, "next": next})
+
+    def create(self, title: str, text: str, tags: str = ""):
+        return self.post("/new", {"title": title, "text": text, "tags": tags})
+
+    def edit(self, slug: str, text: str, base: int, title: str | None = None, tags: str = "", comment: str = ""):
+        data = {"title": title or self.client.get(f"/wiki/{slug}").text.split("<h1>")[1].split("<")[0],
+                "text": text, "tags": tags, "base": str(base), "comment": comment}
+        return self.post(f"/wiki/{slug}/edit", data)
 
 
 @dataclass
@@ -97,6 +140,23 @@ class Client:
         data = {"csrf_token": token.group(1), "title": title, "text": text, "tags": tags,
                 "base": base.group(1)}
         return form, self.request("POST", f"/wiki/{slug}/edit", data)
+
+    def rename(self, slug: str, title: str) -> Response:
+        """Rename a page from the revision its rename form shows (the form's response if it has none)."""
+        form = self.get(f"/wiki/{slug}/rename")
+        base = _BASE.search(form.text)
+        if form.status != 200 or not base:
+            return form
+        return self.post_form(f"/wiki/{slug}/rename", {"title": title, "base": base.group(1)})
+
+    def revert(self, slug: str, number: int) -> Response:
+        """Revert a page to revision ``number``, from the revision its edit form shows."""
+        base = self.current_revision(slug)
+        return self.post_form(f"/wiki/{slug}/edit", {"number": str(number), "base": str(base)},
+                              path=f"/wiki/{slug}/revert")
+
+    def delete(self, slug: str) -> Response:
+        return self.post_form(f"/wiki/{slug}/delete", {})
 
     def current_revision(self, slug: str) -> int:
         return int(_BASE.search(self.get(f"/wiki/{slug}/edit").text).group(1))
