@@ -55,9 +55,9 @@ from durus.storage_server import DEFAULT_MAX_TRANSACTION_SIZE, SocketAddress
 DEFAULT_TIMEOUT = 30.0
 _OID_BATCH = 32
 #: At most this many records fetched ahead wait in a client's buffer.
-PREFETCH_RECORDS = 2000
+PREFETCH_RECORDS = 16384
 #: At most this many bytes of records fetched ahead wait in a client's buffer.
-PREFETCH_BYTES = 8 << 20
+PREFETCH_BYTES = 4 << 20
 # Records asked for in one bulk load sent ahead.
 _PREFETCH_BATCH = 250
 # Beyond this many, loaded oids are forgotten (see _note_known).
@@ -150,6 +150,9 @@ class ClientStorage(Storage):
         self._inflight: list[bytes] = []
         self._inflight_set: set[bytes] = set()
         self._wanted: deque[bytes] = deque()
+        # Records fetched ahead, and of them used, lately.
+        self._fetched_ahead = 0
+        self._used_ahead = 0
         self._connect()
 
     def __str__(self) -> str:
@@ -267,11 +270,11 @@ class ClientStorage(Storage):
 
     def load(self, oid: bytes) -> bytes:
         self._check_usable()
-        record = self._take_prefetched(oid)
+        record = self._use_prefetched(oid)
         try:
             if record is None and oid in self._inflight_set:
                 self._receive_prefetched()
-                record = self._take_prefetched(oid)
+                record = self._use_prefetched(oid)
             if record is None:
                 self._sock.sendall(protocol.load_request(oid))
                 self._receive_prefetched()
@@ -293,7 +296,7 @@ class ClientStorage(Storage):
         try:
             self._receive_prefetched()
             for oid in oids:
-                record = self._take_prefetched(oid)
+                record = self._use_prefetched(oid)
                 if record is None:
                     missing.append(oid)
                 else:
@@ -325,17 +328,32 @@ class ClientStorage(Storage):
 
     def _note_loaded(self, oid: bytes, record: bytes) -> None:
         self._note_known(oid)
-        if not self.prefetch:
-            return
-        refs = record_refs(record)
-        known = self._known
+        if self.prefetch:
+            self._want(record_refs(record), urgent=True)
+
+    def _want(self, refs: bytes, urgent: bool) -> None:
+        """Queue the records ``refs`` names that are not here yet: those of a
+        record just used go first, in order (the next step of a lookup is
+        among them); those of a record fetched ahead go last.
+        """
+        known, prefetched, inflight = self._known, self._prefetched, self._inflight_set
+        new = [ref for ref in (refs[start:start + 8] for start in range(0, len(refs), 8))
+               if ref not in known and ref not in prefetched and ref not in inflight]
         wanted = self._wanted
-        for start in range(0, len(refs), 8):
-            ref = refs[start:start + 8]
-            if ref not in known and ref not in self._prefetched and ref not in self._inflight_set:
-                wanted.append(ref)
+        if urgent:
+            wanted.extendleft(reversed(new))
+        else:
+            wanted.extend(new)
         while len(wanted) > 4 * PREFETCH_RECORDS:
-            wanted.popleft()
+            wanted.pop()
+
+    def _reading_ahead_pays(self) -> bool:
+        """Whether most records fetched ahead lately were used: a scan, or
+        many lookups, is under way, and it is worth fetching the records that
+        records fetched ahead refer to as well.  A few lookups in a large
+        tree use one record in dozens, and go one level ahead only.
+        """
+        return self._fetched_ahead >= _PREFETCH_BATCH and 2 * self._used_ahead >= self._fetched_ahead
 
     def _send_prefetch(self) -> None:
         """Ask ahead for wanted records, one bulk load at a time."""
@@ -359,12 +377,20 @@ class ClientStorage(Storage):
         if not self._inflight:
             return
         inflight, self._inflight, self._inflight_set = self._inflight, [], set()
+        deeper = self._reading_ahead_pays()
         for oid in inflight:
             try:
                 record = protocol.read_load_reply(self._read, oid)
             except (ConflictError, DurusKeyError):
                 continue  # a load of it will get the same answer, then
             self._keep_prefetched(oid, record)
+            if deeper:
+                self._want(record_refs(record), urgent=False)
+        self._fetched_ahead += len(inflight)
+        if self._fetched_ahead > 8 * PREFETCH_RECORDS:
+            # The recent past counts most.
+            self._fetched_ahead //= 2
+            self._used_ahead //= 2
 
     def _keep_prefetched(self, oid: bytes, record: bytes) -> None:
         """Buffer a record fetched ahead, dropping the oldest ones beyond
@@ -383,6 +409,13 @@ class ClientStorage(Storage):
         record = self._prefetched.pop(oid, None)
         if record is not None:
             self._prefetched_bytes -= len(record)
+        return record
+
+    def _use_prefetched(self, oid: bytes) -> bytes | None:
+        """The buffered record of ``oid``, for the Connection, or None."""
+        record = self._take_prefetched(oid)
+        if record is not None:
+            self._used_ahead += 1
         return record
 
     def _forget(self, oids: Iterable[bytes]) -> None:

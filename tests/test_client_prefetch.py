@@ -67,7 +67,7 @@ def counting(connection: Connection) -> CountingSocket:
 def test_cold_lookups_by_key_take_few_round_trips_by_default(server):
     writer = connect(server)
     make_tree(writer, "lookups", 3000)
-    for options, most in (({}, 600), ({"prefetch": False}, None)):
+    for options, most in (({}, 150), ({"prefetch": False}, None)):
         reader = connect(server, **options)
         counter = counting(reader)
         tree = reader.get_root()["lookups"]
@@ -77,6 +77,22 @@ def test_cold_lookups_by_key_take_few_round_trips_by_default(server):
         else:
             assert counter.sent > 3000  # Durus 4.3's way: a round trip per record
         reader.get_storage().close()
+
+
+def test_a_few_lookups_in_a_large_tree_read_one_level_ahead_only(server):
+    """Records fetched ahead that go unused cost the server work: deeper
+    read-ahead waits until most of them get used."""
+    writer = connect(server)
+    make_tree(writer, "sparse", 5000)
+    reader = connect(server)
+    storage = reader.get_storage()
+    tree = reader.get_root()["sparse"]
+    for key in random.Random(5).sample(range(5000), 5):
+        assert tree[key].value == 0
+    storage._receive_prefetched()
+    # Five paths of four nodes, each node's children and values: no more.
+    assert storage._fetched_ahead <= 5 * 4 * 64
+    assert not storage._reading_ahead_pays()
 
 
 def test_a_buffered_record_is_never_older_than_the_last_sync(server):
