@@ -48,7 +48,7 @@ from durus.error import (
     WriteConflictError,
 )
 from durus.protocol import DEFAULT_HOST, DEFAULT_PORT
-from durus.record import int4, record_refs
+from durus.record import int4, record_refs, split_oids
 from durus.storage import InvalidationHandler, Storage
 from durus.storage_server import DEFAULT_MAX_TRANSACTION_SIZE, SocketAddress
 
@@ -336,9 +336,10 @@ class ClientStorage(Storage):
         record just used go first, in order (the next step of a lookup is
         among them); those of a record fetched ahead go last.
         """
+        if not refs:
+            return
         known, prefetched, inflight = self._known, self._prefetched, self._inflight_set
-        new = [ref for ref in (refs[start:start + 8] for start in range(0, len(refs), 8))
-               if ref not in known and ref not in prefetched and ref not in inflight]
+        new = [ref for ref in split_oids(refs) if ref not in known and ref not in prefetched and ref not in inflight]
         wanted = self._wanted
         if urgent:
             wanted.extendleft(reversed(new))
