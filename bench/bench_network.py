@@ -11,7 +11,8 @@ commit before acknowledging it; Durus 4.3 never syncs):
 2. the server's CPU time per commit (user + system, from ``/proc/PID/stat``)
    over those commits;
 3. one client's cold loads of N objects looked up one key at a time
-   (``tree[k].a`` on a BTree, a fresh process): objects per second.  Ours
+   (``tree[k].a`` on a BTree, in key order, a fresh process; the best of
+   three processes): objects per second.  Ours
    also with ``prefetch=False`` (one round trip per record, as Durus 4.3),
    for reference.
 
@@ -97,6 +98,7 @@ elif mode == "coldkeys":
 """
 
 OURS, THEIRS = "ours", "Durus 4.3"
+COLD_RUNS = 3
 
 
 class Side:
@@ -153,10 +155,13 @@ def run_figures(side: Side, target: Target, seconds: float, objects: int, figure
         figures[f"{link}: {label} commits/s"] = commits / seconds
         figures[f"{link}: server CPU µs/commit, {label}"] = spent / commits * 1e6
     workers((("populate", str(objects)), "{}"))
-    figures[f"{link}: cold loads by key/s"] = workers((("coldkeys", str(objects)), "{}"))[0]
+    # Best of a few fresh processes: a slow spell of the shared machine
+    # shows as one low figure.
+    figures[f"{link}: cold loads by key/s"] = max(
+        workers((("coldkeys", str(objects)), "{}"))[0] for _ in range(COLD_RUNS))
     if side.name == OURS and link == "loopback":
-        figures[f"{link}: cold loads by key/s, prefetch=False"] = workers(
-            (("coldkeys", str(objects)), '{"prefetch": false}'))[0]
+        figures[f"{link}: cold loads by key/s, prefetch=False"] = max(
+            workers((("coldkeys", str(objects)), '{"prefetch": false}'))[0] for _ in range(COLD_RUNS))
 
 
 def on_loopback(side: Side, directory: str, seconds: float, objects: int, figures: dict) -> None:
