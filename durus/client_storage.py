@@ -3,19 +3,26 @@
 It speaks wire protocol version 1 (:mod:`durus.protocol`), so it works with
 this package's server and with a Durus 4.3 server alike.
 
-Loading many objects one by one costs one network round trip each, as in
-Durus 4.3.  With ``prefetch=True`` the client instead asks, when a record
-arrives, for the records it refers to that this client has not loaded yet,
-in one bulk request sent ahead; the answers wait in a small buffer, and
-every invalidation the server reports drops the oid from it.  That changes
-when a conflict shows: a buffered record is the state committed when the
-server answered (``I`` if another client had committed it since this one
-last synced), so the objects a transaction reads form a consistent snapshot,
-but a record another client commits after that is found stale only at
-commit time (WriteConflictError) instead of when it is loaded
-(ReadConflictError).  Off by default, so loads behave exactly as in Durus
-4.3; turn it on for read-mostly work over large object graphs, where it
-saves most round trips.
+Loading many objects one by one would cost one network round trip each, as
+in Durus 4.3.  So by default (``prefetch=True``) the client, when a record
+arrives, asks for the records it refers to that this client has not loaded
+yet, in one bulk request sent ahead and read only when needed: a B-tree
+node brings its children and values, a list its items.  A cold lookup by
+key then finds most nodes and values already here.  The answers wait in a
+bounded buffer (:data:`PREFETCH_RECORDS` records, :data:`PREFETCH_BYTES`
+bytes; the oldest go first).
+
+Reads stay serializable.  The server answers a load with the state
+committed as of this client's last sync (``I`` for a record another client
+committed since: this client is not told of it yet), and every sync reports
+the oids committed since, which leave the buffer before the Connection sees
+them; so a buffered record is never older than the transaction's view, and
+the objects a transaction reads form a consistent snapshot.  What changes
+is when a conflict shows: a record another client commits after the
+transaction's view was taken is found stale at commit time
+(WriteConflictError, since the Connection watches every object it used)
+rather than when it is loaded (ReadConflictError).  ``prefetch=False``
+loads exactly as Durus 4.3 does.
 
 When the connection breaks (the server restarted), the transaction underway
 fails with :class:`DisconnectedError`, a ConflictError: abort and retry.
@@ -41,13 +48,17 @@ from durus.error import (
     WriteConflictError,
 )
 from durus.protocol import DEFAULT_HOST, DEFAULT_PORT
-from durus.record import int4, record_refs
+from durus.record import int4, record_refs, split_oids
 from durus.storage import InvalidationHandler, Storage
 from durus.storage_server import DEFAULT_MAX_TRANSACTION_SIZE, SocketAddress
 
 DEFAULT_TIMEOUT = 30.0
 _OID_BATCH = 32
-_PREFETCH_RECORDS = 2000
+#: At most this many records fetched ahead wait in a client's buffer.
+PREFETCH_RECORDS = 16384
+#: At most this many bytes of records fetched ahead wait in a client's buffer.
+PREFETCH_BYTES = 4 << 20
+# Records asked for in one bulk load sent ahead.
 _PREFETCH_BATCH = 250
 # Beyond this many, loaded oids are forgotten (see _note_known).
 _MAX_KNOWN_OIDS = 4_000_000
@@ -114,7 +125,7 @@ class ClientStorage(Storage):
         timeout: float | None = DEFAULT_TIMEOUT,
         secret: bytes | None = None,
         keyfile: str | None = None,
-        prefetch: bool = False,
+        prefetch: bool = True,
         max_transaction_size: int = DEFAULT_MAX_TRANSACTION_SIZE,
     ) -> None:
         self.address = SocketAddress.new(address, host, port)
@@ -133,10 +144,15 @@ class ClientStorage(Storage):
         self._known: set[bytes] = set()
         self._known_overflowed = False
         self._lost = False
+        # Records fetched ahead, oldest first; their total size.
         self._prefetched: dict[bytes, bytes] = {}
+        self._prefetched_bytes = 0
         self._inflight: list[bytes] = []
         self._inflight_set: set[bytes] = set()
         self._wanted: deque[bytes] = deque()
+        # Records fetched ahead, and of them used, lately.
+        self._fetched_ahead = 0
+        self._used_ahead = 0
         self._connect()
 
     def __str__(self) -> str:
@@ -254,11 +270,11 @@ class ClientStorage(Storage):
 
     def load(self, oid: bytes) -> bytes:
         self._check_usable()
-        record = self._prefetched.pop(oid, None)
+        record = self._use_prefetched(oid)
         try:
             if record is None and oid in self._inflight_set:
                 self._receive_prefetched()
-                record = self._prefetched.pop(oid, None)
+                record = self._use_prefetched(oid)
             if record is None:
                 self._sock.sendall(protocol.load_request(oid))
                 self._receive_prefetched()
@@ -280,7 +296,7 @@ class ClientStorage(Storage):
         try:
             self._receive_prefetched()
             for oid in oids:
-                record = self._prefetched.pop(oid, None)
+                record = self._use_prefetched(oid)
                 if record is None:
                     missing.append(oid)
                 else:
@@ -312,27 +328,42 @@ class ClientStorage(Storage):
 
     def _note_loaded(self, oid: bytes, record: bytes) -> None:
         self._note_known(oid)
-        if not self.prefetch:
+        if self.prefetch:
+            self._want(record_refs(record), urgent=True)
+
+    def _want(self, refs: bytes, urgent: bool) -> None:
+        """Queue the records ``refs`` names that are not here yet: those of a
+        record just used go first, in order (the next step of a lookup is
+        among them); those of a record fetched ahead go last.
+        """
+        if not refs:
             return
-        refs = record_refs(record)
-        known = self._known
+        known, prefetched, inflight = self._known, self._prefetched, self._inflight_set
+        new = [ref for ref in split_oids(refs) if ref not in known and ref not in prefetched and ref not in inflight]
         wanted = self._wanted
-        for start in range(0, len(refs), 8):
-            ref = refs[start:start + 8]
-            if ref not in known and ref not in self._prefetched and ref not in self._inflight_set:
-                wanted.append(ref)
-        while len(wanted) > 4 * _PREFETCH_RECORDS:
-            wanted.popleft()
+        if urgent:
+            wanted.extendleft(reversed(new))
+        else:
+            wanted.extend(new)
+        while len(wanted) > 4 * PREFETCH_RECORDS:
+            wanted.pop()
+
+    def _reading_ahead_pays(self) -> bool:
+        """Whether most records fetched ahead lately were used: a scan, or
+        many lookups, is under way, and it is worth fetching the records that
+        records fetched ahead refer to as well.  A few lookups in a large
+        tree use one record in dozens, and go one level ahead only.
+        """
+        return self._fetched_ahead >= _PREFETCH_BATCH and 2 * self._used_ahead >= self._fetched_ahead
 
     def _send_prefetch(self) -> None:
         """Ask ahead for wanted records, one bulk load at a time."""
         if self._inflight or not self._wanted:
             return
-        room = min(_PREFETCH_BATCH, _PREFETCH_RECORDS - len(self._prefetched))
         batch = []
         chosen = set()
         wanted = self._wanted
-        while wanted and len(batch) < room:
+        while wanted and len(batch) < _PREFETCH_BATCH:
             oid = wanted.popleft()
             if oid not in self._known and oid not in self._prefetched and oid not in chosen:
                 chosen.add(oid)
@@ -347,22 +378,59 @@ class ClientStorage(Storage):
         if not self._inflight:
             return
         inflight, self._inflight, self._inflight_set = self._inflight, [], set()
+        deeper = self._reading_ahead_pays()
         for oid in inflight:
             try:
-                self._prefetched[oid] = protocol.read_load_reply(self._read, oid)
+                record = protocol.read_load_reply(self._read, oid)
             except (ConflictError, DurusKeyError):
-                pass  # a load of it will get the same answer, then
+                continue  # a load of it will get the same answer, then
+            self._keep_prefetched(oid, record)
+            if deeper:
+                self._want(record_refs(record), urgent=False)
+        self._fetched_ahead += len(inflight)
+        if self._fetched_ahead > 8 * PREFETCH_RECORDS:
+            # The recent past counts most.
+            self._fetched_ahead //= 2
+            self._used_ahead //= 2
+
+    def _keep_prefetched(self, oid: bytes, record: bytes) -> None:
+        """Buffer a record fetched ahead, dropping the oldest ones beyond
+        the bounds: records nobody asked for must not pile up in a
+        long-lived connection.
+        """
+        prefetched = self._prefetched
+        self._take_prefetched(oid)
+        prefetched[oid] = record
+        self._prefetched_bytes += len(record)
+        while len(prefetched) > PREFETCH_RECORDS or self._prefetched_bytes > PREFETCH_BYTES:
+            self._take_prefetched(next(iter(prefetched)))
+
+    def _take_prefetched(self, oid: bytes) -> bytes | None:
+        """The buffered record of ``oid`` (taken out of the buffer), or None."""
+        record = self._prefetched.pop(oid, None)
+        if record is not None:
+            self._prefetched_bytes -= len(record)
+        return record
+
+    def _use_prefetched(self, oid: bytes) -> bytes | None:
+        """The buffered record of ``oid``, for the Connection, or None."""
+        record = self._take_prefetched(oid)
+        if record is not None:
+            self._used_ahead += 1
+        return record
 
     def _forget(self, oids: Iterable[bytes]) -> None:
-        """Drop buffered records of oids that changed (others' or our commits)."""
-        prefetched = self._prefetched
+        """Drop buffered records of oids that changed (others' or our commits):
+        what the Connection is handed is never older than its last sync.
+        """
         known = self._known
         for oid in oids:
-            prefetched.pop(oid, None)
+            self._take_prefetched(oid)
             known.discard(oid)
 
     def _clear_prefetch(self) -> None:
         self._prefetched.clear()
+        self._prefetched_bytes = 0
         self._inflight = []
         self._inflight_set = set()
         self._wanted.clear()

@@ -102,7 +102,7 @@ def _read_a_then_b_after_another_commit(server, **options):
 
 
 def test_read_conflict_when_loading_a_changed_object(server):
-    two, two_root = _read_a_then_b_after_another_commit(server)  # as in Durus 4.3, by default
+    two, two_root = _read_a_then_b_after_another_commit(server, prefetch=False)  # as in Durus 4.3
     # Loading b means catching up, which finds that a, already read, is stale.
     with pytest.raises(ReadConflictError):
         two_root["b"]["v"]
@@ -192,7 +192,7 @@ def test_iterating_a_container_loads_its_objects_in_batches(server, container):
         writer.get_root()["items"] = tree = BTree()
         tree.update(enumerate(items))
     writer.commit()
-    reader = connect(server)  # prefetch off: batches come from iterating
+    reader = connect(server, prefetch=False)  # batches come from iterating
     sent = []
     reader.get_storage()._sock = CountingSocket(reader.get_storage()._sock, sent)
     found = reader.get_root()["items"]
@@ -203,7 +203,7 @@ def test_iterating_a_container_loads_its_objects_in_batches(server, container):
 
 
 def test_a_batch_that_meets_a_newer_commit_loads_one_by_one(server):
-    one, two = connect(server), connect(server)
+    one, two = connect(server), connect(server, prefetch=False)  # prefetched items would be a snapshot
     one.get_root()["items"] = PersistentList(PersistentDict(n=n) for n in range(3))
     one.commit()
     two.abort()

@@ -1,0 +1,217 @@
+"""Records fetched ahead (ClientStorage's default): few round trips for cold
+key lookups, a bounded buffer, and reads that stay serializable with
+another client committing concurrently (real server process).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from durus import client_storage
+from durus.btree import BTree
+from durus.client_storage import ClientStorage
+from durus.connection import Connection
+from durus.error import ConflictError, WriteConflictError
+from durus.persistent import Persistent
+from server_process import ServerProcess
+
+
+class Cell(Persistent):
+    """One value in a tree."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with ServerProcess(tmp_path_factory.mktemp("prefetch") / "data.durus") as server:
+        yield server
+
+
+def connect(server, **options) -> Connection:
+    return Connection(ClientStorage(address=server.address, **options))
+
+
+def make_tree(connection: Connection, name: str, size: int, value: int = 0) -> None:
+    tree = BTree()
+    for key in range(size):
+        tree[key] = Cell(value)
+    connection.get_root()[name] = tree
+    connection.commit()
+
+
+class CountingSocket:
+    """Counts the requests a ClientStorage sends."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.sent = 0
+
+    def sendall(self, data) -> None:
+        self.sent += 1
+        self.sock.sendall(data)
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def counting(connection: Connection) -> CountingSocket:
+    storage = connection.get_storage()
+    storage._sock = counter = CountingSocket(storage._sock)
+    return counter
+
+
+def test_cold_lookups_by_key_take_few_round_trips_by_default(server):
+    writer = connect(server)
+    make_tree(writer, "lookups", 3000)
+    for options, most in (({}, 150), ({"prefetch": False}, None)):
+        reader = connect(server, **options)
+        counter = counting(reader)
+        tree = reader.get_root()["lookups"]
+        assert sum(tree[key].value + 1 for key in range(3000)) == 3000
+        if most is not None:
+            assert counter.sent < most, counter.sent
+        else:
+            assert counter.sent > 3000  # Durus 4.3's way: a round trip per record
+        reader.get_storage().close()
+
+
+def test_a_few_lookups_in_a_large_tree_read_one_level_ahead_only(server):
+    """Records fetched ahead that go unused cost the server work: deeper
+    read-ahead waits until most of them get used."""
+    writer = connect(server)
+    make_tree(writer, "sparse", 5000)
+    reader = connect(server)
+    storage = reader.get_storage()
+    tree = reader.get_root()["sparse"]
+    for key in random.Random(5).sample(range(5000), 5):
+        assert tree[key].value == 0
+    storage._receive_prefetched()
+    # Five paths of four nodes, each node's children and values: no more.
+    assert storage._fetched_ahead <= 5 * 4 * 64
+    assert not storage._reading_ahead_pays()
+
+
+def test_a_buffered_record_is_never_older_than_the_last_sync(server):
+    writer, reader = connect(server), connect(server)
+    make_tree(writer, "fresh", 400)
+    reader.abort()
+    tree = reader.get_root()["fresh"]
+    assert tree[0].value == 0  # brings nodes and cells ahead
+    storage = reader.get_storage()
+    storage.load(reader.get_root()._p_oid)  # drain what is in flight
+    assert len(storage._prefetched) > 20
+    wtree = writer.get_root()["fresh"]
+    for key in range(0, 400, 3):
+        wtree[key].value = 7
+    writer.commit()
+    reader.abort()
+    assert [tree[key].value for key in range(400)] == [7 if key % 3 == 0 else 0 for key in range(400)]
+
+
+def test_a_read_of_a_record_changed_after_the_view_conflicts_at_commit(server):
+    """The reader's view predates the writer's commit: it sees both cells as
+    they were together, and a commit that depends on them fails."""
+    writer, reader = connect(server), connect(server)
+    make_tree(writer, "skew", 100, value=50)
+    reader.abort()
+    tree = reader.get_root()["skew"]
+    assert tree[0].value == 50  # buffered: the cells of this leaf
+    wtree = writer.get_root()["skew"]
+    wtree[1].value -= 30
+    wtree[2].value += 30
+    writer.commit()
+    assert tree[1].value + tree[2].value == 100  # one snapshot, never a mix
+    tree[3].value = tree[1].value
+    with pytest.raises(WriteConflictError):
+        reader.commit()
+    reader.abort()
+    assert (tree[1].value, tree[2].value) == (20, 80)
+
+
+def test_the_buffer_stays_bounded(server, monkeypatch):
+    monkeypatch.setattr(client_storage, "PREFETCH_RECORDS", 50)
+    monkeypatch.setattr(client_storage, "PREFETCH_BYTES", 4000)
+    writer = connect(server)
+    make_tree(writer, "bounded", 2000)
+    reader = connect(server)
+    storage = reader.get_storage()
+    tree = reader.get_root()["bounded"]
+    for key in range(0, 2000, 7):
+        assert tree[key].value == 0
+        assert len(storage._prefetched) <= 50
+        assert sum(map(len, storage._prefetched.values())) == storage._prefetched_bytes <= 4000
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_transfers_with_a_concurrent_committer_keep_the_total(server, seed):
+    """Generated interleavings: a reader (prefetch on, the default) looks up
+    every cell of a tree by key, in a random order, while a writer moves
+    value between cells and commits at random points in the middle of the
+    reader's transaction; then the reader moves value itself, computed from
+    what it read, and commits.  Every transaction must see the total
+    unchanged (a consistent snapshot) or raise a ConflictError; after each
+    sync every buffered record must equal the committed one; and the stored
+    total never changes (no lost update).
+    """
+    chooser = random.Random(seed)
+    size, name = 200, f"bank{seed}"
+    setup = connect(server)
+    make_tree(setup, name, size, value=10)
+    checker = ClientStorage(address=server.address, prefetch=False)
+    writer, reader = connect(server), connect(server)
+    outcomes = []
+    for _ in range(15):
+        reader.abort()
+        check_buffer(reader.get_storage(), checker)
+        tree = reader.get_root()[name]
+        order = list(range(size))
+        chooser.shuffle(order)
+        commit_points = set(chooser.sample(range(size), chooser.choice([0, 0, 1, 2])))
+        try:
+            seen = {}
+            for index, key in enumerate(order):
+                if index in commit_points:
+                    transfer(writer, chooser, size, name)
+                seen[key] = tree[key].value
+            assert sum(seen.values()) == 10 * size, "a transaction saw a mix of states"
+            source, target = chooser.sample(order, 2)
+            amount = chooser.randint(0, seen[source])
+            tree[source].value = seen[source] - amount
+            tree[target].value = seen[target] + amount
+            reader.commit()
+            outcomes.append("committed")
+        except ConflictError:
+            outcomes.append("conflict")
+            reader.abort()
+        assert total(setup, name, size) == 10 * size
+    assert "committed" in outcomes
+    checker.close()
+
+
+def check_buffer(storage: ClientStorage, checker: ClientStorage) -> None:
+    """Every buffered record is the committed one (just after a sync)."""
+    storage._receive_prefetched()
+    checker.sync()
+    for oid, record in storage._prefetched.items():
+        assert record == checker.load(oid), "a buffered record outlived a commit"
+
+
+def transfer(writer: Connection, chooser: random.Random, size: int, name: str) -> None:
+    writer.abort()
+    tree = writer.get_root()[name]
+    source, target = chooser.sample(range(size), 2)
+    amount = chooser.randint(0, tree[source].value)
+    tree[source].value -= amount
+    tree[target].value += amount
+    writer.commit()
+
+
+def total(connection: Connection, name: str, size: int) -> int:
+    """The sum of every cell, read in one transaction."""
+    connection.abort()
+    tree = connection.get_root()[name]
+    return sum(tree[key].value for key in range(size))
