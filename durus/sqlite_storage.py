@@ -34,7 +34,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 
 from durus.error import DamagedRecordError, DurusError, DurusKeyError, ReadConflictError, WriteConflictError
-from durus.record import ROOT_OID, int_to_oid, oid_to_int, pack_record, read_int4, unpack_record
+from durus.record import ROOT_OID, int_to_oid, oid_to_int, pack_record, read_int4, record_refs, unpack_record
 from durus.storage import InvalidationHandler, Storage
 
 __all__ = ["SqliteStorage", "LOG_KEEP"]
@@ -265,6 +265,11 @@ class SqliteStorage(Storage):
     def end(self, handle_invalidations: InvalidationHandler | None = None) -> None:
         """Deliver what others committed since the last sync, then write the
         records and a log row in one SQLite transaction, durable on return.
+
+        Without ``handle_invalidations`` the oids stay pending (the next
+        ``sync`` reports them).  Either way a record of such an oid, or a
+        reference to an object a pack removed meanwhile, is a
+        WriteConflictError and nothing is written.
         """
         if self.pending is None:
             raise RuntimeError("end() outside a commit: call begin() first")
@@ -272,14 +277,33 @@ class SqliteStorage(Storage):
         self._check_writable("commit")
         with _Transaction(self._db, "BEGIN IMMEDIATE"):
             self._read_log()
-            delivered, self.invalid = self.invalid, set()
-            if delivered and handle_invalidations is not None:
-                handle_invalidations(list(delivered))
-            conflicts = delivered.intersection(pending)
+            if handle_invalidations is None:
+                delivered = set(self.invalid)
+            else:
+                delivered, self.invalid = self.invalid, set()
+                if delivered:
+                    handle_invalidations(list(delivered))
+            conflicts = delivered.intersection(pending) | self._removed_refs(pending, delivered)
             if conflicts:
                 raise WriteConflictError(sorted(conflicts))
             if pending:
                 self._write(pending)
+
+    def _removed_refs(self, records: dict[bytes, bytes], changed: set[bytes]) -> set[bytes]:
+        """The oids ``records`` refer to that others changed and that no
+        longer have a record (a pack removed them): such a reference would
+        dangle, so it is a conflict, as on a storage server.
+        """
+        removed = set()
+        for record in records.values():
+            refs = record_refs(record)
+            for start in range(0, len(refs), 8):
+                ref = refs[start:start + 8]
+                if ref in changed and ref not in records and ref not in removed:
+                    row = self._db.execute("SELECT 1 FROM objects WHERE id = ?", (_oid_to_id(ref),)).fetchone()
+                    if row is None:
+                        removed.add(ref)
+        return removed
 
     def _write(self, records: dict[bytes, bytes]) -> None:
         rows = []

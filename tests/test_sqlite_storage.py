@@ -242,3 +242,24 @@ def test_an_oid_beyond_sqlite_integers_is_refused(path: str) -> None:
     storage.begin()
     with pytest.raises(ValueError, match="largest SQLite integer"):
         storage.store(b"\xff" * 8, pack_record(b"\xff" * 8, b"d", b""))
+
+
+def test_a_reference_to_an_object_a_pack_removed_meanwhile_is_a_conflict(path: str) -> None:
+    packer, holder = SqliteStorage(path), SqliteStorage(path)
+    commit(packer, record(0, refs=(1,)), record(1))
+    holder.sync()
+    commit(packer, record(0))  # oid 1 is garbage now
+    packer.pack()
+    # The holder still has oid 1 and makes a new object refer to it.
+    with pytest.raises(WriteConflictError) as raised:
+        commit(holder, record(2, refs=(1,)), handler=lambda oids: None)
+    assert raised.value.oids == [int_to_oid(1)]
+    with pytest.raises(DurusKeyError):
+        packer.load(int_to_oid(2))
+
+
+def test_end_without_a_handler_keeps_what_others_committed_for_the_next_sync(path: str) -> None:
+    first, second = SqliteStorage(path), SqliteStorage(path)
+    commit(first, record(0))
+    commit(second, record(1))  # no handler: oid 0 stays pending
+    assert second.sync() == [int_to_oid(0)]
