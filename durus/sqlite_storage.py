@@ -147,7 +147,14 @@ class SqliteStorage(Storage):
     # -- reading -------------------------------------------------------------
 
     def load(self, oid: bytes) -> bytes:
-        return next(self.bulk_load([oid]))
+        self._check_usable()
+        if oid in self.invalid:
+            raise ReadConflictError([oid])
+        row = self._db.execute("SELECT id, data, refs FROM objects WHERE id = ?", (_oid_to_id(oid),)).fetchone()
+        self._check_not_newer([oid])
+        if row is None:
+            raise DurusKeyError(oid)
+        return self._record(row)
 
     def bulk_load(self, oids: Iterable[bytes]) -> Iterator[bytes]:
         oids = list(oids)
@@ -155,15 +162,15 @@ class SqliteStorage(Storage):
             yield from self._load_batch(oids[start:start + _QUERY_BATCH])
 
     def _load_batch(self, oids: list[bytes]) -> list[bytes]:
-        with self._read_transaction():
-            self._read_log()
-            for oid in oids:
-                if oid in self.invalid:
-                    raise ReadConflictError([oid])
-            ids = [_oid_to_id(oid) for oid in oids]
-            marks = ",".join("?" * len(ids))
-            rows = self._db.execute(f"SELECT id, data, refs FROM objects WHERE id IN ({marks})", ids)
-            found = {row[0]: row for row in rows}
+        self._check_usable()
+        for oid in oids:
+            if oid in self.invalid:
+                raise ReadConflictError([oid])
+        ids = [_oid_to_id(oid) for oid in oids]
+        marks = ",".join("?" * len(ids))
+        rows = self._db.execute(f"SELECT id, data, refs FROM objects WHERE id IN ({marks})", ids)
+        found = {row[0]: row for row in rows}
+        self._check_not_newer(oids)
         records = []
         for oid, id_ in zip(oids, ids):
             row = found.get(id_)
@@ -171,6 +178,17 @@ class SqliteStorage(Storage):
                 raise DurusKeyError(oid)
             records.append(self._record(row))
         return records
+
+    def _check_not_newer(self, oids: list[bytes]) -> None:
+        """Raise ReadConflictError if another process committed one of
+        ``oids`` since the last sync.  Called after the rows were read (each
+        statement reads its own snapshot, with no transaction around both):
+        a commit that the rows include is then in the log read here.
+        """
+        if self._read_log():
+            for oid in oids:
+                if oid in self.invalid:
+                    raise ReadConflictError([oid])
 
     def _record(self, row: tuple) -> bytes:
         id_, data, refs = row
