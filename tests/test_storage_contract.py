@@ -153,6 +153,28 @@ def test_write_skew_between_processes_lets_only_one_commit(kind: StorageKind) ->
     assert dict(admin.get_root()["doctors"]) == {"alice": "off", "bob": "on"}
 
 
+def test_processes_racing_to_read_and_increment_one_counter_lose_no_update(kind: StorageKind) -> None:
+    spec = kind.make_spec()
+    admin = connect(kind)
+    admin.get_root()["counter"] = PersistentCounter()
+    admin.commit()
+    seen = []
+    with WorkerPool(spec, 3) as pool:
+        workers = pool.get(3)
+        for _ in range(15):
+            for worker in workers:  # all three at once
+                worker.send("retry", scenario="increment_if_below", params={"name": "counter", "limit": 10**9},
+                            limit=100)
+            for worker in workers:
+                reply = worker.receive()
+                assert reply["status"] == "committed", reply
+                seen.append(reply["result"])
+    admin.abort()
+    assert admin.get_root()["counter"].value == 45
+    # Each committed transaction read the value the one before it left.
+    assert sorted(seen) == list(range(45))
+
+
 # -- oids ------------------------------------------------------------------------
 
 
