@@ -18,11 +18,16 @@ never wait for the one writer):
   :data:`LOG_KEEP` commits.  A storage that fell further behind cannot
   know what changed: it reports every stored oid as invalid, which drops
   every cached state (and conflicts the transaction underway, if any).
-- ``durus_oids(next integer)``: the next oid to hand out.  Oids are taken in
-  growing blocks inside a write transaction, so no two processes get the
-  same one, and the counter never goes back (Durus 4.3 hands out its
-  highest stored oid again after a reopen); it also skips past any oid
-  Durus 4.3 may have stored meanwhile.
+- ``durus_oids(next integer, root_claimer integer)``: the next oid to hand
+  out.  Oids are taken in growing blocks inside a write transaction, so no
+  two processes get the same one, and the counter never goes back (Durus
+  4.3 hands out its highest stored oid again after a reopen); it also skips
+  past any oid Durus 4.3 may have stored meanwhile.  The one exception is
+  the root's oid 0, which a Connection asks for to create the root: while
+  no root is stored and the process it went to (``root_claimer``, a pid:
+  the processes share one machine) has died, it is handed out again, so a
+  process killed before its first commit cannot leave the database
+  without a root for good.
 
 See ``docs/guide/storages.rst`` for when to choose it.
 """
@@ -56,7 +61,7 @@ _MAX_OID = (1 << 63) - 1
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS objects (id integer primary key, data blob, refs blob)",
     "CREATE TABLE IF NOT EXISTS durus_log (serial integer primary key, oids blob not null)",
-    "CREATE TABLE IF NOT EXISTS durus_oids (next integer not null)",
+    "CREATE TABLE IF NOT EXISTS durus_oids (next integer not null, root_claimer integer)",
 )
 
 
@@ -354,16 +359,41 @@ class SqliteStorage(Storage):
         return int_to_oid(self._free_oids.pop())
 
     def _take_oids(self, count: int) -> None:
-        """Reserve ``count`` oids from the shared counter for this storage."""
+        """Reserve ``count`` oids from the shared counter for this storage
+        (and the root's, if it is free again; see the module docstring).
+        """
         db = self._db
         with _Transaction(db, "BEGIN IMMEDIATE"):
-            (next_oid,) = db.execute("SELECT next FROM durus_oids").fetchone()
+            next_oid, claimer = db.execute("SELECT next, root_claimer FROM durus_oids").fetchone()
             (top,) = db.execute("SELECT coalesce(max(id), -1) FROM objects").fetchone()
             first = max(next_oid, top + 1)
             if first + count > _MAX_OID:
                 raise DurusError(f"no oids left in {self.filename}")
+            free = list(range(first + count - 1, first - 1, -1))
+            if first == 0 or self._root_is_free(claimer):
+                if first > 0:
+                    free.append(0)
+                db.execute("UPDATE durus_oids SET root_claimer = ?", (self._pid,))
             db.execute("UPDATE durus_oids SET next = ?", (first + count,))
-        self._free_oids = list(range(first + count - 1, first - 1, -1))
+        self._free_oids = free
+
+    def _root_is_free(self, claimer: int | None) -> bool:
+        """Whether oid 0 may be handed out again: no root is stored and the
+        process it was handed to is gone.
+        """
+        if self._db.execute("SELECT 1 FROM objects WHERE id = 0").fetchone() is not None:
+            return False
+        if claimer is None:
+            return True
+        if claimer == self._pid:
+            return False  # this process has it (another storage of it, maybe)
+        try:
+            os.kill(claimer, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     # -- packing -------------------------------------------------------------
 

@@ -78,7 +78,7 @@ def test_new_oids_skip_past_oids_stored_without_the_counter(path: str) -> None:
     storage = SqliteStorage(path)
     storage.close()
     db = sqlite3.connect(path)  # as Durus 4.3 (or another program) would write
-    db.execute("INSERT INTO objects VALUES (40, ?, ?)", (b"d", b""))
+    db.executemany("INSERT INTO objects VALUES (?, ?, ?)", [(0, b"root", b""), (40, b"d", b"")])
     db.commit()
     db.close()
     storage = SqliteStorage(path)
@@ -86,7 +86,7 @@ def test_new_oids_skip_past_oids_stored_without_the_counter(path: str) -> None:
 
 
 def test_two_processes_taking_oids_at_once_never_share_one(path: str) -> None:
-    SqliteStorage(path).close()
+    Connection(SqliteStorage(path)).get_storage().close()  # the root is stored
     code = ("import sys; from durus.sqlite_storage import SqliteStorage\n"
             "s = SqliteStorage(sys.argv[1])\n"
             "print(' '.join(str(int.from_bytes(s.new_oid(), 'big')) for _ in range(2000)))\n")
@@ -98,6 +98,17 @@ def test_two_processes_taking_oids_at_once_never_share_one(path: str) -> None:
         assert process.returncode == 0
         oids.extend(int(word) for word in out.split())
     assert len(oids) == 6000 == len(set(oids))
+
+
+def test_the_root_oid_goes_out_again_once_the_process_holding_it_died_without_a_root(path: str) -> None:
+    code = ("import sys; from durus.sqlite_storage import SqliteStorage\n"
+            "print(int.from_bytes(SqliteStorage(sys.argv[1]).new_oid(), 'big'))\n")
+    taken = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, cwd=REPO, check=True)
+    assert taken.stdout.split() == ["0"]  # then that process exited, root not created
+    storage = SqliteStorage(path)
+    assert storage.new_oid() == ROOT_OID
+    other = SqliteStorage(path)  # this process holds oid 0 now
+    assert other.new_oid() != ROOT_OID
 
 
 def test_sync_reports_what_another_storage_committed_and_a_load_of_it_conflicts(path: str) -> None:
