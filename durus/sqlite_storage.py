@@ -90,7 +90,7 @@ class SqliteStorage(Storage):
         self._pid = os.getpid()
         self._db = self._open()
         try:
-            self._check_tables()
+            self._logged = self._table_names() >= {"durus_log"}
             self.seen_serial = self._last_serial()
         except BaseException:
             self._db.close()
@@ -99,52 +99,61 @@ class SqliteStorage(Storage):
     # -- opening -------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
-        if self.readonly:
-            if not os.path.exists(self.filename):
-                raise FileNotFoundError(2, f"no file to open readonly: {self.filename}", self.filename)
-            uri = "file:" + os.path.abspath(self.filename) + "?mode=ro"
-            db = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT, isolation_level=None,
-                                 check_same_thread=False)
-            return db
-        db = sqlite3.connect(self.filename, timeout=_BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+        """The SQLite connection, on a database checked to be a Durus one;
+        opened for writing, in WAL mode with this storage's tables added.
+        """
+        if self.readonly and not os.path.exists(self.filename):
+            raise FileNotFoundError(2, f"no file to open readonly: {self.filename}", self.filename)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            # A commit returns once its WAL frames are on disk.
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _SCHEMA:
-                    db.execute(statement)
-                if db.execute("SELECT count(*) FROM durus_oids").fetchone()[0] == 0:
-                    db.execute("INSERT INTO durus_oids (next) VALUES (0)")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        except sqlite3.DatabaseError as error:
+            if self.readonly:
+                uri = "file:" + os.path.abspath(self.filename) + "?mode=ro"
+                db = sqlite3.connect(uri, uri=True, timeout=_BUSY_TIMEOUT, isolation_level=None,
+                                     check_same_thread=False)
+            else:
+                db = sqlite3.connect(self.filename, timeout=_BUSY_TIMEOUT, isolation_level=None,
+                                     check_same_thread=False)
+        except sqlite3.Error as error:
+            raise DurusError(f"cannot open {self.filename} as a Durus SQLite database: {error}") from None
+        self._db = db
+        try:
+            if self.readonly:
+                self._check_objects_table()
+            else:
+                self._prepare()
+        except sqlite3.Error as error:
             db.close()
             raise DurusError(f"cannot open {self.filename} as a Durus SQLite database: {error}") from None
+        except BaseException:
+            db.close()
+            raise
         return db
 
-    def _check_tables(self) -> None:
-        try:
-            tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        except sqlite3.DatabaseError as error:
-            raise DurusError(f"cannot open {self.filename} as a Durus SQLite database: {error}") from None
-        if "objects" not in tables:
-            raise DurusError(f"{self.filename} is an SQLite database without an objects table, not a Durus one")
+    def _prepare(self) -> None:
+        db = self._db
+        db.execute("PRAGMA journal_mode=WAL")
+        # A commit returns once its WAL frames are on disk.
+        db.execute("PRAGMA synchronous=FULL")
+        with _Transaction(db, "BEGIN IMMEDIATE"):
+            if self._table_names():
+                self._check_objects_table()  # before adding anything to a database of another program
+            for statement in _SCHEMA:
+                db.execute(statement)
+            if db.execute("SELECT count(*) FROM durus_oids").fetchone()[0] == 0:
+                db.execute("INSERT INTO durus_oids (next) VALUES (0)")
+
+    def _table_names(self) -> set[str]:
+        return {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    def _check_objects_table(self) -> None:
+        if "objects" not in self._table_names():
+            raise DurusError(
+                f"{self.filename} is an SQLite database without an objects table, not a Durus one "
+                "(nothing was changed)")
 
     def _last_serial(self) -> int:
-        if not self._has_log():
+        if not self._logged:
             return 0
         return self._db.execute("SELECT coalesce(max(serial), 0) FROM durus_log").fetchone()[0]
-
-    def _has_log(self) -> bool:
-        # A readonly storage may open a file Durus 4.3 made (no log table).
-        if not self.readonly:
-            return True
-        return self._db.execute(
-            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='durus_log'").fetchone()[0] > 0
 
     def get_filename(self) -> str:
         return self.filename
@@ -220,7 +229,7 @@ class SqliteStorage(Storage):
         """Add what others committed since ``seen_serial`` to ``invalid``
         (inside a transaction); whether anything was new.
         """
-        if not self._has_log():
+        if not self._logged:  # a file of Durus 4.3, opened readonly
             return False
         rows = self._db.execute(
             "SELECT serial, oids FROM durus_log WHERE serial > ? ORDER BY serial", (self.seen_serial,)).fetchall()

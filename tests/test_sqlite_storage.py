@@ -228,8 +228,16 @@ def test_an_sqlite_database_of_another_program_is_refused(tmp_path: Path) -> Non
     db.execute("CREATE TABLE people (name text)")
     db.commit()
     db.close()
-    with pytest.raises(DurusError, match="without an objects table"):
-        SqliteStorage(path, readonly=True)
+    for readonly in (True, False):
+        with pytest.raises(DurusError, match="without an objects table"):
+            SqliteStorage(path, readonly=readonly)
+    db = sqlite3.connect(path)
+    assert [name for (name,) in db.execute("SELECT name FROM sqlite_master")] == ["people"]
+
+
+def test_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DurusError, match="cannot open .*unable to open"):
+        SqliteStorage(str(tmp_path / "no" / "such" / "data.sqlite"))
 
 
 @pytest.mark.parametrize("data, refs, problem", [
