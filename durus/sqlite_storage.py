@@ -362,10 +362,15 @@ class SqliteStorage(Storage):
 
     def new_oid(self) -> bytes:
         self._check_writable("allocate oids")
-        if not self._free_oids:
-            self._take_oids(self._oid_block)
-            self._oid_block = min(self._oid_block * 2, _MAX_OID_BLOCK)
-        return int_to_oid(self._free_oids.pop())
+        while True:
+            if not self._free_oids:
+                self._take_oids(self._oid_block)
+                self._oid_block = min(self._oid_block * 2, _MAX_OID_BLOCK)
+            oid = int_to_oid(self._free_oids.pop())
+            # Reserved for this storage, but a record may have been stored
+            # under it without new_oid (a copy, Durus 4.3): never hand it out.
+            if self._db.execute("SELECT 1 FROM objects WHERE id = ?", (oid_to_int(oid),)).fetchone() is None:
+                return oid
 
     def _take_oids(self, count: int) -> None:
         """Reserve ``count`` oids from the shared counter for this storage

@@ -5,12 +5,18 @@ test_storage_contract.py.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from durus.connection import Connection
 from durus.error import DamagedRecordError, DurusError, DurusKeyError, ReadConflictError, WriteConflictError
@@ -282,3 +288,83 @@ def test_end_without_a_handler_keeps_what_others_committed_for_the_next_sync(pat
     commit(first, record(0))
     commit(second, record(1))  # no handler: oid 0 stays pending
     assert second.sync() == [int_to_oid(0)]
+
+
+# -- several storages on one file against a model of what each must see ---------
+
+
+class SharedFileModel(RuleBasedStateMachine):
+    """Three SqliteStorages on one file, driven in generated orders.
+
+    The model: the committed records, and for each storage the oids others
+    committed since its last sync or commit.  A storage must report exactly
+    those (``sync`` and the handler of ``end``), refuse to load them
+    (ReadConflictError), refuse a commit writing one of them, and hand out
+    oids no one had or has.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folder = tempfile.mkdtemp()
+        path = os.path.join(self.folder, "data.sqlite")
+        self.storages = [SqliteStorage(path) for _ in range(3)]
+        self.committed: dict[bytes, bytes] = {}
+        self.pending: list[set[bytes]] = [set() for _ in self.storages]
+        self.handed: set[bytes] = set()
+        self.serial = 0
+
+    def teardown(self) -> None:
+        for storage in self.storages:
+            storage.close()
+        shutil.rmtree(self.folder)
+
+    @rule(who=st.integers(0, 2), oids=st.sets(st.integers(0, 5), min_size=1, max_size=3))
+    def commit(self, who: int, oids: set[int]) -> None:
+        self.serial += 1
+        records = [record(oid, f"{self.serial}".encode()) for oid in sorted(oids)]
+        delivered = []
+        try:
+            commit(self.storages[who], *records, handler=delivered.extend)
+        except WriteConflictError:
+            assert {int_to_oid(oid) for oid in oids} & self.pending[who]
+        else:
+            assert not {int_to_oid(oid) for oid in oids} & self.pending[who]
+            for item in records:
+                self.committed[item[:8]] = item
+            for other, pending in enumerate(self.pending):
+                if other != who:
+                    pending.update(item[:8] for item in records)
+        assert set(delivered) == self.pending[who]
+        self.pending[who] = set()
+
+    @rule(who=st.integers(0, 2))
+    def sync(self, who: int) -> None:
+        assert set(self.storages[who].sync()) == self.pending[who]
+        self.pending[who] = set()
+
+    @rule(who=st.integers(0, 2), oid=st.integers(0, 6))
+    def load(self, who: int, oid: int) -> None:
+        key = int_to_oid(oid)
+        if key in self.pending[who]:
+            with pytest.raises(ReadConflictError):
+                self.storages[who].load(key)
+        elif key not in self.committed:
+            with pytest.raises(DurusKeyError):
+                self.storages[who].load(key)
+        else:
+            assert self.storages[who].load(key) == self.committed[key]
+
+    @rule(who=st.integers(0, 2))
+    def new_oid(self, who: int) -> None:
+        oid = self.storages[who].new_oid()
+        assert oid not in self.handed and oid not in self.committed
+        self.handed.add(oid)
+
+    @invariant()
+    def nobody_hears_of_its_own_commits(self) -> None:
+        for storage, pending in zip(self.storages, self.pending):
+            assert storage.invalid <= pending
+
+
+SharedFileModel.TestCase.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
+test_storages_sharing_a_file_see_what_the_model_says = SharedFileModel.TestCase
