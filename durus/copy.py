@@ -20,6 +20,7 @@ database as of one commit, into a SHELF-1 file).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +30,7 @@ from durus.error import DurusError
 from durus.record import oid_to_int, record_refs
 from durus.storage import Storage
 
-__all__ = ["CopyError", "CopyReport", "copy_storage", "verify_copy", "run_copy_command"]
+__all__ = ["CopyError", "CopyReport", "copy_storage", "copy_named", "verify_copy", "run_copy_command"]
 
 #: ``progress(phase, records, total)``: phase ``"copy"`` (total 0, unknown)
 #: or ``"verify"`` (records compared so far, of total).
@@ -203,7 +204,7 @@ def run_copy_command(argv: Sequence[str]) -> int:
     """``durus --copy SRC DEST``: exit status 0 copied and verified, 1 the
     verification found differences, 2 the copy could not be made.
     """
-    from durus.storage_spec import FORMS, open_storage
+    from durus.storage_spec import FORMS
 
     parser = argparse.ArgumentParser(
         prog="durus --copy",
@@ -217,8 +218,8 @@ def run_copy_command(argv: Sequence[str]) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     options = parser.parse_args(argv)
     try:
-        report = _copy(options.source, options.dest, None if options.quiet else print_progress,
-                       not options.no_verify, open_storage)
+        report = copy_named(options.source, options.dest, None if options.quiet else print_progress,
+                            not options.no_verify)
     except (DurusError, OSError, ValueError) as error:
         sys.stderr.write(f"durus --copy: {error}\n")
         return 2
@@ -226,9 +227,12 @@ def run_copy_command(argv: Sequence[str]) -> int:
     return 0 if report.differences in (None, []) else 1
 
 
-def _copy(source_spec: str, dest_spec: str, progress: Progress | None, verify: bool,
-          open_storage: Callable[..., Storage]) -> CopyReport:
-    import os
+def copy_named(source_spec: str, dest_spec: str, progress: Progress | None = None,
+               verify: bool = True) -> CopyReport:
+    """Open the storages two strings name (see :mod:`durus.storage_spec`),
+    the source read-only where it can be, and copy one into the other.
+    """
+    from durus.storage_spec import open_storage
 
     if os.path.exists(source_spec) and os.path.exists(dest_spec) and os.path.samefile(source_spec, dest_spec):
         raise CopyError(f"SRC and DEST are the same file: {source_spec}")
