@@ -439,9 +439,17 @@ class SqliteStorage(Storage):
         db = self._db
         with _Transaction(db, "BEGIN IMMEDIATE"):
             # Whatever was committed since the marking began is alive, with
-            # everything it reaches: only a commit can make an object reachable.
-            for _, oids in db.execute("SELECT serial, oids FROM durus_log WHERE serial > ?", (start_serial,)):
-                marker.add(oids[i:i + 8] for i in range(0, len(oids), 8))
+            # everything it reaches now: only a commit can make an object
+            # reachable, and objects marked already may refer to new ones.
+            expected = start_serial + 1
+            for serial, oids in db.execute(
+                    "SELECT serial, oids FROM durus_log WHERE serial > ? ORDER BY serial", (start_serial,)):
+                if serial != expected:
+                    raise DurusError(
+                        f"pack of {self.filename} abandoned, nothing removed: more than {LOG_KEEP} "
+                        "commits came during it, and the log no longer holds them all; pack again")
+                expected += 1
+                marker.revisit(oids[i:i + 8] for i in range(0, len(oids), 8))
             while marker.mark_some(None):
                 pass
             dead = [id_ for (id_,) in db.execute("SELECT id FROM objects") if not marker.has(id_)]
@@ -496,6 +504,13 @@ class _Marker:
             if id_ not in self.seen:
                 self.seen.add(id_)
                 self.todo.append(id_)
+
+    def revisit(self, oids: Iterable[bytes]) -> None:
+        """Queue ``oids`` to have their references read again, marked or not."""
+        for oid in oids:
+            id_ = oid_to_int(oid)
+            self.seen.add(id_)
+            self.todo.append(id_)
 
     def has(self, id_: int) -> bool:
         return id_ in self.seen

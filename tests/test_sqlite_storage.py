@@ -368,3 +368,30 @@ class SharedFileModel(RuleBasedStateMachine):
 
 SharedFileModel.TestCase.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
 test_storages_sharing_a_file_see_what_the_model_says = SharedFileModel.TestCase
+
+
+def test_pack_keeps_an_object_whose_reference_moved_to_an_object_already_marked(path: str) -> None:
+    storage, other = SqliteStorage(path), SqliteStorage(path)
+    commit(storage, record(0, refs=(1,)), record(1, refs=(2,)), record(2, b"x"))
+    packer = storage.get_packer()
+    next(packer)  # started
+    next(packer)  # the root is marked: oid 1 is queued, not yet read
+    # The reference to 2 moves from 1 (not yet read) to the root (read).
+    other.sync()
+    commit(other, record(0, refs=(1, 2)), record(1))
+    list(packer)
+    assert storage.load(int_to_oid(2)) == record(2, b"x")
+
+
+def test_a_pack_outrun_by_the_trimmed_log_removes_nothing(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_storage, "LOG_KEEP", 5)
+    storage, other = SqliteStorage(path), SqliteStorage(path)
+    commit(storage, record(0), record(1))  # oid 1 is garbage
+    packer = storage.get_packer()
+    next(packer)
+    other.sync()
+    for _ in range(200):
+        commit(other, record(0))
+    with pytest.raises(DurusError, match="pack .* abandoned, nothing removed"):
+        list(packer)
+    assert SqliteStorage(path).load(int_to_oid(1)) == record(1)
