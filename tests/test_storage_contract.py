@@ -240,24 +240,32 @@ def _acknowledged(process: subprocess.Popen, at_least: int, timeout: float = 60.
     return last
 
 
-def crash_and_check(kind: StorageKind, spec: str, rng: random.Random) -> None:
-    """Start a committing worker, kill -9 it at a random moment, and check
-    every acknowledged commit is there and no commit is there in part.
+def start_committer(spec: str) -> subprocess.Popen:
+    """A contract_worker process committing numbered commits until killed."""
+    return subprocess.Popen([sys.executable, str(CONTRACT_WORKER), spec, "commits"],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def kill(process: subprocess.Popen, acknowledged: int) -> int:
+    """SIGKILL ``process``; the last commit it acknowledged (counting lines
+    printed before it died).
     """
-    process = subprocess.Popen([sys.executable, str(CONTRACT_WORKER), spec, "commits"],
-                               stdout=subprocess.PIPE, text=True)
     try:
-        acknowledged = _acknowledged(process, rng.randint(2, 6))
-        time.sleep(rng.uniform(0, 0.03))  # a random point inside a later commit
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-        rest = process.stdout.read().split()  # printed before the kill: acknowledged too
-        acknowledged = max([acknowledged, *map(int, rest)])
+        rest = process.stdout.read().split()
+        return max([acknowledged, *map(int, rest)])
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
         process.stdout.close()
+
+
+def check_whole_commits(kind: StorageKind, acknowledged: int) -> None:
+    """Every acknowledged commit of the committer is there, no commit is
+    there in part, and every object it made can be loaded.
+    """
     check = connect(kind)
     root = check.get_root()
     left, right, items = root["left"]["n"], root["right"]["n"], root["items"]
@@ -265,6 +273,50 @@ def crash_and_check(kind: StorageKind, spec: str, rng: random.Random) -> None:
     assert left >= acknowledged, f"commit {acknowledged} was acknowledged but is lost"
     assert [item["n"] for item in items] == list(range(1, left + 1))
     check.get_storage().close()
+
+
+def crash_and_check(kind: StorageKind, spec: str, rng: random.Random) -> None:
+    """Start a committing worker, kill -9 it at a random moment, and check
+    every acknowledged commit is there and no commit is there in part.
+    """
+    process = start_committer(spec)
+    acknowledged = 0
+    try:
+        acknowledged = _acknowledged(process, rng.randint(2, 6))
+        time.sleep(rng.uniform(0, 0.03))  # a random point inside a later commit
+    finally:
+        acknowledged = kill(process, acknowledged)
+    check_whole_commits(kind, acknowledged)
+
+
+def test_a_pack_while_another_process_commits_keeps_everything_reachable(kind: StorageKind) -> None:
+    spec = kind.make_spec()
+    admin = connect(kind)
+    admin.get_root()["garbage"] = PersistentDict()
+    admin.commit()
+    garbage = admin.get_root()["garbage"]._p_oid
+    del admin.get_root()["garbage"]
+    admin.commit()
+    process = start_committer(spec)
+    acknowledged = 0
+    try:
+        acknowledged = _acknowledged(process, 3)
+        admin.get_storage().pack()  # a server packs in the background
+
+        def packed() -> bool:
+            storage = admin.get_storage()
+            storage.sync()
+            try:
+                storage.load(garbage)
+            except DurusKeyError:
+                return True
+            return False
+
+        wait_until(packed)
+        acknowledged = _acknowledged(process, acknowledged + 3)
+    finally:
+        acknowledged = kill(process, acknowledged)
+    check_whole_commits(kind, acknowledged)
 
 
 def test_a_worker_killed_while_committing_leaves_whole_commits(kind: StorageKind) -> None:
