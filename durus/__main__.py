@@ -230,6 +230,8 @@ def serve_main(argv: Sequence[str]) -> int:
             storage_class=options.storage_class,
             in_use_hint="a server (or another program) already has it open: connect to that "
                         "server (durus -c --port PORT), or stop it first")
+        if getattr(storage, "readonly", False):
+            options.readonly = True  # a storage that only reads (an old DFS20 file)
     server = StorageServer(
         storage, address=address, gcbytes=options.gcbytes, readonly=options.readonly,
         secret=secret, max_transaction_size=options.max_transaction_size)

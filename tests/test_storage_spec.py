@@ -187,3 +187,17 @@ def test_durus_c_opens_an_old_dfs20_file_read_only(tmp_path: Path) -> None:
     assert "hello 1" in result.stdout
     assert "old DFS20 file, which is only read" in result.stderr
     assert "durus --copy" in result.stderr
+
+
+def test_durus_s_serves_an_old_dfs20_file_read_only(tmp_path: Path) -> None:
+    path = tmp_path / "old.durus"
+    dfs20_with(path, greeting="hello")
+    with ServerProcess(path) as server:
+        connection = Connection(ClientStorage(address=server.address))
+        assert connection.get_root()["greeting"] == "hello"
+        connection.get_root()["reply"] = "hi"
+        with pytest.raises(DurusError):  # the server refuses, and drops the client
+            connection.commit()
+        connection.get_storage().close()
+        assert server.is_running()
+    assert Connection(FileStorage2(str(path))).get_root().get("reply") is None
