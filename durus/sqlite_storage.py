@@ -226,8 +226,9 @@ class SqliteStorage(Storage):
         return _Transaction(self._db, "BEGIN")
 
     def _read_log(self) -> bool:
-        """Add what others committed since ``seen_serial`` to ``invalid``
-        (inside a transaction); whether anything was new.
+        """Add what others committed since ``seen_serial`` to ``invalid``;
+        whether anything was new.  Safe outside a transaction: serials only
+        grow, and a trimmed gap shows as a missing next serial.
         """
         if not self._logged:  # a file of Durus 4.3, opened readonly
             return False
