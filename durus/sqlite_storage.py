@@ -87,6 +87,9 @@ class SqliteStorage(Storage):
         self.invalid: set[bytes] = set()
         self._free_oids: list[int] = []
         self._oid_block = 1
+        # The log was trimmed past what this storage had read: until its next
+        # commit, every reference a commit makes is checked to have a record.
+        self._lost_track = False
         self._pid = os.getpid()
         self._db = self._open()
         try:
@@ -239,6 +242,7 @@ class SqliteStorage(Storage):
         if rows[0][0] != self.seen_serial + 1:
             # The log was trimmed past what this storage saw: anything may
             # have changed, so every stored oid is reported.
+            self._lost_track = True
             self.invalid.update(int_to_oid(id_) for (id_,) in self._db.execute("SELECT id FROM objects"))
         for _, oids in rows:
             self.invalid.update(oids[i:i + 8] for i in range(0, len(oids), 8))
@@ -316,23 +320,25 @@ class SqliteStorage(Storage):
                 delivered, self.invalid = self.invalid, set()
                 if delivered:
                     handle_invalidations(list(delivered))
-            conflicts = delivered.intersection(pending) | self._removed_refs(pending, delivered)
+            changed = None if self._lost_track else delivered
+            conflicts = delivered.intersection(pending) | self._removed_refs(pending, changed)
             if conflicts:
                 raise WriteConflictError(sorted(conflicts))
             if pending:
                 self._write(pending)
+        self._lost_track = False
 
-    def _removed_refs(self, records: dict[bytes, bytes], changed: set[bytes]) -> set[bytes]:
-        """The oids ``records`` refer to that others changed and that no
-        longer have a record (a pack removed them): such a reference would
-        dangle, so it is a conflict, as on a storage server.
+    def _removed_refs(self, records: dict[bytes, bytes], changed: set[bytes] | None) -> set[bytes]:
+        """The oids ``records`` refer to that others changed (None: any)
+        and that no longer have a record (a pack removed them): such a
+        reference would dangle, so it is a conflict, as on a storage server.
         """
         removed = set()
         for record in records.values():
             refs = record_refs(record)
             for start in range(0, len(refs), 8):
                 ref = refs[start:start + 8]
-                if ref in changed and ref not in records and ref not in removed:
+                if (changed is None or ref in changed) and ref not in records and ref not in removed:
                     row = self._db.execute("SELECT 1 FROM objects WHERE id = ?", (_oid_to_id(ref),)).fetchone()
                     if row is None:
                         removed.add(ref)

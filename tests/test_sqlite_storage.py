@@ -395,3 +395,19 @@ def test_a_pack_outrun_by_the_trimmed_log_removes_nothing(path: str, monkeypatch
     with pytest.raises(DurusError, match="pack .* abandoned, nothing removed"):
         list(packer)
     assert SqliteStorage(path).load(int_to_oid(1)) == record(1)
+
+
+def test_left_behind_by_the_log_a_reference_to_a_removed_object_still_conflicts(
+        path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_storage, "LOG_KEEP", 5)
+    busy, idle = SqliteStorage(path), SqliteStorage(path)
+    commit(busy, record(0, refs=(1,)), record(1))
+    idle.sync()
+    commit(busy, record(0))
+    busy.pack()  # removes oid 1; then the log row saying so is trimmed away
+    for _ in range(200):
+        commit(busy, record(0))
+    with pytest.raises(WriteConflictError) as raised:
+        commit(idle, record(2, refs=(1,)), handler=lambda oids: None)
+    assert raised.value.oids == [int_to_oid(1)]
+    commit(idle, record(3))  # caught up: commits go on
