@@ -32,7 +32,7 @@ from durus.storage_server import (
 )
 
 USAGE = """\
-usage: durus -s | -c | -p | --check | --backup [options]
+usage: durus -s | -c | -p | --check | --backup | --copy [options]
     -s        start (or, with --stop, stop) a storage server
     -c        open an interactive Python console on a storage
               (--file F opens an existing file; add --create for a new one)
@@ -40,6 +40,8 @@ usage: durus -s | -c | -p | --check | --backup [options]
     --check   check every record and reference of a file (exit status 1 if damaged)
     --backup  copy a live database, as of one commit, to a checked file:
               durus --backup DEST [--file F | --host H --port P | --address A]
+    --copy    copy every record into a new storage of any kind, and verify:
+              durus --copy SRC DEST (each a path, sqlite:///PATH, durus://HOST:PORT, ...)
     durus -s -h (or -c -h, -p -h, --check -h) lists the options of each
 """
 
@@ -57,7 +59,8 @@ class CommandError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    modes = {"-s": serve_main, "-c": client_main, "-p": pack_main, "--check": check_main, "--backup": backup_main}
+    modes = {"-s": serve_main, "-c": client_main, "-p": pack_main, "--check": check_main, "--backup": backup_main,
+             "--copy": copy_main}
     if not argv or argv[0] not in modes:
         sys.stderr.write(USAGE)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
@@ -114,8 +117,13 @@ def format_duration(seconds: float) -> str:
 
 
 def open_file_storage(path: str, *, create: bool, in_use_hint: str, readonly: bool = False,
-                      repair: bool = False, missing_hint: str | None = None):
-    """A FileStorage on ``path``, or a :class:`CommandError` saying why not.
+                      repair: bool = False, missing_hint: str | None = None,
+                      storage_class: type | None = None):
+    """A storage on the file ``path``, or a :class:`CommandError` saying why not.
+
+    ``storage_class`` (``--storage-class``) reads it; by default the class
+    is told by the file's first bytes
+    (:func:`durus.storage_spec.storage_class_for_file`).
 
     ``create``: a missing file in an existing folder becomes a new, empty
     database; otherwise a missing file is refused.  A missing folder is
@@ -124,7 +132,8 @@ def open_file_storage(path: str, *, create: bool, in_use_hint: str, readonly: bo
     ``missing_hint``: what else to do when a missing file is refused (say,
     the option that creates it).
     """
-    from durus.file_storage import FileLockedError, FileStorage
+    from durus.file_storage import FileLockedError
+    from durus.storage_spec import storage_class_for_file
 
     if os.path.isdir(path):
         raise CommandError(f"{path} is a folder, not a Durus file; give the path of the file")
@@ -138,13 +147,36 @@ def open_file_storage(path: str, *, create: bool, in_use_hint: str, readonly: bo
             also = f", {missing_hint}" if missing_hint else ""
             raise CommandError(f"no such file: {path}; check the path{also} (nothing was created)")
     try:
-        return FileStorage(path, readonly=readonly, repair=repair)
+        if storage_class is None:
+            storage_class = storage_class_for_file(path)
+        return storage_class(path, readonly=readonly, repair=repair)
     except FileLockedError:
         raise CommandError(f"{path} is in use by another process, which holds its lock; {in_use_hint}") from None
     except DurusError as error:
         raise CommandError(f"cannot open {path}: {error}") from None
     except OSError as error:
         raise CommandError(f"cannot open {path}: {_reason(error)}") from None
+
+
+def _add_storage_class_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-class", type=_storage_class, default=None, metavar="MODULE.CLASS",
+        help="with --file: the storage class that opens it, e.g. durus.sqlite_storage.SqliteStorage "
+             "(default: told by the file's first bytes)")
+
+
+def _storage_class(text: str) -> type:
+    from durus.storage_spec import import_storage_class
+
+    try:
+        return import_storage_class(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _check_storage_class(options: argparse.Namespace) -> None:
+    if options.storage_class is not None and options.file is None:
+        raise CommandError("--storage-class goes with --file FILE: it says how to open that file")
 
 
 def _logging_level(text: str) -> int:
@@ -178,7 +210,9 @@ def serve_main(argv: Sequence[str]) -> int:
     parser.add_argument("--logginglevel", type=_logging_level, default=logging.INFO,
                         help="lower numbers log more (default 20, INFO)")
     parser.add_argument("--stop", action="store_true", help="stop the server running at the address")
+    _add_storage_class_option(parser)
     options = parser.parse_args(argv)
+    _check_storage_class(options)
     address = _address(options, owner=options.owner, group=options.group, umask=options.umask)
     if options.stop:
         return stop_server(address, options.keyfile)
@@ -193,8 +227,11 @@ def serve_main(argv: Sequence[str]) -> int:
         created = not os.path.exists(options.file)
         storage = open_file_storage(
             options.file, create=True, readonly=options.readonly, repair=options.repair,
+            storage_class=options.storage_class,
             in_use_hint="a server (or another program) already has it open: connect to that "
                         "server (durus -c --port PORT), or stop it first")
+        if getattr(storage, "readonly", False):
+            options.readonly = True  # a storage that only reads (an old DFS20 file)
     server = StorageServer(
         storage, address=address, gcbytes=options.gcbytes, readonly=options.readonly,
         secret=secret, max_transaction_size=options.max_transaction_size)
@@ -314,7 +351,9 @@ def client_main(argv: Sequence[str]) -> int:
                         help="objects kept loaded (default 10000)")
     parser.add_argument("--startup", default=os.environ.get("DURUSSTARTUP", ""),
                         help="a Python file to run first (default: $DURUSSTARTUP)")
+    _add_storage_class_option(parser)
     options = parser.parse_args(argv)
+    _check_storage_class(options)
     from durus.connection import Connection
 
     if options.file is None:
@@ -326,7 +365,7 @@ def client_main(argv: Sequence[str]) -> int:
             raise CommandError("--create and --readonly contradict each other; give one of them")
         storage = open_file_storage(
             options.file, create=options.create, readonly=options.readonly, repair=options.repair,
-            missing_hint=None if options.readonly else "or add --create to start a new database there",
+            storage_class=options.storage_class, missing_hint=None if options.readonly else "or add --create to start a new database there",
             in_use_hint="connect to the server that serves it (durus -c --port PORT), "
                         "open it with --readonly, or stop that process first")
     connection = Connection(storage, cache_size=options.cache_size)
@@ -358,7 +397,9 @@ def pack_main(argv: Sequence[str]) -> int:
                         help="pack this existing file directly instead of through a server")
     parser.add_argument("--progress", action="store_true",
                         help="show progress on stderr even when it is not a terminal (with --file)")
+    _add_storage_class_option(parser)
     options = parser.parse_args(argv)
+    _check_storage_class(options)
     if options.file is None:
         storage = _connect(options)
         try:
@@ -373,7 +414,7 @@ def pack_main(argv: Sequence[str]) -> int:
     if os.path.exists(path) and not os.path.isdir(path) and os.path.getsize(path) == 0:
         raise CommandError(f"{path} is empty, not a Durus file: there is nothing to pack")
     storage = open_file_storage(
-        path, create=False,
+        path, create=False, storage_class=options.storage_class,
         in_use_hint="pack it through the server that serves it (durus -p --port PORT), "
                     "or stop that process first")
     progress = PackProgress(path) if options.progress or sys.stderr.isatty() else None
@@ -445,6 +486,13 @@ def backup_main(argv: Sequence[str]) -> int:
     from durus.backup import run_backup_command
 
     return run_backup_command(argv)
+
+
+def copy_main(argv: Sequence[str]) -> int:
+    """``durus --copy SRC DEST``: see :func:`durus.copy.run_copy_command`."""
+    from durus.copy import run_copy_command
+
+    return run_copy_command(argv)
 
 
 # -- durus --check ------------------------------------------------------------------

@@ -21,6 +21,7 @@ CHAPTERS = [
     "transactions",
     "schema",
     "deployment",
+    "storages",
     "backup",
     "packing",
     "testing",

@@ -1,8 +1,10 @@
 """A client process that a test drives one step at a time.
 
     python tests/support/serial_worker.py HOST PORT ID
+    python tests/support/serial_worker.py STORAGE_SPEC ID
 
-It opens one Connection to the storage server and then reads commands, one
+It opens one Connection to the storage server (or to the storage the spec
+names, as :func:`durus.storage_spec.open_storage` takes it) and then reads commands, one
 JSON object a line, on stdin; it answers each with one JSON line on stdout.
 Commands (``op``):
 
@@ -48,8 +50,14 @@ from support.scenarios import SCENARIOS  # noqa: E402
 
 
 class Worker:
-    def __init__(self, host: str, port: int, ident: int) -> None:
-        self.connection = Connection(ClientStorage(host, port))
+    def __init__(self, host: str, port: int | None, ident: int) -> None:
+        if port is None:
+            from durus.storage_spec import open_storage
+
+            storage = open_storage(host)  # a storage spec
+        else:
+            storage = ClientStorage(host, port)
+        self.connection = Connection(storage)
         self.ident = ident
         self.failed: str | None = None  # the conflict this transaction met
 
@@ -122,7 +130,10 @@ class Worker:
 
 
 def main() -> None:
-    host, port, ident = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    if len(sys.argv) == 3:
+        host, port, ident = sys.argv[1], None, int(sys.argv[2])
+    else:
+        host, port, ident = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     worker = Worker(host, port, ident)
     print(json.dumps({"status": "ready"}), flush=True)
     for line in sys.stdin:

@@ -30,11 +30,16 @@ class WorkerError(AssertionError):
 
 
 class WorkerProcess:
-    def __init__(self, address: tuple[str, int], ident: int) -> None:
-        host, port = address
+    """A serial_worker process on the server at ``address`` (``(host,
+    port)``), or on the storage a spec string names (see
+    :func:`durus.storage_spec.open_storage`).
+    """
+
+    def __init__(self, address: tuple[str, int] | str, ident: int) -> None:
+        where = [address] if isinstance(address, str) else [address[0], str(address[1])]
         self.ident = ident
         self.process = subprocess.Popen(
-            [sys.executable, str(WORKER), host, str(port), str(ident)],
+            [sys.executable, str(WORKER), *where, str(ident)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -115,7 +120,7 @@ class WorkerPool:
     """``count`` worker processes on one server; ``get(n)`` the first n,
     started again if one has died (after a failed test, say)."""
 
-    def __init__(self, address: tuple[str, int], count: int) -> None:
+    def __init__(self, address: tuple[str, int] | str, count: int) -> None:
         self.address = address
         self.workers = [WorkerProcess(address, ident) for ident in range(count)]
 
