@@ -22,7 +22,6 @@ from durus.__main__ import (
     format_size,
     listen_failure,
     pack_file_storage,
-    serve_until_stopped,
 )
 from durus.client_storage import ClientStorage, ServerUnavailableError
 from durus.error import DurusKeyError
@@ -30,7 +29,8 @@ from durus.file_storage import FileLockedError, FileStorage
 from durus.protocol import DEFAULT_HOST, DEFAULT_PORT, read_secret
 from durus.record import ROOT_OID
 from durus.storage import Storage
-from durus.storage_server import SocketAddress, StorageServer
+from durus.storage_server import StorageServer, serve_storage
+from durus.transport import SocketAddress
 from flask import current_app
 from flask.cli import AppGroup
 
@@ -120,7 +120,7 @@ def serve_command(host: str | None, port: int | None, address: str | None, file_
                    f"this server (durus://{listen}) so the app uses it.", err=True)
     click.echo(f"Serving {path} on {listen}", err=True)
     try:
-        error = serve_until_stopped(server, storage, path if created else None)
+        error = serve_storage(server, storage, path if created else None)
     finally:
         storage.close()
     if error is not None:

@@ -17,10 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from durus.storage_server import SocketAddress
+from durus.transport import SocketAddress, wait_for_server
 from durus43 import clean_env
 
 
@@ -79,19 +78,15 @@ class ServerProcess:
             options = {"cwd": "/", "env": clean_env()}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, **options)
-        deadline = time.monotonic() + timeout
-        target = SocketAddress.new(self.address)
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                target.connect(timeout=1.0).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"server did not come up in {timeout}s:\n{self.log()}") from None
-                time.sleep(0.02)
+        try:
+            wait_for_server(SocketAddress.new(self.address), timeout, interval=0.02,
+                            still_starting=lambda: self.process.poll() is None)
+        except RuntimeError:
+            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}") from None
+        except TimeoutError:
+            self.kill()
+            raise RuntimeError(f"server did not come up in {timeout}s:\n{self.log()}") from None
+        return self
 
     def log(self) -> str:
         try:

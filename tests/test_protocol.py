@@ -50,7 +50,7 @@ def test_new_oids_request_bounds():
         (b"N", b"N", None),
         (b"M\x05", b"M", 5),
         (b"L" + OID1, b"L", OID1),
-        (b"B" + int4(2) + OID1 + OID2, b"B", [OID1, OID2]),
+        (b"B" + int4(2) + OID1 + OID2, b"B", OID1 + OID2),
         (b"C", b"C", None),
         (b"S", b"S", None),
         (b"P", b"P", None),
