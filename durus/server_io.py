@@ -5,7 +5,7 @@ what the bytes mean is :mod:`durus.storage_server`'s business.  The bounds:
 
 - At most ``max_connections`` clients.  At the cap the listener is not
   polled at all (new connections wait in the kernel's backlog, and beyond
-  it are refused by the kernel), with one log line per episode.
+  it are refused by the kernel), with one log line (at most one a minute).
 - Out of file descriptors (EMFILE, ENFILE), accepting pauses for a growing
   while, with one log line per episode, instead of spinning.
 - A client that must authenticate holds nothing but its socket, a few
@@ -37,6 +37,7 @@ OUTPUT_HIGH_WATER = 256 << 10
 _RECV_SIZE = 1 << 18
 _ACCEPT_PAUSE_FIRST = 0.05
 _ACCEPT_PAUSE_MOST = 2.0
+_CAP_LOG_INTERVAL = 60.0
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -98,6 +99,7 @@ class Sockets:
         listener.setblocking(False)
         self._listening = False
         self._at_cap = False
+        self._cap_logged_at = -_CAP_LOG_INTERVAL
         self._accept_pause = 0.0
         self._accept_resume = 0.0
         self._awaiting_auth: deque[ClientConnection] = deque()
@@ -180,10 +182,12 @@ class Sockets:
     def _accept(self) -> None:
         for _ in range(64):
             if len(self.clients) >= self.max_connections:
-                if not self._at_cap:
-                    log.warning("%d connections, the most allowed (--max-connections): not accepting "
-                                "more until one closes", len(self.clients))
-                    self._at_cap = True
+                self._at_cap = True
+                now = time.monotonic()
+                if now - self._cap_logged_at >= _CAP_LOG_INTERVAL:
+                    log.warning("%d connections, the most allowed (--max-connections): new ones wait "
+                                "until one closes (said at most once a minute)", len(self.clients))
+                    self._cap_logged_at = now
                 self._listen(False)
                 return
             try:
@@ -252,7 +256,7 @@ class Sockets:
         if self._accept_resume or len(self.clients) >= self.max_connections:
             return
         if self._at_cap:
-            log.warning("below --max-connections again: accepting connections")
+            log.debug("below --max-connections again: accepting connections")
             self._at_cap = False
         self._listen(True)
 
