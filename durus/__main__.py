@@ -252,10 +252,10 @@ def stop_server(address: SocketAddress, keyfile: str | None) -> int:
     """Ask the server at ``address`` to stop and wait until it has; the
     exit status.
     """
-    from durus import transport
+    from durus import client_storage
 
     try:
-        stopped = transport.stop_server(address, keyfile)
+        stopped = client_storage.stop_server(address, keyfile)
     except (DurusError, TimeoutError) as error:
         sys.stderr.write(f"durus -s: {error}\n")
         return EXIT_FAILED

@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 
@@ -607,3 +608,24 @@ class ClientStorage(Storage):
             except OSError:
                 pass
         self._disconnect()
+
+
+def stop_server(address: SocketAddress, keyfile: str | None = None, timeout: float = 10.0) -> bool:
+    """Ask the server at ``address`` to stop; True once it has answered and
+    stopped listening, False if no server answers there.
+
+    Raises :class:`~durus.error.DurusError` if it refuses (a key is needed).
+    """
+    try:
+        storage = ClientStorage(address=address, keyfile=keyfile, timeout=timeout)
+    except ServerUnavailableError:
+        return False
+    storage.stop_server()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            address.connect(timeout=1.0).close()
+        except OSError:
+            return True
+        time.sleep(0.01)
+    raise TimeoutError(f"the server at {address} is still accepting connections after {timeout} s")

@@ -332,6 +332,18 @@ class Sockets:
                 self._selector.register(client.sock, events, client)
             client.events = events
 
+    def drop_after_one_send(self, client: ClientConnection, reason: str) -> None:
+        """Drop a client that broke the rules, after one try at sending the
+        replies to its earlier requests, as Durus 4.3 does (it answers each
+        request before it reads the next).
+        """
+        if client.outbuf and not client.closed:
+            try:
+                client.sock.send(client.outbuf)
+            except OSError:
+                pass
+        self.drop(client, reason)
+
     def drop(self, client: ClientConnection, reason: str, level: int = logging.WARNING) -> None:
         log.log(level, "dropping client %s: %s", client.name, reason)
         self.close(client)

@@ -100,6 +100,80 @@ class RequestRefusedError(DurusError):
     """
 
 
+class OidLedger:
+    """Which oids were handed out and to whom, so that no oid goes to two
+    sessions and a commit refers only to oids that exist or were handed out.
+
+    Instance attributes: ``max_remembered`` (how many oids that closed
+    sessions left unused are remembered: a commit may refer to those).
+    """
+
+    def __init__(self, max_remembered: int) -> None:
+        self.max_remembered = max_remembered
+        self._given_to: dict[bytes, StorageSession] = {}
+        # Oids sessions that closed were given and did not use, oldest first:
+        # handed out, so a commit may refer to them.  (Their records are
+        # refused, so they are never stored.)
+        self._left_unused: set[bytes] = set()
+        self._left_unused_order: deque[bytes] = deque()
+        self._root_returned = False  # oid 0 given, then returned unused
+        self._freed: set[bytes] = set()  # packed away; reuse once all know
+
+    def allocate(self, session: StorageSession, new_oid: Callable[[], bytes],
+                 may_reuse: Callable[[bytes], bool]) -> bytes:
+        """An oid for ``session`` from ``new_oid`` (the root's first, if it
+        came back); a freed oid only where ``may_reuse`` allows.
+        """
+        while True:
+            if self._root_returned:
+                self._root_returned = False
+                oid = ROOT_OID
+            else:
+                oid = new_oid()
+            if oid in self._given_to:
+                continue
+            if oid in self._freed:
+                if not may_reuse(oid):
+                    continue
+                self._freed.discard(oid)
+            self._given_to[oid] = session
+            session.given.add(oid)
+            return oid
+
+    def owner(self, oid: bytes) -> StorageSession | None:
+        return self._given_to.get(oid)
+
+    def handed_out(self, oid: bytes) -> bool:
+        return oid in self._given_to or oid in self._left_unused
+
+    def is_freed(self, oid: bytes) -> bool:
+        return oid in self._freed
+
+    def note_freed(self, oids: list[bytes]) -> None:
+        self._freed.update(oids)
+
+    def note_committed(self, session: StorageSession, oids: list[bytes]) -> None:
+        for oid in oids:
+            if self._given_to.pop(oid, None) is not None:
+                session.given.discard(oid)
+
+    def note_closed(self, session: StorageSession) -> None:
+        """The session's unused oids: the root's goes back, the others are
+        remembered (up to ``max_remembered``) as handed out.
+        """
+        for oid in session.given:
+            if self._given_to.get(oid) is session:
+                del self._given_to[oid]
+                if oid == ROOT_OID:
+                    self._root_returned = True
+                else:
+                    self._left_unused.add(oid)
+                    self._left_unused_order.append(oid)
+        while len(self._left_unused_order) > self.max_remembered:
+            self._left_unused.discard(self._left_unused_order.popleft())
+        session.given.clear()
+
+
 class SharedStorage:
     """One storage, many sessions; see the module docstring for the rules.
 
@@ -139,15 +213,8 @@ class SharedStorage:
         self._committer: StorageSession | None = None
         self._sessions: set[StorageSession] = set()
         self._session_ids = count(1)
-        self._given_to: dict[bytes, StorageSession] = {}
-        # Oids sessions that closed were given and did not use, oldest first:
-        # handed out, so a commit may refer to them.  (Their records are
-        # refused, so they are never stored.)
-        self._left_unused: set[bytes] = set()
-        self._left_unused_order: deque[bytes] = deque()
+        self._oids = OidLedger(max_given_oids)
         self._has_record = _record_test(storage)
-        self._root_returned = False  # oid 0 given, then returned unused
-        self._freed_oids: set[bytes] = set()  # packed away; reuse once all know
         self._packer: Iterator[object] | None = None
         # A storage that can defer its disk sync says so with sync_to_disk().
         sync_to_disk = getattr(storage, "sync_to_disk", None)
@@ -334,14 +401,7 @@ class SharedStorage:
                 self._committer = None
                 self._turn_free.notify_all()
             self._sessions.discard(session)
-            for oid in session.given:
-                if self._given_to.get(oid) is session:
-                    del self._given_to[oid]
-                    if oid == ROOT_OID:
-                        self._root_returned = True
-                    else:
-                        self._remember_left_unused(oid)
-            session.given.clear()
+            self._oids.note_closed(session)
 
     # -- packing -----------------------------------------------------------
 
@@ -399,27 +459,16 @@ class SharedStorage:
         """Pass on what the storage itself reports (oids a pack removed)."""
         oids = self.storage.sync()
         if oids:
-            self._freed_oids.update(oids)
+            self._oids.note_freed(oids)
             self.log.append(oids, author=0, removed=True)
 
     def _allocate_oid(self, session: StorageSession) -> bytes:
-        while True:
-            if self._root_returned:
-                self._root_returned = False
-                oid = ROOT_OID
-            else:
-                oid = self.storage.new_oid()
-            if oid in self._given_to:
-                continue
-            if oid in self._freed_oids:
-                # A reused oid must not meet a stale copy some session holds.
-                removed_at = self.log.last_change(oid)
-                if removed_at and any(other.cursor < removed_at for other in self._sessions):
-                    continue
-                self._freed_oids.discard(oid)
-            self._given_to[oid] = session
-            session.given.add(oid)
-            return oid
+        return self._oids.allocate(session, self.storage.new_oid, self._may_reuse)
+
+    def _may_reuse(self, oid: bytes) -> bool:
+        """A reused oid must not meet a stale copy some session holds."""
+        removed_at = self.log.last_change(oid)
+        return not removed_at or all(other.cursor >= removed_at for other in self._sessions)
 
     def _check_records(self, session: StorageSession, records: dict[bytes, bytes]) -> set[bytes]:
         """Refuse (RequestRefusedError) a commit the rules forbid; the oids
@@ -428,7 +477,7 @@ class SharedStorage:
         if self.readonly:
             raise RequestRefusedError("commit refused: the storage is read-only")
         for oid in records:
-            owner = self._given_to.get(oid)
+            owner = self._oids.owner(oid)
             if owner is session:
                 continue
             if owner is not None:
@@ -449,7 +498,7 @@ class SharedStorage:
         client may still hold such an object, stale, not knowing it is gone,
         so that is a conflict.
         """
-        given, left_unused, freed, has_record = self._given_to, self._left_unused, self._freed_oids, self._has_record
+        oids, has_record = self._oids, self._has_record
         removed = set()
         for oid, record in records.items():
             try:
@@ -458,24 +507,15 @@ class SharedStorage:
                 raise RequestRefusedError(
                     f"commit refused: the refs of the record of oid {oid_to_int(oid)} are not whole oids") from None
             for ref in refs:
-                if ref in records or ref in given or has_record(ref) or ref in left_unused:
+                if ref in records or oids.handed_out(ref) or has_record(ref):
                     continue
-                if ref in freed:
+                if oids.is_freed(ref):
                     removed.add(ref)
                     continue
                 raise RequestRefusedError(
                     f"commit refused: the record of oid {oid_to_int(oid)} refers to oid {oid_to_int(ref)}, "
                     "which has no record, is not in the commit and was never handed out")
         return removed
-
-    def _remember_left_unused(self, oid: bytes) -> None:
-        """Remember an oid a closing session did not use, forgetting the
-        oldest beyond ``max_given_oids``.
-        """
-        self._left_unused.add(oid)
-        self._left_unused_order.append(oid)
-        while len(self._left_unused_order) > self.max_given_oids:
-            self._left_unused.discard(self._left_unused_order.popleft())
 
     def _write(self, session: StorageSession, records: dict[bytes, bytes]) -> int:
         storage = self.storage
@@ -495,9 +535,7 @@ class SharedStorage:
             raise CommitRefusedError(f"not stored: {reason}") from error
         oids = list(records)
         self.log.append(oids, author=session.id)
-        for oid in oids:
-            if self._given_to.pop(oid, None) is not None:
-                session.given.discard(oid)
+        self._oids.note_committed(session, oids)
         # As Durus 4.3 counts: the commit data (tdata) and 8 for its length.
         self.bytes_since_pack += sum(len(record) for record in records.values()) + 12 * len(records) + 8
         serial = self.group_sync.note_write()

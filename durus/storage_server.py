@@ -83,6 +83,30 @@ class ClientState:
         self.acknowledgement = b""
         self.busy = False  # its requests are being handled
 
+    def load_reply(self, oid: bytes) -> bytes:
+        """The reply to a load of ``oid``: the record, ``I`` or ``K``."""
+        try:
+            return protocol.record_reply(self.session.load(oid))
+        except ReadConflictError:
+            return protocol.STATUS_INVALID
+        except DurusKeyError:
+            return protocol.STATUS_KEYERROR
+
+    def produce_loads(self, outbuf: bytearray) -> bool:
+        """Add one slice of the bulk load's replies to ``outbuf``, as room
+        allows; True while more is pending.
+        """
+        loads, position = self.loads, self.load_position
+        end = min(len(loads), position + 8 * _LOAD_SLICE)
+        while position < end and len(outbuf) < OUTPUT_HIGH_WATER:
+            outbuf += self.load_reply(loads[position:position + 8])
+            position += 8
+        self.load_position = position
+        if position >= len(loads):
+            self.loads, self.load_position = b"", 0
+            return False
+        return True
+
 
 class _DropClient(Exception):
     """The client broke the protocol or the rules; the message says how."""
@@ -262,7 +286,7 @@ class StorageServer:
                     break
                 position = parsed
         except (ProtocolError, _DropClient, RequestRefusedError) as error:
-            self._drop_for_bad_input(client, str(error))
+            self._sockets.drop_after_one_send(client, str(error))
             return
         except Exception as error:
             log.exception("error serving %s", client.name)
@@ -299,22 +323,10 @@ class StorageServer:
         self._commands[request.command](client, state, request)
         return end
 
-    def _drop_for_bad_input(self, client: ClientConnection, reason: str) -> None:
-        """Drop a client that broke the rules, after one try at sending the
-        replies to its earlier requests, as Durus 4.3 does (it answers each
-        request before it reads the next).
-        """
-        if client.outbuf and not client.closed:
-            try:
-                client.sock.send(client.outbuf)
-            except OSError:
-                pass
-        self._sockets.drop(client, reason)
-
     # -- commands ----------------------------------------------------------------
 
     def _load(self, client: ClientConnection, state: ClientState, request: Request) -> None:
-        client.outbuf += self._load_reply(state.session, request.argument)
+        client.outbuf += state.load_reply(request.argument)
 
     def _bulk_load(self, client: ClientConnection, state: ClientState, request: Request) -> None:
         state.loads, state.load_position = request.argument, 0
@@ -323,27 +335,8 @@ class StorageServer:
             self._sockets.wants_production(client)
 
     def _produce_loads(self, client: ClientConnection) -> bool:
-        """One slice of the client's bulk load; True while more is pending."""
-        state: ClientState = client.protocol
-        session, loads, outbuf = state.session, state.loads, client.outbuf
-        position = state.load_position
-        end = min(len(loads), position + 8 * _LOAD_SLICE)
-        while position < end and len(outbuf) < OUTPUT_HIGH_WATER:
-            outbuf += self._load_reply(session, loads[position:position + 8])
-            position += 8
-        state.load_position = position
-        if position >= len(loads):
-            state.loads, state.load_position = b"", 0
-            client.loads_pending = False
+        client.loads_pending = client.protocol.produce_loads(client.outbuf)
         return client.loads_pending
-
-    def _load_reply(self, session: StorageSession, oid: bytes) -> bytes:
-        try:
-            return protocol.record_reply(session.load(oid))
-        except ReadConflictError:
-            return protocol.STATUS_INVALID
-        except DurusKeyError:
-            return protocol.STATUS_KEYERROR
 
     def _sync(self, client: ClientConnection, state: ClientState, request: Request) -> None:
         client.outbuf += protocol.oids_reply(self._changes(state))
@@ -498,10 +491,9 @@ class StorageServer:
         client.outbuf += protocol.STATUS_OKAY + server_nonce
 
     def _check_proof(self, client: ClientConnection, state: ClientState, proof: bytes) -> None:
-        server_nonce, client_nonce = state.nonces
+        reply = _proof_reply(self.secret, state.nonces, proof)
         state.nonces = None
-        expected = protocol.authentication_proof(self.secret, False, server_nonce, client_nonce)
-        if not protocol.proofs_match(expected, proof):
+        if reply is None:
             client.outbuf += protocol.STATUS_INVALID
             log.warning("dropping client %s: authentication failed (wrong key)", client.name)
             client.closing = True
@@ -509,8 +501,16 @@ class StorageServer:
         state.session = self.shared.session(track_loaded=False)
         state.state = _READY
         self._sockets.authenticated(client)
-        client.outbuf += (protocol.STATUS_OKAY
-                          + protocol.authentication_proof(self.secret, True, server_nonce, client_nonce))
+        client.outbuf += reply
+
+
+def _proof_reply(secret: bytes, nonces: tuple[bytes, bytes], proof: bytes) -> bytes | None:
+    """The server's answer to a client's proof of the key, None if wrong."""
+    server_nonce, client_nonce = nonces
+    expected = protocol.authentication_proof(secret, False, server_nonce, client_nonce)
+    if not protocol.proofs_match(expected, proof):
+        return None
+    return protocol.STATUS_OKAY + protocol.authentication_proof(secret, True, server_nonce, client_nonce)
 
 
 _BEFORE_AUTHENTICATION = (protocol.VERSION, protocol.AUTHENTICATE, protocol.CLOSE, protocol.QUIT)

@@ -2,8 +2,8 @@
 
 The server, the client, the ``durus`` command and ``flask durus`` all name
 addresses with :class:`SocketAddress`, wait for a server with
-:func:`wait_for_server` and stop one with :func:`stop_server`, so there is
-one copy of each.  A server started by systemd socket activation takes its
+:func:`wait_for_server` (and stop one with
+:func:`durus.client_storage.stop_server`), so there is one copy of each.  A server started by systemd socket activation takes its
 listening socket from :func:`inherited_listener` instead of binding one.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from durus.protocol import DEFAULT_HOST, DEFAULT_PORT
 
-__all__ = ["SocketAddress", "address_of", "inherited_listener", "stop_server", "wait_for_server"]
+__all__ = ["SocketAddress", "address_of", "inherited_listener", "wait_for_server"]
 
 # The first file descriptor systemd passes (SD_LISTEN_FDS_START).
 _FIRST_INHERITED_FD = 3
@@ -199,29 +199,6 @@ def wait_for_server(
                 raise TimeoutError(
                     f"no storage server answered at {address}; start one with: durus -s") from None
             time.sleep(interval)
-
-
-def stop_server(address: SocketAddress, keyfile: str | None = None, timeout: float = 10.0) -> bool:
-    """Ask the server at ``address`` to stop; True once it has answered and
-    stopped listening, False if no server answers there.
-
-    Raises :class:`~durus.error.DurusError` if it refuses (a key is needed).
-    """
-    from durus.client_storage import ClientStorage, ServerUnavailableError
-
-    try:
-        storage = ClientStorage(address=address, keyfile=keyfile, timeout=timeout)
-    except ServerUnavailableError:
-        return False
-    storage.stop_server()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            address.connect(timeout=1.0).close()
-        except OSError:
-            return True
-        time.sleep(0.01)
-    raise TimeoutError(f"the server at {address} is still accepting connections after {timeout} s")
 
 
 def inherited_listener() -> socket.socket | None:

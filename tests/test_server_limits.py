@@ -20,12 +20,12 @@ from server_process import ServerProcess, free_port
 from test_storage_server import RawClient, record
 
 from durus import protocol
-from durus.client_storage import ClientStorage
+from durus.client_storage import ClientStorage, stop_server
 from durus.connection import Connection
 from durus.error import CommitRefusedError
 from durus.persistent_dict import PersistentDict
 from durus.record import ROOT_OID, int4
-from durus.transport import SocketAddress, stop_server
+from durus.transport import SocketAddress
 
 IN_CI = os.environ.get("CI") == "true"
 
