@@ -36,6 +36,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from durus import protocol
 from durus.error import (
@@ -168,15 +169,9 @@ class ClientStorage(Storage):
                 f"the server at {self.address} speaks protocol {version}, this client 1 or 2")
         self.version = version
         self.watches_reads = version >= protocol.PROTOCOL_VERSION_2
-        try:
-            if self._secret is not None:
+        if self._secret is not None:
+            with self._handshake():
                 self._authenticate()
-        except BaseException as error:
-            self._disconnect()
-            if isinstance(error, OSError):
-                raise ServerUnavailableError(
-                    f"the storage server at {self.address} broke off the handshake ({error})") from None
-            raise
 
     def _open(self, version: int) -> int:
         """A new socket, asking for ``version``; the version the server answers."""
@@ -188,9 +183,17 @@ class ClientStorage(Storage):
                 "start one with: durus -s (or flask durus serve)") from None
         self._sock = sock
         self._reader = sock.makefile("rb", buffering=1 << 16)
-        try:
+        with self._handshake():
             sock.sendall(protocol.version_request(version))
             return protocol.read_version(self._read)
+
+    @contextmanager
+    def _handshake(self) -> Iterator[None]:
+        """Close the socket if the handshake fails; a broken connection is
+        a ServerUnavailableError.
+        """
+        try:
+            yield
         except BaseException as error:
             self._disconnect()
             if isinstance(error, OSError):

@@ -274,14 +274,21 @@ class SharedStorage:
         cursor, which moves to the newest commit; None when it is behind.
         """
         with self._lock:
-            session.check_open()
-            self._gather_storage_invalidations()
-            changes = self.log.changes_after(session.cursor, session.id)
-            session.cursor = self.log.latest
+            changes = self._catch_up(session)
             if changes is None:
                 return None
             committed, removed = changes
             return list(committed | removed)
+
+    def _catch_up(self, session: StorageSession) -> tuple[set[bytes], set[bytes]] | None:
+        """``(committed, removed)`` since the session's cursor, which moves
+        to the newest commit; None when the session was behind.
+        """
+        session.check_open()
+        self._gather_storage_invalidations()
+        changes = self.log.changes_after(session.cursor, session.id)
+        session.cursor = self.log.latest
+        return changes
 
     # -- oids ----------------------------------------------------------------
 
@@ -367,10 +374,7 @@ class SharedStorage:
         Raises RequestRefusedError or CommitRefusedError, nothing written.
         """
         with self._lock:
-            session.check_open()
-            self._gather_storage_invalidations()
-            changes = self.log.changes_after(session.cursor, session.id)
-            session.cursor = self.log.latest
+            changes = self._catch_up(session)
             if changes is None:
                 return None, None
             committed, removed = changes
