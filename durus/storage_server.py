@@ -45,7 +45,7 @@ log = logging.getLogger("durus.storage_server")
 
 DEFAULT_GCBYTES = 0
 # Bulk-load replies produced per client per turn of the loop.
-_LOAD_SLICE = 64
+_LOAD_SLICE = 16
 
 __all__ = [
     "ClientState", "DEFAULT_GCBYTES", "DEFAULT_HOST", "DEFAULT_PORT", "SocketAddress",
