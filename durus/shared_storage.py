@@ -67,6 +67,8 @@ from durus.storage import InvalidationHandler, Storage
 log = logging.getLogger("durus.storage_server")
 
 DEFAULT_MAX_GIVEN_OIDS = 1_000_000
+# Beyond this many, the oids an in-process session loaded are forgotten.
+_MAX_LOADED_OIDS = 4_000_000
 
 
 def _record_test(storage: Storage) -> Callable[[bytes], bool]:
@@ -579,6 +581,7 @@ class StorageSession(Storage):
         self._spare_oids: list[bytes] = []
         self._delivered: set[bytes] = set()
         self._loaded: set[bytes] | None = set() if track_loaded else None
+        self._loaded_overflowed = False
 
     def __repr__(self) -> str:
         return f"<StorageSession of {self.shared.storage}>"
@@ -591,8 +594,13 @@ class StorageSession(Storage):
 
     def load(self, oid: bytes) -> bytes:
         record = self.shared.load(self, oid)
-        if self._loaded is not None:
-            self._loaded.add(oid)
+        loaded = self._loaded
+        if loaded is not None:
+            if len(loaded) >= _MAX_LOADED_OIDS and oid not in loaded:
+                # Memory stays bounded; falling behind then cannot say what is stale.
+                loaded.clear()
+                self._loaded_overflowed = True
+            loaded.add(oid)
         return record
 
     def describe_record(self, oid: bytes) -> str | None:
@@ -617,8 +625,11 @@ class StorageSession(Storage):
     def _everything_if_behind(self, oids: list[bytes] | None) -> list[bytes]:
         if oids is not None:
             return oids
-        if self._loaded is None:
-            raise DurusError("this session fell behind the invalidation log and cannot say what changed")
+        if self._loaded is None or self._loaded_overflowed:
+            self._loaded_overflowed = False
+            raise DurusError(
+                "this session fell behind other sessions' commits further than the invalidation log "
+                "remembers and loaded too many objects to say which are stale: open a new Connection")
         loaded = list(self._loaded)
         self._loaded.clear()
         return loaded

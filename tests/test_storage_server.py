@@ -1015,3 +1015,42 @@ def test_gcbytes_may_be_given_as_a_float_as_in_durus43():
     for bad in (-1, float("nan"), "100"):
         with pytest.raises(ValueError, match="gcbytes"):
             StorageServer(MemoryStorage(), port=0, gcbytes=bad)
+
+
+def test_invalidation_log_keeps_a_bounded_number_of_oids():
+    from durus.invalidation_log import InvalidationLog
+
+    log = InvalidationLog(max_oids=5)
+    first = log.append([int_to_oid(1), int_to_oid(2)], author=1)
+    assert log.changes_after(0, reader=2) == ({int_to_oid(1), int_to_oid(2)}, set())
+    assert log.changes_after(0, reader=1) == (set(), set())  # its own commit
+    for n in range(3, 10):
+        log.append([int_to_oid(n)], author=1)
+    assert log.size <= 5
+    assert log.is_behind(first - 1) and log.changes_after(0, reader=2) is None
+    assert log.changed_after(int_to_oid(9), 0, reader=2)  # behind: everything changed
+    assert not log.is_behind(log.latest) and log.changes_after(log.latest, reader=2) == (set(), set())
+    log.append([int_to_oid(n) for n in range(100, 120)], author=3)  # one commit over the bound
+    assert log.size == 20 and log.changes_after(log.latest - 1, reader=2)[0] == {
+        int_to_oid(n) for n in range(100, 120)}
+
+
+def test_a_session_behind_the_log_reports_every_oid_it_loaded():
+    shared = SharedStorage(MemoryStorage(), max_logged_oids=2)
+    one, two = shared.session(), shared.session()
+    oids = one.new_oids(6)
+    one.begin()
+    for oid in oids:
+        one.store(oid, record(oid))
+    one.end()
+    assert sorted(two.sync()) == sorted(oids)
+    assert two.load(oids[0]) == record(oids[0])
+    for oid in oids[1:4]:  # three commits: the log keeps two oids
+        one.begin()
+        one.store(oid, record(oid, b"changed"))
+        one.end()
+    assert two.is_behind()
+    with pytest.raises(ReadConflictError):
+        two.load(oids[5])  # unchanged, but nobody can tell any more
+    assert two.sync() == [oids[0]]  # everything it loaded
+    assert two.load(oids[1]) == record(oids[1], b"changed")
