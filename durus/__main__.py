@@ -26,7 +26,7 @@ from durus.server_io import DEFAULT_AUTH_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from durus.storage_server import (
     DEFAULT_GCBYTES,
     DEFAULT_MAX_TRANSACTION_SIZE,
-    StorageServer,
+    serve_file,
     serve_storage,
 )
 from durus.transport import SocketAddress, wait_for_server
@@ -195,21 +195,20 @@ def serve_main(argv: Sequence[str]) -> int:
     from durus.file_storage import FileStorage
 
     secret = _read_keyfile(options.keyfile)
-    if options.file is None:
-        storage = FileStorage(None)
-        created = False
-    else:
-        created = not os.path.exists(options.file)
-        storage = open_file_storage(
-            options.file, create=True, readonly=options.readonly, repair=options.repair,
+
+    def open_storage(path: str | None) -> FileStorage:
+        if path is None:
+            return FileStorage(None)
+        return open_file_storage(
+            path, create=True, readonly=options.readonly, repair=options.repair,
             in_use_hint="a server (or another program) already has it open: connect to that "
                         "server (durus -c --port PORT), or stop it first")
+
     limits = {} if options.invalidation_log is None else {"max_logged_oids": options.invalidation_log}
-    server = StorageServer(
-        storage, address=address, gcbytes=options.gcbytes, readonly=options.readonly,
+    error = serve_file(
+        options.file, open_storage, address, gcbytes=options.gcbytes, readonly=options.readonly,
         secret=secret, max_transaction_size=options.max_transaction_size,
         max_connections=options.max_connections, auth_timeout=options.auth_timeout, **limits)
-    error = serve_storage(server, storage, options.file if created else None)
     if error is not None:
         raise CommandError(listen_failure(address, error, _address_args(options)))
     return 0

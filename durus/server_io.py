@@ -41,6 +41,24 @@ _CAP_LOG_INTERVAL = 60.0
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
+def allow_descriptors(count: int) -> None:
+    """Raise this process's soft limit on open files towards ``count`` (as
+    far as the hard limit allows), so the connection cap, not the default
+    limit of 1024, bounds the clients; past the limit, accepting pauses.
+    """
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = count if hard == resource.RLIM_INFINITY else min(count, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass
+
+
 class ClientConnection:
     """One client socket and what the server knows of it.
 

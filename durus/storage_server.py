@@ -12,6 +12,7 @@ The rules (invalidations, oids, conflicts) live in
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -35,7 +36,14 @@ from durus.protocol import (
     Request,
 )
 from durus.record import split_oids
-from durus.server_io import DEFAULT_AUTH_TIMEOUT, DEFAULT_MAX_CONNECTIONS, OUTPUT_HIGH_WATER, ClientConnection, Sockets
+from durus.server_io import (
+    DEFAULT_AUTH_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    OUTPUT_HIGH_WATER,
+    ClientConnection,
+    Sockets,
+    allow_descriptors,
+)
 from durus.shared_storage import RequestRefusedError, SharedStorage, StorageSession
 from durus.storage import Storage
 from durus.transport import SocketAddress, address_of, inherited_listener
@@ -49,7 +57,7 @@ _LOAD_SLICE = 16
 
 __all__ = [
     "ClientState", "DEFAULT_GCBYTES", "DEFAULT_HOST", "DEFAULT_PORT", "SocketAddress",
-    "StorageServer", "serve_storage", "wait_for_server",
+    "StorageServer", "serve_file", "serve_storage", "wait_for_server",
 ]
 
 # What a client is waiting for.
@@ -197,6 +205,7 @@ class StorageServer:
         if listener is None:
             listener = self.address.listen()
         self.listening_address = address_of(listener, self.address)
+        allow_descriptors(self.max_connections + 64)  # the storage's files, the log, the loop's own
         self._sockets = Sockets(
             listener, max_connections=self.max_connections,
             auth_timeout=self.auth_timeout if self.secret is not None else None,
@@ -516,14 +525,34 @@ def _proof_reply(secret: bytes, nonces: tuple[bytes, bytes], proof: bytes) -> by
 _BEFORE_AUTHENTICATION = (protocol.VERSION, protocol.AUTHENTICATE, protocol.CLOSE, protocol.QUIT)
 
 
-def serve_storage(server: StorageServer, storage: Storage, created: str | None) -> OSError | None:
-    """Serve until SIGTERM or SIGINT stops ``server``: the one way ``durus
-    -s`` and ``flask durus serve`` run a server.  If it cannot start
-    listening, close ``storage``, remove ``created`` (the empty file this
-    run made, so that nothing is left behind) and return the error.
-    """
-    import os
+def serve_file(
+    path: str | None,
+    open_storage: Callable[[str | None], Storage],
+    address: SocketAddress,
+    **server_options: object,
+) -> OSError | None:
+    """Serve the storage file at ``path`` until SIGTERM or SIGINT: the one
+    way ``durus -s`` and ``flask durus serve`` run a server.
 
+    ``open_storage(path)`` opens (or creates) it, raising what the caller
+    reports; ``server_options`` go to :class:`StorageServer`.  If the server
+    cannot start listening, the storage is closed, a file this call created
+    is removed (so nothing is left behind) and the error is returned.
+    """
+    created = path is not None and not os.path.exists(path)
+    storage = open_storage(path)
+    try:
+        server = StorageServer(storage, address=address, **server_options)
+        return serve_storage(server, storage, path if created else None)
+    finally:
+        storage.close()
+
+
+def serve_storage(server: StorageServer, storage: Storage, created: str | None) -> OSError | None:
+    """Serve until SIGTERM or SIGINT stops ``server``.  If it cannot start
+    listening, close ``storage``, remove ``created`` (the empty file this
+    run made) and return the error.
+    """
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: server.stop())
     try:
@@ -532,7 +561,7 @@ def serve_storage(server: StorageServer, storage: Storage, created: str | None) 
         if server.listening_address is not None:
             raise  # it failed while serving, not while starting to listen
         storage.close()
-        if created:
+        if created and os.path.exists(created):
             os.unlink(created)
         return error
     return None
