@@ -22,7 +22,7 @@ from test_storage_server import RawClient, record
 from durus import protocol
 from durus.client_storage import ClientStorage, stop_server
 from durus.connection import Connection
-from durus.error import CommitRefusedError
+from durus.error import CommitRefusedError, ConflictError
 from durus.persistent_dict import PersistentDict
 from durus.record import ROOT_OID, int4
 from durus.transport import SocketAddress
@@ -401,3 +401,61 @@ def test_quit_before_authenticating_is_refused(tmp_path):
         assert client.is_dropped()
         assert server.is_running()
         assert Path(server.log_path).exists()
+
+
+# -- protocol 1 and 2 commits together stay serializable ---------------------------------
+
+
+def _guarded_withdrawals(address, use_protocol_2: bool, rounds: int, seed: int, errors: list) -> None:
+    """Each transaction reads both accounts and withdraws from one only if
+    their sum allows: a write skew (two such commits on a stale sum) would
+    take the sum below zero.
+    """
+    import random
+
+    chooser = random.Random(seed)
+    storage = ClientStorage(address=address)
+    if not use_protocol_2:
+        storage.watches_reads = False  # commits the protocol-1 way, with C and turns
+    connection = Connection(storage)
+    try:
+        for _ in range(rounds):
+            while True:
+                try:
+                    connection.abort()
+                    root = connection.get_root()
+                    accounts = [root["a"], root["b"]]  # two objects: a skew is possible
+                    if sum(account["balance"] for account in accounts) >= 1:
+                        chooser.choice(accounts)["balance"] -= 1
+                    time.sleep(chooser.random() * 0.002)
+                    connection.commit()
+                    break
+                except ConflictError:
+                    continue
+    except Exception as error:  # reported to the test
+        errors.append(error)
+    finally:
+        storage.close()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_mixed_protocol_commits_never_write_skew(tmp_path, seed):
+    with ServerProcess(tmp_path / "data.durus") as server:
+        setup = Connection(ClientStorage(address=server.address))
+        setup.get_root()["a"] = PersistentDict(balance=10)
+        setup.get_root()["b"] = PersistentDict(balance=10)
+        setup.commit()
+        errors: list = []
+        workers = [threading.Thread(target=_guarded_withdrawals,
+                                    args=(server.address, index % 2 == 0, 15, seed * 10 + index, errors))
+                   for index in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(120)
+        assert not errors, errors
+        setup.abort()
+        root = setup.get_root()
+        # Every committed round withdrew one while the sum allowed; a write
+        # skew would have taken the sum below zero.
+        assert root["a"]["balance"] + root["b"]["balance"] == 0
