@@ -1054,3 +1054,52 @@ def test_a_session_behind_the_log_reports_every_oid_it_loaded():
         two.load(oids[5])  # unchanged, but nobody can tell any more
     assert two.sync() == [oids[0]]  # everything it loaded
     assert two.load(oids[1]) == record(oids[1], b"changed")
+
+
+def test_invalidation_log_matches_per_reader_sets():
+    """Generated: the shared log with cursors tells each reader exactly what
+    a set per reader (the old way) would hold, or that it is behind.
+    """
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from durus.invalidation_log import InvalidationLog
+
+    steps = st.lists(st.tuples(st.sampled_from(["commit", "pack", "sync"]), st.integers(1, 3),
+                               st.lists(st.integers(0, 15), min_size=1, max_size=6)), max_size=40)
+
+    @settings(max_examples=200, deadline=None)
+    @given(steps, st.integers(1, 12))
+    def check(actions, bound):
+        log = InvalidationLog(max_oids=bound)
+        cursors = {reader: 0 for reader in (1, 2, 3)}
+        pending = {reader: set() for reader in (1, 2, 3)}
+        last_author: dict[bytes, int] = {}
+        latest_size = 0
+        for action, reader, numbers in actions:
+            oids = [int_to_oid(n) for n in numbers]
+            if action == "sync":
+                changes = log.changes_after(cursors[reader], reader)
+                if changes is None:
+                    assert log.is_behind(cursors[reader])
+                else:
+                    assert changes[0] | changes[1] == pending[reader]
+                    for oid in map(int_to_oid, range(16)):
+                        refused = log.changed_after(oid, cursors[reader], reader)
+                        assert not refused or oid in pending[reader]
+                        if oid in pending[reader] and last_author[oid] != reader:
+                            assert refused
+                cursors[reader] = log.latest
+                pending[reader] = set()
+            else:
+                author = 0 if action == "pack" else reader
+                log.append(oids, author=author, removed=action == "pack")
+                latest_size = len(oids)
+                for oid in oids:
+                    last_author[oid] = author
+                for other in pending:
+                    if other != author:
+                        pending[other].update(oids)
+            assert log.size <= max(bound, latest_size)
+
+    check()
