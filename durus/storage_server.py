@@ -321,16 +321,22 @@ class StorageServer:
                 return None
             self._check_proof(client, state, bytes(buffer[position:end]))
             return end
+        self._check_allowed(state, bytes(buffer[position:position + 1]))
         parsed = protocol.parse_request(buffer, position, MAX_BULK_OIDS, self.max_transaction_size)
         if parsed is None:
             return None
         request, end = parsed
-        if state.session is None and request.command not in _BEFORE_AUTHENTICATION:
-            raise _DropClient(f"sent {request.command!r} before authenticating (the server requires a key)")
-        if request.command == protocol.COMMIT_WATCHED and state.version < protocol.PROTOCOL_VERSION_2:
-            raise _DropClient("sent W without asking for protocol 2")
         self._commands[request.command](client, state, request)
         return end
+
+    def _check_allowed(self, state: ClientState, command: bytes) -> None:
+        """Refuse a command this client may not send, from its first byte,
+        before any more of it is buffered.
+        """
+        if state.session is None and command not in _BEFORE_AUTHENTICATION:
+            raise _DropClient(f"sent {command!r} before authenticating (the server requires a key)")
+        if command == protocol.COMMIT_WATCHED and state.version < protocol.PROTOCOL_VERSION_2:
+            raise _DropClient("sent W without asking for protocol 2")
 
     # -- commands ----------------------------------------------------------------
 

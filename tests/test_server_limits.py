@@ -108,6 +108,18 @@ def test_unauthenticated_socket_is_dropped_at_its_deadline(tmp_path):
         commit_new_records(storage, 1)
 
 
+def test_a_request_before_authenticating_is_refused_from_its_first_byte(tmp_path):
+    keyfile = tmp_path / "key"
+    keyfile.write_text("secret")
+    with ServerProcess(tmp_path / "data.durus", args=["--keyfile", str(keyfile)]) as server:
+        for header in (b"W" + int4(100 << 20), b"B" + int4(1 << 20), b"C"):
+            client = RawClient(server.address, handshake=False)
+            client.send(b"V" + int4(2))
+            assert client.read(4) == int4(2)
+            client.send(header)  # the rest never comes: it must not be waited for
+            assert client.is_dropped(timeout=2.0)
+
+
 def test_a_client_too_far_behind_the_log_drops_its_cache_or_is_dropped(tmp_path):
     with ServerProcess(tmp_path / "data.durus", args=["--invalidation-log", "10"]) as server:
         writer = ClientStorage(address=server.address)
