@@ -321,6 +321,8 @@ class StorageServer:
                 return None
             self._check_proof(client, state, bytes(buffer[position:end]))
             return end
+        if position >= len(buffer):
+            return None
         self._check_allowed(state, bytes(buffer[position:position + 1]))
         parsed = protocol.parse_request(buffer, position, MAX_BULK_OIDS, self.max_transaction_size)
         if parsed is None:
