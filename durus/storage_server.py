@@ -100,6 +100,16 @@ class ClientState:
         except DurusKeyError:
             return protocol.STATUS_KEYERROR
 
+    def changes(self) -> list[bytes] | None:
+        """The session's invalidations; None ("everything") only for
+        protocol 2: a protocol-1 client that fell behind is dropped.
+        """
+        changes = self.session.take_changes()
+        if changes is None and self.version < protocol.PROTOCOL_VERSION_2:
+            raise _DropClient("fell too far behind other clients' commits (the invalidation log "
+                              "forgot what it has not seen); it must reconnect")
+        return changes
+
     def produce_loads(self, outbuf: bytearray) -> bool:
         """Add one slice of the bulk load's replies to ``outbuf``, as room
         allows; True while more is pending.
@@ -356,17 +366,7 @@ class StorageServer:
         return client.loads_pending
 
     def _sync(self, client: ClientConnection, state: ClientState, request: Request) -> None:
-        client.outbuf += protocol.oids_reply(self._changes(state))
-
-    def _changes(self, state: ClientState) -> list[bytes] | None:
-        """The session's invalidations; None ("everything") only for
-        protocol 2: a protocol-1 client that fell behind is dropped.
-        """
-        changes = state.session.take_changes()
-        if changes is None and state.version < protocol.PROTOCOL_VERSION_2:
-            raise _DropClient("fell too far behind other clients' commits (the invalidation log "
-                              "forgot what it has not seen); it must reconnect")
-        return changes
+        client.outbuf += protocol.oids_reply(state.changes())
 
     def _new_oids(self, client: ClientConnection, state: ClientState, request: Request) -> None:
         client.outbuf += b"".join(state.session.new_oids(request.argument)) if request.argument else b""
@@ -421,7 +421,7 @@ class StorageServer:
             state: ClientState = client.protocol
             state.session.claim_commit(wait=False)
             try:
-                changes = self._changes(state)
+                changes = state.changes()
             except _DropClient as error:
                 self._sockets.drop(client, str(error))
                 continue
