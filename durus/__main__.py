@@ -16,20 +16,21 @@ import argparse
 import code
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
 
 from durus.error import DurusError
 from durus.protocol import DEFAULT_HOST, DEFAULT_PORT, read_secret
+from durus.storage import Storage
+from durus.server_io import DEFAULT_AUTH_TIMEOUT, DEFAULT_MAX_CONNECTIONS
 from durus.storage_server import (
     DEFAULT_GCBYTES,
     DEFAULT_MAX_TRANSACTION_SIZE,
-    SocketAddress,
-    StorageServer,
-    wait_for_server,
+    serve_file,
+    serve_storage,
 )
+from durus.transport import SocketAddress, wait_for_server
 
 USAGE = """\
 usage: durus -s | -c | -p | --check | --backup | --copy [options]
@@ -209,6 +210,15 @@ def serve_main(argv: Sequence[str]) -> int:
     parser.add_argument("--logfile", default=None, help="log to this file (default: stderr)")
     parser.add_argument("--logginglevel", type=_logging_level, default=logging.INFO,
                         help="lower numbers log more (default 20, INFO)")
+    parser.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+                        help=f"most clients served at once (default {DEFAULT_MAX_CONNECTIONS}); "
+                             "more wait to be accepted")
+    parser.add_argument("--auth-timeout", type=float, default=DEFAULT_AUTH_TIMEOUT,
+                        help="with --keyfile: seconds a client has to authenticate "
+                             f"(default {DEFAULT_AUTH_TIMEOUT:g})")
+    parser.add_argument("--invalidation-log", type=int, default=None, metavar="OIDS",
+                        help="how many recently committed oids the server remembers for clients "
+                             "that have not synced; one further behind drops its cache")
     parser.add_argument("--stop", action="store_true", help="stop the server running at the address")
     _add_storage_class_option(parser)
     options = parser.parse_args(argv)
@@ -220,44 +230,30 @@ def serve_main(argv: Sequence[str]) -> int:
     from durus.file_storage import FileStorage
 
     secret = _read_keyfile(options.keyfile)
-    if options.file is None:
-        storage = FileStorage(None)
-        created = False
-    else:
-        created = not os.path.exists(options.file)
-        storage = open_file_storage(
-            options.file, create=True, readonly=options.readonly, repair=options.repair,
+
+    def open_storage(path: str | None) -> Storage:
+        if path is None:
+            return FileStorage(None)
+        return open_file_storage(
+            path, create=True, readonly=options.readonly, repair=options.repair,
             storage_class=options.storage_class,
             in_use_hint="a server (or another program) already has it open: connect to that "
                         "server (durus -c --port PORT), or stop it first")
-        if getattr(storage, "readonly", False):
-            options.readonly = True  # a storage that only reads (an old DFS20 file)
-    server = StorageServer(
-        storage, address=address, gcbytes=options.gcbytes, readonly=options.readonly,
-        secret=secret, max_transaction_size=options.max_transaction_size)
-    error = serve_until_stopped(server, storage, options.file if created else None)
+
+    limits = {} if options.invalidation_log is None else {"max_logged_oids": options.invalidation_log}
+    # readonly None: as the storage says (an old DFS20 file only reads).
+    error = serve_file(
+        options.file, open_storage, address, gcbytes=options.gcbytes, readonly=options.readonly or None,
+        secret=secret, max_transaction_size=options.max_transaction_size,
+        max_connections=options.max_connections, auth_timeout=options.auth_timeout, **limits)
     if error is not None:
         raise CommandError(listen_failure(address, error, _address_args(options)))
     return 0
 
 
-def serve_until_stopped(server: StorageServer, storage: object, created: str | None) -> OSError | None:
-    """Serve until SIGTERM or SIGINT stops ``server``.  If it cannot start
-    listening, close ``storage``, remove ``created`` (the empty file this
-    run made, so that nothing is left behind) and return the error.
-    """
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: server.stop())
-    try:
-        server.serve()
-    except OSError as error:
-        if server.listening_address is not None:
-            raise  # it failed while serving, not while starting to listen
-        storage.close()
-        if created:
-            os.unlink(created)
-        return error
-    return None
+#: The name :func:`durus.storage_server.serve_storage` had here, kept for
+#: programs that import it.
+serve_until_stopped = serve_storage
 
 
 def listen_failure(address: SocketAddress, error: OSError, address_args: str) -> str:
@@ -289,24 +285,20 @@ def _configure_logging(logfile: str | None, level: int) -> None:
 
 
 def stop_server(address: SocketAddress, keyfile: str | None) -> int:
-    """Ask the server at ``address`` to stop and wait until it has."""
-    from durus.client_storage import ClientStorage, ServerUnavailableError
+    """Ask the server at ``address`` to stop and wait until it has; the
+    exit status.
+    """
+    from durus import client_storage
 
     try:
-        storage = ClientStorage(address=address, keyfile=keyfile, timeout=10)
-    except ServerUnavailableError:
+        stopped = client_storage.stop_server(address, keyfile)
+    except (DurusError, TimeoutError) as error:
+        sys.stderr.write(f"durus -s: {error}\n")
+        return EXIT_FAILED
+    if not stopped:
         sys.stderr.write(f"durus -s: no Durus server is running at {address}; there is nothing to stop\n")
         return EXIT_FAILED
-    storage.stop_server()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            address.connect(timeout=1).close()
-        except OSError:
-            return 0
-        time.sleep(0.1)
-    sys.stderr.write(f"durus -s: the server at {address} is still accepting connections after 10 s\n")
-    return EXIT_FAILED
+    return 0
 
 
 # -- durus -c and durus -p --------------------------------------------------------
@@ -321,7 +313,7 @@ def _connect(options: argparse.Namespace):
     address = _address(options)
     _read_keyfile(options.keyfile)  # a missing keyfile is said as such
     try:
-        wait_for_server(address=address, maxtries=5, sleeptime=0.25)
+        wait_for_server(address, timeout=1.0, interval=0.25)
     except TimeoutError:
         try:
             address.connect(timeout=2).close()

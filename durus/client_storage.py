@@ -1,7 +1,10 @@
 """ClientStorage: the Storage interface over a socket to a storage server.
 
-It speaks wire protocol version 1 (:mod:`durus.protocol`), so it works with
-this package's server and with a Durus 4.3 server alike.
+It asks for wire protocol version 2 (:mod:`durus.protocol`) at connect and
+falls back to version 1 when the server is a Durus 4.3 server, so it works
+with both.  Over version 2 a commit takes one round trip: the records go
+with the oids the transaction used (``watches_reads``), and the server
+checks them against others' commits and writes in one step.
 
 Loading many objects one by one would cost one network round trip each, as
 in Durus 4.3.  So by default (``prefetch=True``) the client, when a record
@@ -36,21 +39,25 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from durus import protocol
 from durus.error import (
+    CommitRefusedError,
     ConflictError,
     DurusError,
     DurusKeyError,
     ProtocolError,
     WriteConflictError,
 )
-from durus.protocol import DEFAULT_HOST, DEFAULT_PORT
+from durus.protocol import DEFAULT_HOST, DEFAULT_MAX_TRANSACTION_SIZE, DEFAULT_PORT
 from durus.record import int4, record_refs, split_oids
 from durus.storage import InvalidationHandler, Storage
-from durus.storage_server import DEFAULT_MAX_TRANSACTION_SIZE, SocketAddress
+from durus.transport import SocketAddress
 
 DEFAULT_TIMEOUT = 30.0
 _OID_BATCH = 32
@@ -112,9 +119,12 @@ class ClientStorage(Storage):
     - ``max_transaction_size``: the largest commit, in bytes, this client sends
       (the server's limit; by default the server's default).
     - ``records``: the commit being collected by ``store``.
+    - ``version``: the protocol version the server speaks with this client
+      (2, or 1 for a Durus 4.3 server); ``watches_reads`` is True with 2.
     """
 
     batched_bulk_load = True
+    watches_reads = False
 
     def __init__(
         self,
@@ -153,6 +163,7 @@ class ClientStorage(Storage):
         # Records fetched ahead, and of them used, lately.
         self._fetched_ahead = 0
         self._used_ahead = 0
+        self.version = protocol.LATEST_VERSION
         self._connect()
 
     def __str__(self) -> str:
@@ -161,6 +172,25 @@ class ClientStorage(Storage):
     # -- the connection --------------------------------------------------------
 
     def _connect(self) -> None:
+        """Connect and agree on a version: 2 if the server speaks it; a
+        Durus 4.3 server answers 1 and closes, and is asked again for 1.
+        """
+        version = self._open(self.version)
+        if version != self.version and version == protocol.PROTOCOL_VERSION:
+            self._disconnect()
+            version = self._open(protocol.PROTOCOL_VERSION)
+        if version not in (protocol.PROTOCOL_VERSION, protocol.PROTOCOL_VERSION_2):
+            self._disconnect()
+            raise ProtocolError(
+                f"the server at {self.address} speaks protocol {version}, this client 1 or 2")
+        self.version = version
+        self.watches_reads = version >= protocol.PROTOCOL_VERSION_2
+        if self._secret is not None:
+            with self._handshake():
+                self._authenticate()
+
+    def _open(self, version: int) -> int:
+        """A new socket, asking for ``version``; the version the server answers."""
         try:
             sock = self.address.connect(self.timeout)
         except OSError as error:
@@ -169,15 +199,17 @@ class ClientStorage(Storage):
                 "start one with: durus -s (or flask durus serve)") from None
         self._sock = sock
         self._reader = sock.makefile("rb", buffering=1 << 16)
+        with self._handshake():
+            sock.sendall(protocol.version_request(version))
+            return protocol.read_version(self._read)
+
+    @contextmanager
+    def _handshake(self) -> Iterator[None]:
+        """Close the socket if the handshake fails; a broken connection is
+        a ServerUnavailableError.
+        """
         try:
-            sock.sendall(protocol.version_request())
-            version = protocol.read_version(self._read)
-            if version != protocol.PROTOCOL_VERSION:
-                raise ProtocolError(
-                    f"the server at {self.address} speaks protocol {version}, this client "
-                    f"{protocol.PROTOCOL_VERSION}")
-            if self._secret is not None:
-                self._authenticate()
+            yield
         except BaseException as error:
             self._disconnect()
             if isinstance(error, OSError):
@@ -257,14 +289,28 @@ class ClientStorage(Storage):
         """Connect anew; every oid whose state the application may hold."""
         self._connect()
         self._lost = False
+        return self._everything("reconnected to the storage server")
+
+    def _everything(self, what_happened: str) -> list[bytes]:
+        """Every oid whose state the application may hold, to be dropped:
+        after a reconnect, or when the server says this client fell too far
+        behind to be told what changed.
+        """
         invalid = list(self._known)
         self._known.clear()
+        self._clear_prefetch()
         if self._known_overflowed:
             self._known_overflowed = False
             raise DisconnectedError(
-                "reconnected to the storage server, but this client loaded too many "
+                f"{what_happened}, but this client loaded too many "
                 "objects to say which are stale: open a new Connection")
         return invalid
+
+    def _invalidations(self, oids: list[bytes] | None) -> list[bytes]:
+        if oids is None:
+            return self._everything("the server could not say what others committed")
+        self._forget(oids)
+        return oids
 
     # -- loading -----------------------------------------------------------------
 
@@ -461,10 +507,15 @@ class ClientStorage(Storage):
             raise ValueError(f"a record for oid {oid!r} must start with that 8-byte oid")
         self.records[oid] = record
 
-    def end(self, handle_invalidations: InvalidationHandler | None = None) -> None:
-        """Commit: learn what others committed (``handle_invalidations`` may
-        raise ConflictError to abandon), then send the records and wait until
-        the server has them on disk.
+    def end(self, handle_invalidations: InvalidationHandler | None = None,
+            watched: Iterable[bytes] | None = None) -> None:
+        """Commit and wait until the server has it on disk.
+
+        Over protocol 2 with ``watched`` (the oids the transaction used; see
+        :meth:`Storage.end`) it takes one round trip; otherwise it learns
+        what others committed first (``handle_invalidations`` may raise
+        ConflictError to abandon), then sends the records.  Raises
+        CommitRefusedError when the server stored nothing (a full disk).
         """
         self._check_usable()
         records, self.records = self.records, {}
@@ -474,13 +525,76 @@ class ClientStorage(Storage):
                 f"this commit is {len(frame) - 4} bytes, over the limit of "
                 f"{self.max_transaction_size} bytes (the server's --max-transaction-size): "
                 "commit in smaller steps, or raise the limit on both sides")
+        if watched is not None and self.watches_reads:
+            self._commit_watched(records, set(watched), handle_invalidations)
+        else:
+            self._commit_in_turn(records, frame, handle_invalidations)
+        self._unused_oids.difference_update(records)
+        self._forget(records)
+        for oid in records:
+            self._note_known(oid)
+
+    def _commit_watched(self, records: dict[bytes, bytes], watched: set[bytes],
+                        handle_invalidations: InvalidationHandler | None) -> None:
+        """Protocol 2: records and watched oids in one request; on a
+        conflict the handler decides (it raises, or finds every read
+        unchanged and the commit is tried again against newer commits).
+        """
+        request = protocol.commit_watched_request(records.items(), watched)
+        try:
+            self._check_not_closed_by_server()
+        except OSError as error:
+            raise self._lose(error) from None
+        while True:
+            try:
+                self._sock.sendall(request)
+                self._receive_prefetched()
+                status, invalid, refusal = protocol.read_commit_watched_reply(self._read)
+            except (OSError, ProtocolError) as error:
+                raise self._lose(error, commit_sent=bool(records)) from None
+            if refusal is not None:
+                self._recycle_oids(records)
+                raise CommitRefusedError(refusal)
+            invalid = self._invalidations(invalid)
+            try:
+                if invalid and handle_invalidations is not None:
+                    handle_invalidations(invalid)
+                elif status != protocol.STATUS_OKAY:
+                    raise WriteConflictError(list(records))
+            except BaseException:
+                if status != protocol.STATUS_OKAY:
+                    self._recycle_oids(records)
+                raise
+            if status == protocol.STATUS_OKAY:
+                return
+
+    def _check_not_closed_by_server(self) -> None:
+        """ConnectionResetError if the server has closed this connection (a
+        restart): found before the records go out, the commit is then known
+        not to have happened, rather than in doubt.
+        """
+        sock = self._sock
+        if self._inflight:
+            return  # replies are on their way: the socket is readable anyway
+        sock.setblocking(False)
+        try:
+            data = sock.recv(1, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        finally:
+            sock.settimeout(self.timeout)
+        if not data:
+            raise ConnectionResetError("the storage server closed the connection")
+
+    def _commit_in_turn(self, records: dict[bytes, bytes], frame: bytes,
+                        handle_invalidations: InvalidationHandler | None) -> None:
+        """Protocol 1: ``C``, the invalidations, then the records."""
         try:
             self._sock.sendall(protocol.COMMIT)
             self._receive_prefetched()
-            invalid = protocol.read_oids(self._read)
+            invalid = self._invalidations(protocol.read_oids(self._read))
         except (OSError, ProtocolError) as error:
             raise self._lose(error) from None
-        self._forget(invalid)
         try:
             if invalid and handle_invalidations is not None:
                 handle_invalidations(invalid)
@@ -504,10 +618,6 @@ class ClientStorage(Storage):
         if status != protocol.STATUS_OKAY:
             self._recycle_oids(records)
             raise WriteConflictError(list(records))
-        self._unused_oids.difference_update(records)
-        self._forget(records)
-        for oid in records:
-            self._note_known(oid)
 
     def _recycle_oids(self, records: dict[bytes, bytes]) -> None:
         """Offer again the oids of new objects whose commit failed."""
@@ -528,8 +638,7 @@ class ClientStorage(Storage):
             # A sync is a transaction boundary: reconnect right away.
             self._lose(error)
             return self._reconnect()
-        self._forget(invalid)
-        return invalid
+        return self._invalidations(invalid)
 
     def pack(self) -> None:
         """Ask the server to pack; it answers at once and packs in the background."""
@@ -544,16 +653,21 @@ class ClientStorage(Storage):
             raise ProtocolError(f"the server answered a pack request with {status!r}")
 
     def stop_server(self) -> None:
-        """Ask the server to stop gracefully (it refuses clients that have not
-        authenticated when it has a key); this connection ends with it.
+        """Ask the server to stop gracefully; this connection ends with it.
+
+        A server of ours answers at once (``O``; ``I`` when it refuses a
+        client that has not authenticated: DurusError); a Durus 4.3 server
+        just closes the connection.
         """
         self._check_usable()
         try:
             self._sock.sendall(protocol.QUIT)
-            self._reader.read(1)  # returns when the server closes the connection
+            answer = self._reader.read(1)
         except OSError:
-            pass
+            answer = b""
         self._disconnect()
+        if answer == protocol.STATUS_INVALID:
+            raise DurusError(f"the server at {self.address} refused to stop: it needs this client's key")
 
     def close(self) -> None:
         """Say goodbye and close the socket (in a forked child, close only
@@ -565,3 +679,24 @@ class ClientStorage(Storage):
             except OSError:
                 pass
         self._disconnect()
+
+
+def stop_server(address: SocketAddress, keyfile: str | None = None, timeout: float = 10.0) -> bool:
+    """Ask the server at ``address`` to stop; True once it has answered and
+    stopped listening, False if no server answers there.
+
+    Raises :class:`~durus.error.DurusError` if it refuses (a key is needed).
+    """
+    try:
+        storage = ClientStorage(address=address, keyfile=keyfile, timeout=timeout)
+    except ServerUnavailableError:
+        return False
+    storage.stop_server()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            address.connect(timeout=1.0).close()
+        except OSError:
+            return True
+        time.sleep(0.01)
+    raise TimeoutError(f"the server at {address} is still accepting connections after {timeout} s")

@@ -93,3 +93,10 @@ class DamagedRecordError(DurusError):
             record = f"the record of oid {int.from_bytes(self.oid, 'big')}"
         where = f" ({self.location})" if self.location else ""
         return f"{record}{where} is damaged: {self.problem}"
+
+
+class CommitRefusedError(DurusError):
+    """A commit was refused and nothing of it stored, for a reason that is
+    not a conflict: the disk is full, say.  Reads go on; retry once the
+    cause is gone.
+    """

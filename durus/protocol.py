@@ -1,4 +1,4 @@
-"""The storage server's wire protocol, version 1: one codec for both ends.
+"""The storage server's wire protocol, versions 1 and 2: one codec for both ends.
 
 Every byte that crosses the socket is built or parsed here, so the server
 (:mod:`durus.storage_server`) and the client (:mod:`durus.client_storage`)
@@ -21,9 +21,18 @@ from dataclasses import dataclass
 from durus.error import DurusKeyError, ProtocolError, ReadConflictError
 from durus.record import int4, oid_to_int, read_int4, split_oids
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 1  # Durus 4.3's
+PROTOCOL_VERSION_2 = 2
+LATEST_VERSION = PROTOCOL_VERSION_2
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 2972
+#: The largest commit (bytes of tdata) a server accepts by default.
+DEFAULT_MAX_TRANSACTION_SIZE = 128 << 20
+#: The most oids one bulk load (``B``) may ask for.
+MAX_BULK_OIDS = 1 << 20
+#: In version 2, an oid count that means "every oid": the server can no
+#: longer say what changed, so the client must drop every cached state.
+EVERYTHING_COUNT = 0xFFFFFFFF
 
 # Command bytes, sent by the client.
 VERSION = b"V"
@@ -38,11 +47,16 @@ QUIT = b"Q"
 CLOSE = b"."
 # Not in Durus 4.3: its clients never send it, so it cannot confuse them.
 AUTHENTICATE = b"A"
+# Version 2 only: a commit with the oids the transaction watched.
+COMMIT_WATCHED = b"W"
 
 # Status bytes, sent by the server.
 STATUS_OKAY = b"O"
 STATUS_KEYERROR = b"K"
 STATUS_INVALID = b"I"
+# Version 2 only: the commit was refused and nothing of it written (a full
+# disk); followed by ``int4(len) + UTF-8 message``.
+STATUS_REFUSED = b"F"
 
 NONCE_SIZE = 32
 PROOF_SIZE = 32  # an HMAC-SHA256 digest
@@ -63,6 +77,7 @@ _ARGUMENT_SIZES = {
     QUIT: 0,
     CLOSE: 0,
     AUTHENTICATE: NONCE_SIZE,
+    COMMIT_WATCHED: 0,
 }
 
 
@@ -71,20 +86,30 @@ class Request:
     """One parsed client command.
 
     Attributes: ``command`` (the command byte) and ``argument``: the version
-    (int) for ``V``, the count (int) for ``M``, the oid for ``L``, the list
-    of oids for ``B``, the client's nonce for ``A``, else None.
+    (int) for ``V``, the count (int) for ``M``, the oid for ``L``, the oids
+    for ``B`` (``8 * n`` bytes, split as they are answered, so a large bulk
+    load costs no more than its bytes), the client's nonce for ``A``,
+    ``(tdata, watched)`` for ``W`` (``watched`` as ``8 * n`` bytes), else
+    None.
     """
 
     command: bytes
     argument: object = None
 
 
-def parse_request(buffer: bytes | bytearray, start: int, max_bulk_oids: int) -> tuple[Request, int] | None:
+def parse_request(
+    buffer: bytes | bytearray,
+    start: int,
+    max_bulk_oids: int,
+    max_commit_size: int = DEFAULT_MAX_TRANSACTION_SIZE,
+) -> tuple[Request, int] | None:
     """Parse the request at ``buffer[start:]``: ``(request, end)``, or None
     when the request has not arrived whole yet.
 
-    Raises ProtocolError for an unknown command byte or a bulk load of more
-    than ``max_bulk_oids`` oids, before waiting for its bytes.
+    Raises ProtocolError for an unknown command byte, a bulk load of more
+    than ``max_bulk_oids`` oids, or a ``W`` whose tdata exceeds
+    ``max_commit_size`` or that watches more than ``max_commit_size // 8``
+    oids, before waiting for its bytes.
     """
     if start >= len(buffer):
         return None
@@ -109,9 +134,27 @@ def parse_request(buffer: bytes | bytearray, start: int, max_bulk_oids: int) -> 
         oids_end = end + 8 * count
         if oids_end > len(buffer):
             return None
-        argument = split_oids(bytes(buffer[end:oids_end]))
+        argument = bytes(buffer[end:oids_end])
         end = oids_end
+    elif command == COMMIT_WATCHED:
+        return _parse_commit_watched(buffer, end, max_commit_size)
     return Request(command, argument), end
+
+
+def _parse_commit_watched(buffer: bytes | bytearray, start: int, max_size: int) -> tuple[Request, int] | None:
+    frame = parse_frame(buffer, start, max_size)
+    if frame is None:
+        return None
+    tdata, end = frame
+    if end + 4 > len(buffer):
+        return None
+    count = read_int4(buffer, end)
+    if count > max_size // 8:
+        raise ProtocolError(f"commit watching {count} oids; the limit is {max_size // 8}")
+    watched_end = end + 4 + 8 * count
+    if watched_end > len(buffer):
+        return None
+    return Request(COMMIT_WATCHED, (tdata, bytes(buffer[end + 4:watched_end]))), watched_end
 
 
 def parse_frame(buffer: bytes | bytearray, start: int, max_size: int) -> tuple[bytes, int] | None:
@@ -136,8 +179,19 @@ def parse_frame(buffer: bytes | bytearray, start: int, max_size: int) -> tuple[b
 # -- requests (client to server) ---------------------------------------------
 
 
-def version_request() -> bytes:
-    return VERSION + int4(PROTOCOL_VERSION)
+def version_request(version: int = PROTOCOL_VERSION) -> bytes:
+    return VERSION + int4(version)
+
+
+def version_reply(asked: int) -> tuple[bytes, bool]:
+    """The server's answer to ``V int4(asked)``, and whether to keep the
+    connection: a client gets the version it asks for if this server speaks
+    it (so a Durus 4.3 client gets exactly version 1), else the latest, and
+    the connection then closes.
+    """
+    if asked in (PROTOCOL_VERSION, PROTOCOL_VERSION_2):
+        return int4(asked), True
+    return int4(LATEST_VERSION), False
 
 
 def new_oids_request(count: int) -> bytes:
@@ -165,6 +219,14 @@ def commit_data(records: Iterable[tuple[bytes, bytes]]) -> bytes:
         parts.append(record)
     tdata = b"".join(parts)
     return int4(len(tdata)) + tdata
+
+
+def commit_watched_request(records: Iterable[tuple[bytes, bytes]], watched: Iterable[bytes]) -> bytes:
+    """``W`` (version 2): the commit data and the oids the transaction used,
+    in one request.
+    """
+    watched = list(watched)
+    return COMMIT_WATCHED + commit_data(records) + int4(len(watched)) + b"".join(watched)
 
 
 def split_commit_data(tdata: bytes) -> dict[bytes, bytes]:
@@ -202,10 +264,27 @@ def split_commit_data(tdata: bytes) -> dict[bytes, bytes]:
 # -- replies (server to client) ----------------------------------------------
 
 
-def oids_reply(oids: Iterable[bytes]) -> bytes:
-    """``int4(n) + n*oid``: the reply to ``S`` and the first reply to ``C``."""
+def oids_reply(oids: Iterable[bytes] | None) -> bytes:
+    """``int4(n) + n*oid``: the reply to ``S`` and the first reply to ``C``;
+    for None (version 2 only), the count that means "everything".
+    """
+    if oids is None:
+        return int4(EVERYTHING_COUNT)
     oids = list(oids)
     return int4(len(oids)) + b"".join(oids)
+
+
+def commit_watched_reply(status: bytes, invalid: Iterable[bytes] | None) -> bytes:
+    """``O`` (stored, durable) or ``I`` (conflict, nothing written), then
+    the invalidations since the client's last sync or commit.
+    """
+    return status + oids_reply(invalid)
+
+
+def refused_reply(message: str) -> bytes:
+    """``F int4(len) message``: nothing of the commit was written."""
+    data = message.encode("utf-8")
+    return STATUS_REFUSED + int4(len(data)) + data
 
 
 def record_reply(record: bytes) -> bytes:
@@ -221,9 +300,22 @@ def read_version(read: Reader) -> int:
     return read_int4(read(4))
 
 
-def read_oids(read: Reader) -> list[bytes]:
+def read_oids(read: Reader) -> list[bytes] | None:
+    """An oid list; None for the count meaning "everything" (version 2)."""
     count = read_int4(read(4))
+    if count == EVERYTHING_COUNT:
+        return None
     return split_oids(read(8 * count)) if count else []
+
+
+def read_commit_watched_reply(read: Reader) -> tuple[bytes, list[bytes] | None, str | None]:
+    """``(status, invalidations, refusal message)`` answering ``W``."""
+    status = read(1)
+    if status == STATUS_REFUSED:
+        return status, [], read(read_int4(read(4))).decode("utf-8", "replace")
+    if status not in (STATUS_OKAY, STATUS_INVALID):
+        raise ProtocolError(f"server answered a commit with status {status!r}")
+    return status, read_oids(read), None
 
 
 def read_load_reply(read: Reader, oid: bytes) -> bytes:

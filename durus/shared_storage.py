@@ -7,16 +7,27 @@ threads on one embedded file gives every Connection a session, and the
 connections then see each other's commits and conflicts exactly as over a
 server.  There is one implementation of the rules, here:
 
-- Each session has its own set of pending invalidations: the oids other
-  sessions committed since it last synced or committed.  A load of one of
-  them is refused (ReadConflictError), so a transaction never mixes states
-  from before and after another's commit.
-- A commit first delivers the session's pending invalidations (the Connection
-  raises ConflictError if it used any of them), then writes.  A record for an
-  oid in that set is a conflict.  Commits take turns: between the delivery
-  and the write no other commit may land, or the delivered set would be
-  stale.  A turn can be revoked from a session that is slow to send its
-  records; its commit then succeeds only if nothing was committed meanwhile.
+- Invalidations: the recent commits are kept once, in an
+  :class:`~durus.invalidation_log.InvalidationLog`; each session holds only
+  a cursor into it.  A session's pending invalidations are the oids others
+  committed after its cursor.  A load of one of them is refused
+  (ReadConflictError), so a transaction never mixes states from before and
+  after another's commit.  A session whose cursor the bounded log has
+  forgotten is *behind*: its loads are refused until it syncs, and its sync
+  reports every oid it loaded (in process) or "everything" (the server).
+- A commit in two steps (the Durus 4.3 way) first delivers the pending
+  invalidations (the Connection raises ConflictError if it used any of
+  them), then writes; a record for a delivered oid is a conflict.  Such
+  commits take turns.  Anything committed between the delivery and the
+  write (by a one-step commit, or while a turn was revoked) makes it a
+  conflict.
+- A commit in one step (:meth:`SharedStorage.commit_watched`) comes with the
+  oids the transaction used; it is a conflict if others committed one of
+  them since the session's cursor, and otherwise it is written at once,
+  without waiting for any turn.
+- A commit that fails to write (a full disk), when the storage says nothing
+  of it was written, is refused with :class:`~durus.error.CommitRefusedError`
+  and the storage goes on.
 - Oids: no oid is handed to two sessions; each session's unused oids are
   remembered, and a commit with a record for a new oid the session was not
   given is refused.  The one exception: while no root is stored, oid 0 goes
@@ -32,24 +43,32 @@ server.  There is one implementation of the rules, here:
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
+from itertools import count
 
+from durus.commit_schedule import GroupSync
 from durus.error import (
+    CommitRefusedError,
     ConflictError,
     DurusError,
     DurusKeyError,
     ReadConflictError,
     WriteConflictError,
 )
+from durus.invalidation_log import DEFAULT_MAX_LOGGED_OIDS, InvalidationLog
 from durus.record import ROOT_OID, oid_to_int, record_refs, split_oids
 from durus.storage import InvalidationHandler, Storage
 
 log = logging.getLogger("durus.storage_server")
 
 DEFAULT_MAX_GIVEN_OIDS = 1_000_000
+# Beyond this many, the oids an in-process session loaded are forgotten.
+_MAX_LOADED_OIDS = 4_000_000
 
 
 def _record_test(storage: Storage) -> Callable[[bytes], bool]:
@@ -83,56 +102,85 @@ class RequestRefusedError(DurusError):
     """
 
 
-class GroupSync:
-    """Counts commits written and commits on disk, so that one disk sync can
-    serve every commit written before it started.
+class OidLedger:
+    """Which oids were handed out and to whom, so that no oid goes to two
+    sessions and a commit refers only to oids that exist or were handed out.
 
-    Any thread that needs its commit durable calls :meth:`wait`; the first
-    one in does the sync, the others wait for it or for the next one.
-
-    Instance attributes: ``written`` and ``synced``, serial numbers of the
-    last commit written and the last known to be on disk; ``deferred``: False
-    when the storage syncs inside each write (then written is synced).
+    Instance attributes: ``max_remembered`` (how many oids that closed
+    sessions left unused are remembered: a commit may refer to those).
     """
 
-    def __init__(self, sync_to_disk: Callable[[], None] | None) -> None:
-        self._sync_to_disk = sync_to_disk
-        self.deferred = sync_to_disk is not None
-        self._condition = threading.Condition(threading.Lock())
-        self._syncing = False
-        self.written = 0
-        self.synced = 0
+    def __init__(self, max_remembered: int) -> None:
+        self.max_remembered = max_remembered
+        self._given_to: dict[bytes, StorageSession] = {}
+        # Oids sessions that closed were given and did not use, oldest first:
+        # handed out, so a commit may refer to them.  (Their records are
+        # refused, so they are never stored.)
+        self._left_unused: set[bytes] = set()
+        self._left_unused_order: deque[bytes] = deque()
+        self._root_returned = False  # oid 0 given, then returned unused
+        self._freed: set[bytes] = set()  # packed away; reuse once all know
 
-    def note_write(self) -> int:
-        """Count one written commit; its serial number, for :meth:`wait`."""
-        with self._condition:
-            self.written += 1
-            if not self.deferred:
-                self.synced = self.written
-            return self.written
-
-    def wait(self, serial: int) -> None:
-        """Return once commit ``serial`` is on disk, syncing if no one is."""
-        condition = self._condition
-        with condition:
-            while self.synced < serial:
-                if self._syncing:
-                    condition.wait()
+    def allocate(self, session: StorageSession, new_oid: Callable[[], bytes],
+                 may_reuse: Callable[[bytes], bool]) -> bytes:
+        """An oid for ``session`` from ``new_oid`` (the root's first, if it
+        came back); a freed oid only where ``may_reuse`` allows.
+        """
+        while True:
+            if self._root_returned:
+                self._root_returned = False
+                oid = ROOT_OID
+            else:
+                oid = new_oid()
+            if oid in self._given_to:
+                continue
+            if oid in self._freed:
+                if not may_reuse(oid):
                     continue
-                self._syncing = True
-                target = self.written
-                condition.release()
-                try:
-                    self._sync_to_disk()
-                finally:
-                    condition.acquire()
-                    self._syncing = False
-                    condition.notify_all()
-                self.synced = max(self.synced, target)
+                self._freed.discard(oid)
+            self._given_to[oid] = session
+            session.given.add(oid)
+            return oid
+
+    def owner(self, oid: bytes) -> StorageSession | None:
+        return self._given_to.get(oid)
+
+    def handed_out(self, oid: bytes) -> bool:
+        return oid in self._given_to or oid in self._left_unused
+
+    def is_freed(self, oid: bytes) -> bool:
+        return oid in self._freed
+
+    def note_freed(self, oids: list[bytes]) -> None:
+        self._freed.update(oids)
+
+    def note_committed(self, session: StorageSession, oids: list[bytes]) -> None:
+        for oid in oids:
+            if self._given_to.pop(oid, None) is not None:
+                session.given.discard(oid)
+
+    def note_closed(self, session: StorageSession) -> None:
+        """The session's unused oids: the root's goes back, the others are
+        remembered (up to ``max_remembered``) as handed out.
+        """
+        for oid in session.given:
+            if self._given_to.get(oid) is session:
+                del self._given_to[oid]
+                if oid == ROOT_OID:
+                    self._root_returned = True
+                else:
+                    self._left_unused.add(oid)
+                    self._left_unused_order.append(oid)
+        while len(self._left_unused_order) > self.max_remembered:
+            self._left_unused.discard(self._left_unused_order.popleft())
+        session.given.clear()
 
 
 class SharedStorage:
     """One storage, many sessions; see the module docstring for the rules.
+
+    Every rule is a method here, run under one lock; a session is a handle
+    that names itself to these methods and holds no rule of its own.
 
     Instance attributes:
 
@@ -143,7 +191,9 @@ class SharedStorage:
     - ``max_given_oids``: how many unused oids one session may hold, and
       how many oids that closed sessions left unused are remembered (a
       commit may refer to those).
-    - ``group_sync``: the :class:`GroupSync` that makes commits durable.
+    - ``log``: the :class:`~durus.invalidation_log.InvalidationLog`.
+    - ``group_sync``: the :class:`~durus.commit_schedule.GroupSync` that
+      makes commits durable.
     """
 
     def __init__(
@@ -152,35 +202,36 @@ class SharedStorage:
         readonly: bool | None = None,
         gcbytes: int = 0,
         max_given_oids: int = DEFAULT_MAX_GIVEN_OIDS,
+        max_logged_oids: int = DEFAULT_MAX_LOGGED_OIDS,
     ) -> None:
         self.storage = storage
         self.readonly = bool(getattr(storage, "readonly", False)) if readonly is None else readonly
         self.gcbytes = gcbytes
         self.bytes_since_pack = 0
         self.max_given_oids = max_given_oids
+        self.log = InvalidationLog(max_logged_oids)
         self._lock = threading.RLock()
         self._turn_free = threading.Condition(self._lock)
         self._committer: StorageSession | None = None
         self._sessions: set[StorageSession] = set()
-        self._given_to: dict[bytes, StorageSession] = {}
-        # Oids sessions that closed were given and did not use, oldest first:
-        # handed out, so a commit may refer to them.  (Their records are
-        # refused, so they are never stored.)
-        self._left_unused: set[bytes] = set()
-        self._left_unused_order: deque[bytes] = deque()
+        self._session_ids = count(1)
+        self._oids = OidLedger(max_given_oids)
         self._has_record = _record_test(storage)
-        self._root_returned = False  # oid 0 given, then returned unused
-        self._freed_oids: set[bytes] = set()  # packed away; reuse once all know
         self._packer: Iterator[object] | None = None
         # A storage that can defer its disk sync says so with sync_to_disk().
         sync_to_disk = getattr(storage, "sync_to_disk", None)
         self._defer_sync = callable(sync_to_disk)
         self.group_sync = GroupSync(sync_to_disk if self._defer_sync else None)
 
-    def session(self) -> StorageSession:
-        """A new session: a Storage for one Connection or one client socket."""
-        session = StorageSession(self)
+    def session(self, track_loaded: bool = True) -> StorageSession:
+        """A new session: a Storage for one Connection or one client socket.
+
+        With ``track_loaded`` the session remembers the oids it loaded, so
+        that when it falls behind the log its sync can name them all; a
+        server's sessions leave that to their clients.
+        """
         with self._lock:
+            session = StorageSession(self, next(self._session_ids), self.log.latest, track_loaded)
             self._sessions.add(session)
         return session
 
@@ -194,6 +245,169 @@ class SharedStorage:
             for session in list(self._sessions):
                 session.close()
             self.storage.close()
+
+    # -- reading -------------------------------------------------------------
+
+    def load(self, session: StorageSession, oid: bytes) -> bytes:
+        """``oid``'s record for ``session``: ReadConflictError if others
+        committed it after the session's cursor (or the session is behind).
+        """
+        with self._lock:
+            session.check_open()
+            if self.log.changed_after(oid, session.cursor, session.id):
+                raise ReadConflictError([oid])
+            return self.storage.load(oid)
+
+    def describe_record(self, oid: bytes) -> str | None:
+        """Where the underlying storage keeps ``oid``'s record, if it can say."""
+        describe = getattr(self.storage, "describe_record", None)
+        if describe is None:
+            return None
+        with self._lock:
+            return describe(oid)
+
+    def is_behind(self, session: StorageSession) -> bool:
+        """Whether the log forgot commits ``session`` was not told about."""
+        with self._lock:
+            return self.log.is_behind(session.cursor)
+
+    def take_invalidations(self, session: StorageSession) -> list[bytes] | None:
+        """The oids others committed or a pack removed since the session's
+        cursor, which moves to the newest commit; None when it is behind.
+        """
+        with self._lock:
+            changes = self._catch_up(session)
+            if changes is None:
+                return None
+            committed, removed = changes
+            return list(committed | removed)
+
+    def _catch_up(self, session: StorageSession) -> tuple[set[bytes], set[bytes]] | None:
+        """``(committed, removed)`` since the session's cursor, which moves
+        to the newest commit; None when the session was behind.
+        """
+        session.check_open()
+        self._gather_storage_invalidations()
+        changes = self.log.changes_after(session.cursor, session.id)
+        session.cursor = self.log.latest
+        return changes
+
+    # -- oids ----------------------------------------------------------------
+
+    def new_oids(self, session: StorageSession, count: int) -> list[bytes]:
+        """``count`` oids that no other session has or will be given."""
+        with self._lock:
+            session.check_open()
+            if self.readonly:
+                raise RequestRefusedError("no new oids: the storage is read-only")
+            if len(session.given) + count > self.max_given_oids:
+                raise RequestRefusedError(
+                    f"a client may hold at most {self.max_given_oids} unused oids; "
+                    "commit the new objects before asking for more")
+            return [self._allocate_oid(session) for _ in range(count)]
+
+    # -- committing ------------------------------------------------------------
+
+    def claim_turn(self, session: StorageSession, wait: bool) -> bool:
+        """Take the two-step commit turn; with ``wait`` False, False if busy."""
+        with self._lock:
+            session.check_open()
+            while self._committer is not None and self._committer is not session:
+                if not wait:
+                    return False
+                self._turn_free.wait()
+            self._committer = session
+            return True
+
+    def holds_turn(self, session: StorageSession) -> bool:
+        with self._lock:
+            return self._committer is session
+
+    def release_turn(self, session: StorageSession) -> None:
+        """Give up the commit turn (if held), letting the next commit in."""
+        with self._lock:
+            if self._committer is session:
+                self._committer = None
+                self._turn_free.notify_all()
+
+    def apply_commit(self, session: StorageSession, records: dict[bytes, bytes],
+                     delivered: set[bytes]) -> int:
+        """The second step: write ``records`` after the session was told
+        ``delivered``; the commit's serial for ``group_sync.wait``.
+
+        Raises RequestRefusedError (nothing written) for a broken commit, and
+        WriteConflictError for a record of a delivered oid, for a reference
+        to an object a pack removed, if anything was committed since the
+        delivery, or if a pack removed an object the commit stores.
+        """
+        with self._lock:
+            session.check_open()
+            if self._committer is not session:
+                raise RuntimeError("apply_commit() without the commit turn: claim_commit() first")
+            conflicts = set(self._check_records(session, records))
+            conflicts.update(oid for oid in records if oid in delivered)
+            changes = self.log.changes_after(session.cursor, session.id)
+            if changes is None:
+                conflicts.update(records)
+            else:
+                # Oids a pack removed meanwhile stay pending (the cursor
+                # does not pass them) and matter now only if this commit
+                # would bring one back.
+                committed, removed = changes
+                conflicts.update(committed)
+                conflicts.update(removed & records.keys())
+            if conflicts:
+                raise WriteConflictError(list(conflicts))
+            caught_up = session.cursor == self.log.latest
+            serial = self._write(session, records)
+            if caught_up:
+                session.cursor = self.log.latest
+            return serial
+
+    def commit_watched(self, session: StorageSession, records: dict[bytes, bytes],
+                       watched: set[bytes]) -> tuple[int | None, list[bytes] | None]:
+        """A commit in one step: ``(serial, invalidations)`` if written,
+        ``(None, invalidations)`` if others committed a watched oid (or a
+        pack removed one the records need) since the session's cursor.
+
+        Either way the session's cursor moves to the newest commit, and
+        ``invalidations`` are the oids others changed since it was last
+        told (None: the session was behind, and the commit is not written).
+        Raises RequestRefusedError or CommitRefusedError, nothing written.
+        """
+        with self._lock:
+            changes = self._catch_up(session)
+            if changes is None:
+                return None, None
+            committed, removed = changes
+            invalid = list(committed | removed)
+            if not records:
+                return (0, invalid) if committed.isdisjoint(watched) else (None, invalid)
+            removed_refs = self._check_records(session, records)
+            if (removed_refs or not committed.isdisjoint(watched) or not committed.isdisjoint(records)
+                    or not removed.isdisjoint(records)):
+                return None, invalid
+            serial = self._write(session, records)
+            session.cursor = self.log.latest
+            return serial, invalid
+
+    def wait_durable(self, serial: int) -> None:
+        """Return once commit ``serial`` is on disk (syncing if need be), and
+        let a pack underway take one step.
+        """
+        self.group_sync.wait(serial)
+        self.pack_step()
+
+    # -- sessions ending ---------------------------------------------------------
+
+    def close_session(self, session: StorageSession) -> None:
+        """End ``session``; an unused root oid goes back to be handed out again."""
+        with self._lock:
+            if self._committer is session:
+                self._committer = None
+                self._turn_free.notify_all()
+            self._sessions.discard(session)
+            self._oids.note_closed(session)
 
     # -- packing -----------------------------------------------------------
 
@@ -251,27 +465,16 @@ class SharedStorage:
         """Pass on what the storage itself reports (oids a pack removed)."""
         oids = self.storage.sync()
         if oids:
-            self._freed_oids.update(oids)
-            for session in self._sessions:
-                session.invalid.update(oids)
+            self._oids.note_freed(oids)
+            self.log.append(oids, author=0, removed=True)
 
     def _allocate_oid(self, session: StorageSession) -> bytes:
-        while True:
-            if self._root_returned:
-                self._root_returned = False
-                oid = ROOT_OID
-            else:
-                oid = self.storage.new_oid()
-            if oid in self._given_to:
-                continue
-            if oid in self._freed_oids:
-                # A reused oid must not meet a stale copy some session holds.
-                if any(oid in other.invalid for other in self._sessions):
-                    continue
-                self._freed_oids.discard(oid)
-            self._given_to[oid] = session
-            session.given.add(oid)
-            return oid
+        return self._oids.allocate(session, self.storage.new_oid, self._may_reuse)
+
+    def _may_reuse(self, oid: bytes) -> bool:
+        """A reused oid must not meet a stale copy some session holds."""
+        removed_at = self.log.last_change(oid)
+        return not removed_at or all(other.cursor >= removed_at for other in self._sessions)
 
     def _check_records(self, session: StorageSession, records: dict[bytes, bytes]) -> set[bytes]:
         """Refuse (RequestRefusedError) a commit the rules forbid; the oids
@@ -280,7 +483,7 @@ class SharedStorage:
         if self.readonly:
             raise RequestRefusedError("commit refused: the storage is read-only")
         for oid in records:
-            owner = self._given_to.get(oid)
+            owner = self._oids.owner(oid)
             if owner is session:
                 continue
             if owner is not None:
@@ -301,7 +504,7 @@ class SharedStorage:
         client may still hold such an object, stale, not knowing it is gone,
         so that is a conflict.
         """
-        given, left_unused, freed, has_record = self._given_to, self._left_unused, self._freed_oids, self._has_record
+        oids, has_record = self._oids, self._has_record
         removed = set()
         for oid, record in records.items():
             try:
@@ -310,9 +513,9 @@ class SharedStorage:
                 raise RequestRefusedError(
                     f"commit refused: the refs of the record of oid {oid_to_int(oid)} are not whole oids") from None
             for ref in refs:
-                if ref in records or ref in given or has_record(ref) or ref in left_unused:
+                if ref in records or oids.handed_out(ref) or has_record(ref):
                     continue
-                if ref in freed:
+                if oids.is_freed(ref):
                     removed.add(ref)
                     continue
                 raise RequestRefusedError(
@@ -320,31 +523,25 @@ class SharedStorage:
                     "which has no record, is not in the commit and was never handed out")
         return removed
 
-    def _remember_left_unused(self, oid: bytes) -> None:
-        """Remember an oid a closing session did not use, forgetting the
-        oldest beyond ``max_given_oids``.
-        """
-        self._left_unused.add(oid)
-        self._left_unused_order.append(oid)
-        while len(self._left_unused_order) > self.max_given_oids:
-            self._left_unused.discard(self._left_unused_order.popleft())
-
     def _write(self, session: StorageSession, records: dict[bytes, bytes]) -> int:
         storage = self.storage
         storage.begin()
         for oid, record in records.items():
             storage.store(oid, record)
-        if self._defer_sync:
-            storage.end(None, sync=False)
-        else:
-            storage.end(None)
+        try:
+            if self._defer_sync:
+                storage.end(None, sync=False)
+            else:
+                storage.end(None)
+        except OSError as error:
+            if getattr(storage, "sync_error", None) is not None:
+                raise  # the file may hold part of it: not for us to gloss over
+            reason = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else (
+                os.strerror(error.errno) if error.errno else str(error))
+            raise CommitRefusedError(f"not stored: {reason}") from error
         oids = list(records)
-        for other in self._sessions:
-            if other is not session:
-                other.invalid.update(oids)
-        for oid in oids:
-            if self._given_to.pop(oid, None) is not None:
-                session.given.discard(oid)
+        self.log.append(oids, author=session.id)
+        self._oids.note_committed(session, oids)
         # As Durus 4.3 counts: the commit data (tdata) and 8 for its length.
         self.bytes_since_pack += sum(len(record) for record in records.values()) + 12 * len(records) + 8
         serial = self.group_sync.note_write()
@@ -358,62 +555,87 @@ class StorageSession(Storage):
 
     The storage server drives it through the split commit methods
     (:meth:`claim_commit`, :meth:`take_invalidations`, :meth:`apply_commit`,
-    :meth:`release_commit`) because a commit spans two network round trips;
+    :meth:`release_commit`) for protocol-1 clients, whose commit spans two
+    network round trips, and :meth:`commit_watched` for protocol-2 clients;
     a Connection in the same process just calls :meth:`end`.
 
     Instance attributes:
 
     - ``shared``: the SharedStorage.
-    - ``invalid``: pending invalidations, the oids others committed since this
-      session last synced or committed.
+    - ``id``: a number no other session of it has (the author of its
+      commits in the log).
+    - ``cursor``: the newest commit in the log this session was told about.
     - ``given``: oids handed to this session and not yet committed.
     - ``records``: the commit being collected by :meth:`store`, or None.
     - ``closed``: True after :meth:`close`.
     """
 
-    def __init__(self, shared: SharedStorage) -> None:
+    def __init__(self, shared: SharedStorage, session_id: int, cursor: int, track_loaded: bool = True) -> None:
         self.shared = shared
-        self.invalid: set[bytes] = set()
+        self.id = session_id
+        self.cursor = cursor
         self.given: set[bytes] = set()
         self.records: dict[bytes, bytes] | None = None
         self.closed = False
         # Oids of new objects whose commit failed: offered again first.
         self._spare_oids: list[bytes] = []
         self._delivered: set[bytes] = set()
+        self._loaded: set[bytes] | None = set() if track_loaded else None
+        self._loaded_overflowed = False
 
     def __repr__(self) -> str:
         return f"<StorageSession of {self.shared.storage}>"
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
         if self.closed:
             raise DurusError("this storage session is closed; open a new one")
 
     # -- reading -----------------------------------------------------------
 
     def load(self, oid: bytes) -> bytes:
-        with self.shared._lock:
-            self._check_open()
-            if oid in self.invalid:
-                raise ReadConflictError([oid])
-            return self.shared.storage.load(oid)
+        record = self.shared.load(self, oid)
+        loaded = self._loaded
+        if loaded is not None:
+            if len(loaded) >= _MAX_LOADED_OIDS and oid not in loaded:
+                # Memory stays bounded; falling behind then cannot say what is stale.
+                loaded.clear()
+                self._loaded_overflowed = True
+            loaded.add(oid)
+        return record
 
     def describe_record(self, oid: bytes) -> str | None:
         """Where the underlying storage keeps ``oid``'s record, if it can say
         (for error messages; see :func:`durus.serialize.record_location`).
         """
-        describe = getattr(self.shared.storage, "describe_record", None)
-        if describe is None:
-            return None
-        with self.shared._lock:
-            return describe(oid)
+        return self.shared.describe_record(oid)
 
     def sync(self) -> list[bytes]:
-        with self.shared._lock:
-            self._check_open()
-            self.shared._gather_storage_invalidations()
-            oids = list(self.invalid)
-            self.invalid.clear()
+        """What others changed since the last sync or commit; after falling
+        behind the log, every oid this session loaded (see
+        :meth:`Storage.sync`).
+        """
+        return self._everything_if_behind(self.shared.take_invalidations(self))
+
+    def changes(self) -> list[bytes] | None:
+        """As :meth:`sync`, but None (rather than every loaded oid) when the
+        session fell behind: what a server tells its client as "everything".
+        """
+        return self.shared.take_invalidations(self)
+
+    def _everything_if_behind(self, oids: list[bytes] | None) -> list[bytes]:
+        if oids is not None:
             return oids
+        if self._loaded is None or self._loaded_overflowed:
+            self._loaded_overflowed = False
+            raise DurusError(
+                "this session fell behind other sessions' commits further than the invalidation log "
+                "remembers and loaded too many objects to say which are stale: open a new Connection")
+        loaded = list(self._loaded)
+        self._loaded.clear()
+        return loaded
+
+    def is_behind(self) -> bool:
+        return self.shared.is_behind(self)
 
     # -- oids ----------------------------------------------------------------
 
@@ -422,26 +644,17 @@ class StorageSession(Storage):
 
     def new_oids(self, count: int) -> list[bytes]:
         """``count`` oids that no other session has or will be given."""
-        shared = self.shared
-        with shared._lock:
-            self._check_open()
-            if shared.readonly:
-                raise RequestRefusedError("no new oids: the storage is read-only")
-            oids = []
-            while self._spare_oids and len(oids) < count:
-                oids.append(self._spare_oids.pop())
-            if len(self.given) + count - len(oids) > shared.max_given_oids:
-                raise RequestRefusedError(
-                    f"a client may hold at most {shared.max_given_oids} unused oids; "
-                    "commit the new objects before asking for more")
-            while len(oids) < count:
-                oids.append(shared._allocate_oid(self))
-            return oids
+        oids = []
+        while self._spare_oids and len(oids) < count:
+            oids.append(self._spare_oids.pop())
+        if len(oids) < count:
+            oids.extend(self.shared.new_oids(self, count - len(oids)))
+        return oids
 
     # -- committing, in one call (in-process use) ---------------------------
 
     def begin(self) -> None:
-        self._check_open()
+        self.check_open()
         self.records = {}
 
     def store(self, oid: bytes, record: bytes) -> None:
@@ -466,109 +679,68 @@ class StorageSession(Storage):
                 handle_invalidations(invalid)
             if records:
                 serial = self.apply_commit(records)
-        except ConflictError:
+        except (ConflictError, CommitRefusedError):
             self._spare_oids.extend(oid for oid in records if oid in self.given)
             raise
         finally:
             self.release_commit()
         if serial is not None:
-            self.shared.group_sync.wait(serial)
-            self.shared.pack_step()
+            self.shared.wait_durable(serial)
 
     # -- committing, step by step (the server) --------------------------------
 
     def claim_commit(self, wait: bool) -> bool:
         """Take the commit turn; with ``wait`` False, return False if busy."""
-        shared = self.shared
-        with shared._lock:
-            self._check_open()
-            while shared._committer is not None and shared._committer is not self:
-                if not wait:
-                    return False
-                shared._turn_free.wait()
-            shared._committer = self
-            return True
+        return self.shared.claim_turn(self, wait)
 
     def holds_commit(self) -> bool:
-        return self.shared._committer is self
+        return self.shared.holds_turn(self)
 
     def take_invalidations(self) -> list[bytes]:
         """Pop the pending invalidations: the first step of a commit."""
-        with self.shared._lock:
-            self.shared._gather_storage_invalidations()
-            oids = list(self.invalid)
-            self.invalid.clear()
-            self._delivered = set(oids)
-            return oids
+        oids = self._everything_if_behind(self.shared.take_invalidations(self))
+        self._delivered = set(oids)
+        return oids
+
+    def take_changes(self) -> list[bytes] | None:
+        """As :meth:`take_invalidations`, None when behind (for the server)."""
+        oids = self.shared.take_invalidations(self)
+        self._delivered = set(oids or ())
+        return oids
 
     def apply_commit(self, records: dict[bytes, bytes]) -> int:
         """Write ``records`` after :meth:`take_invalidations`; the commit's
-        serial number for ``shared.group_sync.wait``.
-
-        Raises RequestRefusedError (nothing written) for a broken commit, and
-        WriteConflictError for a record of a delivered oid, for a reference
-        to an object a pack removed, or, when this session lost its turn, if
-        anything was committed meanwhile, or if a pack finished meanwhile
-        and removed an object the commit stores.
+        serial number for ``shared.group_sync.wait``.  See
+        :meth:`SharedStorage.apply_commit` for what it refuses.
         """
-        shared = self.shared
-        with shared._lock:
-            self._check_open()
-            if shared._committer is not self:
-                raise RuntimeError("apply_commit() without the commit turn: claim_commit() first")
-            # A reference to a removed object would dangle: the client holds
-            # it stale (a Connection checks only what it used), so conflict.
-            conflicts = list(shared._check_records(self, records))
-            conflicts.extend(oid for oid in records if oid in self._delivered)
-            if self.invalid:
-                # Others committed after the delivery: what this client read
-                # may be stale, and only it knows what it read.  Oids a pack
-                # removed meanwhile stay pending (the next delivery brings
-                # them) and matter now only if this commit would bring one
-                # back.
-                removed = self.invalid & shared._freed_oids
-                conflicts.extend(self.invalid - removed)
-                conflicts.extend(removed & records.keys())
-            if conflicts:
-                raise WriteConflictError(conflicts)
-            return shared._write(self, records)
+        return self.shared.apply_commit(self, records, self._delivered)
+
+    def commit_watched(self, records: dict[bytes, bytes],
+                       watched: set[bytes]) -> tuple[int | None, list[bytes] | None]:
+        """A commit in one step; see :meth:`SharedStorage.commit_watched`."""
+        return self.shared.commit_watched(self, records, watched)
 
     def release_commit(self) -> None:
         """Give up the commit turn (if held), letting the next commit in."""
-        shared = self.shared
-        with shared._lock:
-            if shared._committer is self:
-                shared._committer = None
-                shared._turn_free.notify_all()
+        self.shared.release_turn(self)
 
     # -- the rest of the Storage interface ----------------------------------
 
     def pack(self) -> None:
-        self._check_open()
+        self.check_open()
         self.shared.pack()
 
     def get_packer(self) -> Iterator[None]:
-        self._check_open()
+        self.check_open()
         if self.shared.start_pack():
             while self.shared.pack_step():
                 yield None
 
     def close(self) -> None:
         """End the session; an unused root oid goes back to be handed out again."""
-        shared = self.shared
-        with shared._lock:
-            if self.closed:
-                return
-            self.release_commit()
-            self.closed = True
-            shared._sessions.discard(self)
-            for oid in self.given:
-                if shared._given_to.get(oid) is self:
-                    del shared._given_to[oid]
-                    if oid == ROOT_OID:
-                        shared._root_returned = True
-                    else:
-                        shared._remember_left_unused(oid)
-            self.given.clear()
-            self._spare_oids.clear()
-            self.invalid.clear()
+        if self.closed:
+            return
+        self.closed = True
+        self.shared.close_session(self)
+        self._spare_oids.clear()
+        self._loaded = None if self._loaded is None else set()

@@ -65,7 +65,13 @@ class Storage:
         raise NotImplementedError
 
     def sync(self) -> list[bytes]:
-        """The oids committed by others since the last sync or commit."""
+        """The oids committed by others since the last sync or commit.
+
+        A shared storage that can no longer say what changed (its client
+        fell further behind others' commits than the server remembers)
+        returns every oid it loaded records for, so the Connection drops
+        every cached state it holds; the same happens after a reconnect.
+        """
         raise NotImplementedError
 
     def new_oid(self) -> bytes:

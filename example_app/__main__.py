@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from durus.storage_server import SocketAddress
+from durus.transport import SocketAddress, wait_for_server
 from example_app import create_app
 from flask_durus.storage_uri import parse_storage_uri
 
@@ -57,16 +57,12 @@ def _start(command: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
 
 def _wait_for_server(address: SocketAddress, process: subprocess.Popen, timeout: float) -> None:
     """Return once the storage server accepts connections; SystemExit if it never does."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"The storage server exited (status {process.returncode}); see its error above.")
-        try:
-            address.connect(timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"The storage server did not listen on {address} within {timeout:.0f} s.")
+    try:
+        wait_for_server(address, timeout, interval=0.1, still_starting=lambda: process.poll() is None)
+    except RuntimeError:
+        raise SystemExit(f"The storage server exited (status {process.returncode}); see its error above.") from None
+    except TimeoutError:
+        raise SystemExit(f"The storage server did not listen on {address} within {timeout:.0f} s.") from None
 
 
 def _stop(process: subprocess.Popen | None) -> None:

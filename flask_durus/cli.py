@@ -22,7 +22,6 @@ from durus.__main__ import (
     format_size,
     listen_failure,
     pack_file_storage,
-    serve_until_stopped,
 )
 from durus.client_storage import ClientStorage, ServerUnavailableError
 from durus.error import DurusKeyError
@@ -30,7 +29,8 @@ from durus.file_storage import FileLockedError, FileStorage
 from durus.protocol import DEFAULT_HOST, DEFAULT_PORT, read_secret
 from durus.record import ROOT_OID
 from durus.storage import Storage
-from durus.storage_server import SocketAddress, StorageServer
+from durus.storage_server import serve_file
+from durus.transport import SocketAddress
 from flask import current_app
 from flask.cli import AppGroup
 
@@ -109,20 +109,18 @@ def serve_command(host: str | None, port: int | None, address: str | None, file_
             f"DURUS_SERVER_FILE), or create the folder first (mkdir -p {folder})")
     if os.path.isdir(path):
         raise click.ClickException(f"cannot serve {path}: it is a folder; give the path of a Durus file")
-    created = not os.path.exists(path)
-    storage = _open_file(path)
-    server = StorageServer(storage, address=listen,
-                           gcbytes=settings.server_gcbytes if gcbytes is None else gcbytes,
-                           secret=_secret(settings))
-    _log_to_stderr()
-    if settings.location.is_embedded:
-        click.echo(f"Note: this app's DURUS_STORAGE is embedded ({settings.location}); point it at "
-                   f"this server (durus://{listen}) so the app uses it.", err=True)
-    click.echo(f"Serving {path} on {listen}", err=True)
-    try:
-        error = serve_until_stopped(server, storage, path if created else None)
-    finally:
-        storage.close()
+    def open_and_announce(path: str) -> FileStorage:
+        storage = _open_file(path)
+        _log_to_stderr()
+        if settings.location.is_embedded:
+            click.echo(f"Note: this app's DURUS_STORAGE is embedded ({settings.location}); point it at "
+                       f"this server (durus://{listen}) so the app uses it.", err=True)
+        click.echo(f"Serving {path} on {listen}", err=True)
+        return storage
+
+    error = serve_file(path, open_and_announce, listen,
+                       gcbytes=settings.server_gcbytes if gcbytes is None else gcbytes,
+                       secret=_secret(settings))
     if error is not None:
         raise click.ClickException(
             listen_failure(listen, error, "").replace("durus -s --stop", "flask durus stop"))

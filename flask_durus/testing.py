@@ -29,14 +29,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 from durus.persistent import PersistentObject
-from durus.storage_server import SocketAddress
+from durus.transport import SocketAddress, wait_for_server
 from flask import Flask
 
 
@@ -69,19 +68,15 @@ class StorageServerProcess:
                    "--host", self.host, "--port", str(self.port)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        address = SocketAddress.new((self.host, self.port))
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the storage server exited at start; its log:\n{self.log()}")
-            try:
-                address.connect(timeout=1.0).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"the storage server did not answer in {timeout}s:\n{self.log()}") from None
-                time.sleep(0.02)
+        try:
+            wait_for_server(SocketAddress.new((self.host, self.port)), timeout, interval=0.02,
+                            still_starting=lambda: self.process.poll() is None)
+        except RuntimeError:
+            raise RuntimeError(f"the storage server exited at start; its log:\n{self.log()}") from None
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"the storage server did not answer in {timeout}s:\n{self.log()}") from None
+        return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop it (SIGTERM, then SIGKILL if it lingers)."""

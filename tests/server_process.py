@@ -17,10 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from durus.storage_server import SocketAddress
+from durus.transport import SocketAddress, wait_for_server
 from durus43 import clean_env
 
 
@@ -38,7 +37,10 @@ class ServerProcess:
     one); ``address`` (``(host, port)`` or the socket path, what
     ClientStorage's ``address`` takes); ``args`` (more ``durus -s``
     options); ``python`` (the interpreter: ours, or Durus 4.3's for its
-    server); ``log_path``; ``process`` (the Popen, while running).
+    server); ``log_path``; ``popen_options`` (more ``subprocess.Popen``
+    arguments: ``preexec_fn``, ``pass_fds``, ``env``); ``wrapper`` (a
+    command the server's command line is appended to, e.g. an exec wrapper
+    that sets up socket activation); ``process`` (the Popen, while running).
     """
 
     def __init__(
@@ -49,6 +51,8 @@ class ServerProcess:
         args: tuple[str, ...] | list[str] = (),
         python: str | None = None,
         log_path: str | os.PathLike | None = None,
+        popen_options: dict | None = None,
+        wrapper: list[str] | None = None,
     ) -> None:
         self.file = None if file is None else os.fspath(file)
         self.address = address if address is not None else ("127.0.0.1", free_port())
@@ -58,6 +62,8 @@ class ServerProcess:
             base = self.file if self.file is not None else f"/tmp/durus-test-server-{os.getpid()}"
             log_path = f"{base}.{id(self)}.log"
         self.log_path = Path(log_path)
+        self.popen_options = dict(popen_options or {})
+        self.wrapper = list(wrapper or [])
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
@@ -72,26 +78,23 @@ class ServerProcess:
 
     def start(self, timeout: float = 15.0) -> ServerProcess:
         """Start the server and wait until it accepts connections."""
-        options: dict = {}
+        options: dict = dict(self.popen_options)
         if self.python != sys.executable:
             # Another interpreter (the real Durus 4.3) must not import our
             # package: ``-m`` would put the current directory first.
             options = {"cwd": "/", "env": clean_env()}
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, **options)
-        deadline = time.monotonic() + timeout
-        target = SocketAddress.new(self.address)
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                target.connect(timeout=1.0).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"server did not come up in {timeout}s:\n{self.log()}") from None
-                time.sleep(0.02)
+            self.process = subprocess.Popen(self.wrapper + self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                            **options)
+        try:
+            wait_for_server(SocketAddress.new(self.address), timeout, interval=0.02,
+                            still_starting=lambda: self.process.poll() is None)
+        except RuntimeError:
+            raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}") from None
+        except TimeoutError:
+            self.kill()
+            raise RuntimeError(f"server did not come up in {timeout}s:\n{self.log()}") from None
+        return self
 
     def log(self) -> str:
         try:

@@ -271,6 +271,11 @@ def test_connection_lost_after_commit_data_is_in_doubt():
     listener.listen()
 
     def serve_once():
+        # As a Durus 4.3 server: asked for version 2, it answers 1 and closes.
+        sock, _ = listener.accept()
+        assert sock.recv(5) == b"V" + (2).to_bytes(4, "big")
+        sock.sendall((1).to_bytes(4, "big"))
+        sock.close()
         sock, _ = listener.accept()
         reader = sock.makefile("rb")
         assert reader.read(5) == b"V" + (1).to_bytes(4, "big")

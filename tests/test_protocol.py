@@ -50,7 +50,7 @@ def test_new_oids_request_bounds():
         (b"N", b"N", None),
         (b"M\x05", b"M", 5),
         (b"L" + OID1, b"L", OID1),
-        (b"B" + int4(2) + OID1 + OID2, b"B", [OID1, OID2]),
+        (b"B" + int4(2) + OID1 + OID2, b"B", OID1 + OID2),
         (b"C", b"C", None),
         (b"S", b"S", None),
         (b"P", b"P", None),
@@ -148,3 +148,44 @@ def test_read_secret(tmp_path):
     keyfile.write_bytes(b"\n")
     with pytest.raises(ValueError, match="empty"):
         protocol.read_secret(str(keyfile))
+
+
+# -- version 2 -----------------------------------------------------------------
+
+
+def test_version_2_layouts():
+    assert protocol.version_request(2) == b"V\x00\x00\x00\x02"
+    assert protocol.version_reply(1) == (int4(1), True)  # a Durus 4.3 client gets exactly 1
+    assert protocol.version_reply(2) == (int4(2), True)
+    assert protocol.version_reply(7) == (int4(2), False)
+    record = pack_record(OID1, b"data", b"")
+    assert protocol.commit_watched_request([(OID1, record)], [OID1, OID2]) == (
+        b"W" + int4(4 + 8 + len(record)) + int4(8 + len(record)) + OID1 + record + int4(2) + OID1 + OID2)
+    assert protocol.commit_watched_reply(b"O", [OID2]) == b"O" + int4(1) + OID2
+    assert protocol.oids_reply(None) == b"\xff\xff\xff\xff"  # "everything"
+    assert protocol.refused_reply("not stored: disk full") == b"F" + int4(21) + b"not stored: disk full"
+    assert protocol.COMMIT_WATCHED == b"W" and protocol.STATUS_REFUSED == b"F"
+
+
+def test_parse_commit_watched_waits_for_all_of_it_and_refuses_huge_counts():
+    record = pack_record(OID1, b"data", b"")
+    whole = protocol.commit_watched_request([(OID1, record)], [OID1])
+    for cut in range(len(whole)):
+        assert protocol.parse_request(bytearray(whole[:cut]), 0, 100) is None
+    request, end = protocol.parse_request(bytearray(whole), 0, 100)
+    assert end == len(whole)
+    tdata, watched = request.argument
+    assert protocol.split_commit_data(tdata) == {OID1: record} and watched == OID1
+    with pytest.raises(ProtocolError, match="exceeds the limit"):
+        protocol.parse_request(bytearray(b"W" + int4(1001)), 0, 100, max_commit_size=1000)
+    with pytest.raises(ProtocolError, match="watching"):
+        protocol.parse_request(bytearray(b"W" + int4(0) + int4(126)), 0, 100, max_commit_size=1000)
+
+
+def test_read_version_2_replies():
+    assert protocol.read_commit_watched_reply(reader(b"O" + int4(1) + OID1)) == (b"O", [OID1], None)
+    assert protocol.read_commit_watched_reply(reader(b"I" + b"\xff" * 4)) == (b"I", None, None)
+    assert protocol.read_commit_watched_reply(reader(b"F" + int4(4) + b"full")) == (b"F", [], "full")
+    assert protocol.read_oids(reader(b"\xff" * 4)) is None
+    with pytest.raises(ProtocolError):
+        protocol.read_commit_watched_reply(reader(b"K"))

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,19 +32,15 @@ def app_env(instance: Path, storage: str | None, **extra: str) -> dict[str, str]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
-    import socket
+    from durus.transport import SocketAddress, wait_for_server
 
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{process.args} did not listen in {timeout}s:\n{log.read_text()}") from None
-            time.sleep(0.05)
+    try:
+        wait_for_server(SocketAddress(host="127.0.0.1", port=port), timeout,
+                        still_starting=lambda: process.poll() is None)
+    except RuntimeError:
+        raise RuntimeError(f"{process.args} exited with {process.returncode}:\n{log.read_text()}") from None
+    except TimeoutError:
+        raise RuntimeError(f"{process.args} did not listen in {timeout}s:\n{log.read_text()}") from None
 
 
 class Running:

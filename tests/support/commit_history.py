@@ -36,9 +36,9 @@ class RecordingClientStorage(ClientStorage):
         super().__init__(*args, **kwargs)
         self.committed: list[dict[bytes, bytes]] = []
 
-    def end(self, handle_invalidations=None) -> None:
+    def end(self, handle_invalidations=None, **options) -> None:
         records = dict(self.records)
-        super().end(handle_invalidations)  # raises unless the server has them
+        super().end(handle_invalidations, **options)  # raises unless the server has them
         if records:
             self.committed.append(records)
 
