@@ -15,13 +15,10 @@ and the ratio ours/RelStorage (above 1: ours is better).  See
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import re
 import shutil
-import socket
 import subprocess
-import tempfile
 import sys
 import time
 from dataclasses import dataclass
@@ -36,6 +33,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
 import durus43 as reference  # noqa: E402  (tests/durus43.py: the venvs)
+from tests.support.postgres import Cluster, throwaway_cluster  # noqa: E402
 
 RELSTORAGE = reference.VenvSpec(
     name="relstorage",
@@ -44,55 +42,6 @@ RELSTORAGE = reference.VenvSpec(
     env_var="RELSTORAGE_PYTHON",
 )
 CLIENTS = 4
-PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
-
-
-def pg_bin(name: str) -> Path:
-    return PG_BIN / name
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """A running throwaway cluster: its port and server version."""
-
-    port: int
-    version: str
-    user: str = "postgres"
-
-    def dsn(self, database: str) -> str:
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
-
-
-@contextlib.contextmanager
-def postgres_cluster() -> Iterator[Cluster]:
-    """A cluster in a temporary folder, durable settings, on a free port.
-
-    PostgreSQL refuses to run as root, so when we are root it runs as the
-    unprivileged ``postgres`` user.
-    """
-    folder = Path(tempfile.mkdtemp(prefix="bench-pg-"))
-    as_user: list[str] = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_user:
-        shutil.chown(folder, "postgres")
-    data = folder / "data"
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    subprocess.run([*as_user, str(pg_bin("initdb")), "-D", str(data), "-U", "postgres", "-A", "trust",
-                    "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on"
-    subprocess.run([*as_user, str(pg_bin("pg_ctl")), "-D", str(data), "-o", options, "-l",
-                    str(folder / "log"), "-w", "start"], check=True, capture_output=True)
-    try:
-        version = subprocess.run([str(pg_bin("postgres")), "--version"], capture_output=True,
-                                 text=True).stdout.split()[2]
-        yield Cluster(port, version)
-    finally:
-        subprocess.run([*as_user, str(pg_bin("pg_ctl")), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 @dataclass(frozen=True)
 class Implementation:
     """A side of the comparison: its interpreter and import path."""
@@ -124,21 +73,32 @@ QUICK = Sizes(small_commits=50, cold_load=500, build=2_000, pack=1_000, seconds=
 
 
 class Bench:
-    """Runs workloads on one cluster, each on a database made for it."""
+    """Runs workloads on one cluster (``tests/support/postgres.py``), each on
+    a database made for it.
+    """
 
-    def __init__(self, dsn_for: Callable[[str], str], superuser_dsn: str) -> None:
-        self.dsn_for = dsn_for
-        self.superuser_dsn = superuser_dsn
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
         self.made = 0
 
+    def uri(self, database: str) -> str:
+        return f"postgresql://{self.cluster.user}@127.0.0.1:{self.cluster.port}/{database}"
+
     def new_database(self, side: Implementation, label: str) -> str:
+        """The URI of a new, empty database for one workload of one side."""
         import psycopg
 
         self.made += 1
         name = f"{side.name}_{label}_{self.made}"
-        with psycopg.connect(self.superuser_dsn, autocommit=True) as connection:
+        with psycopg.connect(self.cluster.dsn(), autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
-        return self.dsn_for(name)
+        return self.uri(name)
+
+    def server_version(self) -> str:
+        import psycopg
+
+        with psycopg.connect(self.cluster.dsn(), autocommit=True) as connection:
+            return connection.execute("SHOW server_version").fetchone()[0].split()[0]
 
     def run(self, side: Implementation, workload: str, size: int, dsn: str, *extra: str) -> dict[str, Any]:
         return reference.run_python(
@@ -233,7 +193,9 @@ def measure(bench: Bench, sizes: Sizes) -> Iterator[Line]:
 def pgbench_ceiling(bench: Bench, seconds: float) -> float:
     """Durable updates per second that ``pgbench -N`` gets with ``CLIENTS`` clients."""
     dsn = bench.new_database(OURS, "pgbench")
-    pgbench = str(pg_bin("pgbench"))
+    pgbench = os.path.join(bench.cluster.bindir, "pgbench")
+    if not os.path.exists(pgbench):  # initdb found on PATH, pgbench elsewhere
+        pgbench = shutil.which("pgbench") or pgbench
     subprocess.run([pgbench, "-i", "-q", "-s", "4", dsn], check=True, capture_output=True)
     result = subprocess.run(
         [pgbench, "-N", "-c", str(CLIENTS), "-j", str(CLIENTS), "-T", str(max(1, round(seconds))), dsn],
@@ -257,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     except reference.ReferenceEnvError as error:
         print(f"FAILED: {error}", flush=True)
         return 1
-    with postgres_cluster() as cluster:
-        bench = Bench(cluster.dsn, cluster.dsn("postgres"))
-        print(f"PostgreSQL {cluster.version} (fsync=on, synchronous_commit=on); "
+    with throwaway_cluster() as cluster:
+        bench = Bench(cluster)
+        print(f"PostgreSQL {bench.server_version()} (fsync=on, synchronous_commit=on); "
               f"{'quick' if options.quick else 'full'} sizes; {os.cpu_count()} CPUs", flush=True)
         lines = []
         for line in measure(bench, sizes):

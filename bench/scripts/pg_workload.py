@@ -78,7 +78,9 @@ class Ours(Database):
         self.root = self.connection.get_root()
 
     def begin(self) -> None:
-        self.connection.abort()  # Durus: abort brings the connection up to date
+        """Nothing: a Durus commit or abort already brought the connection
+        up to date, so the next transaction has begun.
+        """
 
     def commit(self) -> None:
         self.connection.commit()
