@@ -1,15 +1,30 @@
 """PostgreSQL benchmarks: our PostgresStorage against RelStorage, and the ceiling.
 
-One throwaway cluster (fsync=on, synchronous_commit=on) serves every run:
-RelStorage 4.3 history-free on psycopg2 (installed on first use into
-``.cache/venvs/relstorage``), and ours, each workload on a database of its
-own made for it, in fresh subprocesses (``bench/scripts/pg_workload.py``);
-then ``pgbench -N`` with four clients on the same cluster, the rate of
-durable updates the server itself can take.  Prints one line per workload
-and the ratio ours/RelStorage (above 1: ours is better).  See
-``bench/README.md``.
+One throwaway cluster (``tests/support/postgres.py``: fsync=on,
+synchronous_commit=on) serves every run: RelStorage 4.3.0 history-free on
+psycopg2 (installed on first use into ``.cache/venvs/relstorage``; set
+RELSTORAGE_PYTHON to use another interpreter) and ours, each workload on a
+database of its own made for it, in fresh subprocesses
+(``bench/scripts/pg_workload.py``); then ``pgbench -N`` with four clients
+on the same cluster, the rate of durable updates the server itself takes.
+One line per workload, with the ratio oriented so that above 1 is ours
+better:
+
+- 4 clients on disjoint objects / on one shared BTree: four processes commit
+  for ``--seconds``; commits per second, and (shared tree) the share of
+  attempts that ended in a conflict the application saw (and replayed);
+- 1 client's small commits (one attribute of one object each);
+- cold loads by key: a fresh process loads 10,000 items by key, shuffled;
+- build: 100,000 small objects into a BTree, a commit every 1,000;
+- pack: 20,000 live objects and 20,000 dead ones (a dropped tree);
+- round trips per small commit, counted by a TCP proxy between the client
+  and PostgreSQL (a round trip is a turn of the conversation: the client
+  sending after the server last spoke), and statements (the protocol's
+  Query and Execute messages) per commit.
 
     python bench/bench_postgres.py [--quick] [--seconds S]
+
+The machine is shared: compare the ratios of one run, not figures across runs.
 """
 
 from __future__ import annotations
