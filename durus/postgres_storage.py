@@ -27,9 +27,11 @@ while no root is stored.  The schema is created and upgraded by
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -60,6 +62,12 @@ _SCHEMA_LOCK = 0x73636865
 class PostgresStorageError(DurusError):
     """PostgreSQL cannot be reached, or its database is not one this storage
     can use (no schema and ``create=False``, a schema of a newer version).
+    """
+
+
+class CommitInDoubtError(PostgresStorageError):
+    """The session broke while a commit was under way: it may have been
+    written or not.  The storage reconnected; abort and look.
     """
 
 
@@ -115,7 +123,7 @@ CREATE FUNCTION durus_commit(
     snap pg_snapshot, own xid8[], watched int8[], new_oids int8[],
     oids int8[], records bytea[], refs int8[], ref_starts int4[], ref_ends int4[],
     OUT status text, OUT txid xid8, OUT now_snap pg_snapshot, OUT invalid int8[],
-    OUT bad int8[], OUT problem text)
+    OUT bad int8[], OUT bad_records bytea[], OUT problem text)
 LANGUAGE plpgsql AS $$
 DECLARE
     found_oids int8[];
@@ -133,6 +141,10 @@ BEGIN
              ORDER BY o.oid FOR UPDATE) AS w;
     SELECT n.now_snap, n.oids INTO now_snap, invalid FROM durus_news(snap, own) AS n;
     IF cardinality(bad) > 0 THEN
+        -- Their records too, as of now_snap: the client merges onto them
+        -- and tries again without another round trip to load them.
+        SELECT array_agg(o.oid ORDER BY o.oid), array_agg(o.record ORDER BY o.oid) INTO bad, bad_records
+          FROM durus_object AS o WHERE o.oid = ANY (bad);
         status := 'conflict';
         RETURN;
     END IF;
@@ -321,6 +333,7 @@ class PostgresStorage(Storage):
     ) -> None:
         self.dsn = dsn
         self.readonly = readonly
+        self._closed = False
         self.conn = self._connect(dsn)
         self._check_schema(create)
         self._snapshot = self._current_snapshot()
@@ -329,6 +342,11 @@ class PostgresStorage(Storage):
         self._oid_pool: list[int] = []
         self._given: set[bytes] = set()  # handed out by new_oid, not yet stored
         self._oid_batch = max(1, oid_batch)
+        # Records as of the current snapshot that came with a conflict (the
+        # committed states to merge onto); served by load without a query.
+        self._known: dict[bytes, bytes] = {}
+        # True from a conflict until the commit succeeds or is given up.
+        self._resolving = False
         self.pack_progress = PackProgress(phase="done")
 
     def __repr__(self) -> str:
@@ -344,6 +362,9 @@ class PostgresStorage(Storage):
                 f"cannot connect to PostgreSQL ({describe_dsn(dsn)}): {str(error).strip()}") from None
         # Durable when a commit returns, whatever the server's default.
         conn.execute("SET synchronous_commit = on")
+        # Rows a conflict's resolution holds come free even if the client
+        # never returns (the session ends; the next call reconnects).
+        conn.execute("SET idle_in_transaction_session_timeout = '10s'")
         if self.readonly:
             conn.execute("SET default_transaction_read_only = on")
         return conn
@@ -366,6 +387,34 @@ class PostgresStorage(Storage):
     def _current_snapshot(self) -> Snapshot:
         return Snapshot.parse(self.conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0])
 
+    def _query(self, sql: str, params: tuple | None = None, prepare: bool | None = None) -> psycopg.Cursor:
+        """Run one statement that changes nothing, reconnecting once if
+        the session was lost (a server restart, an idle timeout).
+        """
+        self._check_open()
+        try:
+            return self.conn.execute(sql, params, prepare=prepare)
+        except psycopg.OperationalError as error:
+            if not self.conn.broken and not self.conn.closed:
+                raise
+            log.warning("PostgreSQL session lost (%s); reconnecting", str(error).strip())
+        self._reconnect()
+        return self.conn.execute(sql, params, prepare=prepare)
+
+    def _reconnect(self) -> None:
+        """A new session; the snapshot stays, since it names transactions,
+        not sessions.  Held rows and the root claim went with the old one.
+        """
+        self._resolving = False
+        self._given.discard(ROOT_OID)
+        with contextlib.suppress(psycopg.Error):
+            self.conn.close()
+        self.conn = self._connect(self.dsn)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PostgresStorageError("this PostgresStorage is closed")
+
     def _check_writable(self, action: str) -> None:
         if self.readonly:
             raise ReadOnlyStorageError(f"cannot {action}: the PostgresStorage was opened with readonly=True")
@@ -386,7 +435,10 @@ class PostgresStorage(Storage):
         return record
 
     def load(self, oid: bytes) -> bytes:
-        row = self.conn.execute(
+        known = self._known.get(oid)
+        if known is not None:
+            return self._checked_record(oid, known)
+        row = self._query(
             "SELECT record, txid::text::int8 FROM durus_object WHERE oid = %s", (oid_to_int(oid),),
             prepare=True).fetchone()
         if row is None:
@@ -397,9 +449,13 @@ class PostgresStorage(Storage):
     def bulk_load(self, oids: Iterable[bytes]) -> Iterator[bytes]:
         """The records of ``oids``, in order, fetched ``BATCH_SIZE`` at a time."""
         oids = list(oids)
+        if all(oid in self._known for oid in oids):
+            for oid in oids:
+                yield self._checked_record(oid, self._known[oid])
+            return
         for start in range(0, len(oids), BATCH_SIZE):
             batch = oids[start:start + BATCH_SIZE]
-            rows = self.conn.execute(
+            rows = self._query(
                 "SELECT oid, record, txid::text::int8 FROM durus_object WHERE oid = ANY (%s)",
                 ([oid_to_int(oid) for oid in batch],), prepare=True).fetchall()
             found = {int_to_oid(number): (bytes(record), txid) for number, record, txid in rows}
@@ -412,7 +468,7 @@ class PostgresStorage(Storage):
                 yield self._checked_record(oid, record)
 
     def __contains__(self, oid: bytes) -> bool:
-        return self.conn.execute(
+        return self._query(
             "SELECT EXISTS (SELECT 1 FROM durus_object WHERE oid = %s)", (oid_to_int(oid),)).fetchone()[0]
 
     def describe_record(self, oid: bytes) -> str:
@@ -420,12 +476,20 @@ class PostgresStorage(Storage):
         return f"row oid={oid_to_int(oid)} of durus_object in {describe_dsn(self.dsn)}"
 
     def sync(self) -> list[bytes]:
-        snapshot, oids = self.conn.execute(
+        self._release()
+        snapshot, oids = self._query(
             "SELECT now_snap::text, oids FROM durus_news(%s::pg_snapshot, %s::xid8[])",
             (self._snapshot.text, self._own_text()), prepare=True).fetchone()
-        self._snapshot = Snapshot.parse(snapshot)
-        self._own = []
+        self._new_snapshot(snapshot)
         return [int_to_oid(number) for number in oids]
+
+    def _new_snapshot(self, text: str) -> None:
+        """Move to a new transaction boundary: records kept from the last
+        one may be older than what the new snapshot sees.
+        """
+        self._snapshot = Snapshot.parse(text)
+        self._own = []
+        self._known.clear()
 
     def _own_text(self) -> str:
         return "{" + ",".join(map(str, self._own)) + "}"
@@ -453,7 +517,7 @@ class PostgresStorage(Storage):
         root is stored, and only one client at a time (an advisory lock held
         for the rest of the session, released by PostgreSQL if it dies).
         """
-        return self.conn.execute(
+        return self._query(
             "SELECT NOT EXISTS (SELECT 1 FROM durus_object WHERE oid = 0) "
             "AND pg_try_advisory_lock(%s, hashtext(%s || current_schema()))",
             (_LOCK_CLASS, _ROOT_LOCK)).fetchone()[0]
@@ -461,13 +525,14 @@ class PostgresStorage(Storage):
     def _fill_oid_pool(self, wanted: int) -> None:
         size = max(wanted, self._oid_batch)
         self._oid_batch = min(self._oid_batch * 2, MAX_OID_BATCH)
-        rows = self.conn.execute(
+        rows = self._query(
             "SELECT nextval('durus_oid_seq') FROM generate_series(1, %s)", (size,)).fetchall()
         self._oid_pool = [number for (number,) in reversed(rows)]
 
     # -- committing ------------------------------------------------------------
 
     def begin(self) -> None:
+        self._check_open()
         self._check_writable("commit")
         self._records = {}
 
@@ -493,29 +558,77 @@ class PostgresStorage(Storage):
             return
         arguments = self._commit_arguments(records, watched)
         while True:
-            status, txid, snapshot, invalid, bad, problem = self.conn.execute(
-                "SELECT status, txid::text::int8, now_snap::text, invalid, bad, problem FROM durus_commit("
-                "%s::pg_snapshot, %s::xid8[], %s, %s, %s, %s, %s, %s, %s)",
-                (self._snapshot.text, self._own_text(), *arguments), prepare=True).fetchone()
-            self._snapshot = Snapshot.parse(snapshot)
-            self._own = []
+            held = self._resolving
+            self._check_open()
+            try:
+                if held and not self._in_transaction():
+                    # Resolving a conflict: keep the conflicting rows locked
+                    # from this check until the retry, so it cannot starve.
+                    self.conn.execute("BEGIN")
+                status, txid, snapshot, invalid, bad, bad_records, problem = self.conn.execute(
+                    "SELECT status, txid::text::int8, now_snap::text, invalid, bad, bad_records, problem "
+                    "FROM durus_commit(%s::pg_snapshot, %s::xid8[], %s, %s, %s, %s, %s, %s, %s)",
+                    (self._snapshot.text, self._own_text(), *arguments), prepare=True).fetchone()
+            except psycopg.errors.DeadlockDetected:
+                # Two resolving clients each hold a row the other needs.
+                self._release()
+                raise WriteConflictError([int_to_oid(number) for number in arguments[0]]) from None
+            except psycopg.OperationalError as error:
+                self._lost_during_commit(error, written=False if held else None)
+            if status != "conflict" and held:
+                try:
+                    self.conn.execute("COMMIT" if status == "ok" else "ROLLBACK")
+                except psycopg.OperationalError as error:
+                    self._lost_during_commit(error, written=None if status == "ok" else False)
+            self._new_snapshot(snapshot)
             invalid_oids = [int_to_oid(number) for number in invalid]
             if status == "ok":
+                self._resolving = False
                 self._own = [txid]
                 self._given.difference_update(records)
                 self._deliver(invalid_oids, handle_invalidations)
                 return
             if status == "refused":
+                self._resolving = False
                 self._deliver(invalid_oids, handle_invalidations)
                 raise RequestRefusedError(f"commit refused: {problem}")
             if status == "removed":
+                self._resolving = False
                 self._deliver(invalid_oids, handle_invalidations)
                 raise WriteConflictError([int_to_oid(number) for number in bad])
-            # A conflict: the handler raises ConflictError, or finds every
-            # read unchanged and returns; then only newer commits matter.
+            # A conflict: the handler raises ConflictError (the Connection
+            # may resolve and commit again), or finds every read unchanged
+            # and returns; then only newer commits matter.
+            bad_oids = [int_to_oid(number) for number in bad]
+            self._resolving = True
             if handle_invalidations is None:
-                raise WriteConflictError([int_to_oid(number) for number in bad])
+                self._release()
+                raise WriteConflictError(bad_oids)
+            self._known.update(zip(bad_oids, map(bytes, bad_records)))
             handle_invalidations(invalid_oids)
+
+    def _lost_during_commit(self, error: psycopg.OperationalError, written: bool | None) -> NoReturn:
+        """The session broke during a commit: reconnect, and say whether
+        the commit may have been written (``written`` None: unknown).
+        """
+        self._reconnect()
+        if written is False:
+            raise WriteConflictError([]) from None
+        raise CommitInDoubtError(
+            f"the PostgreSQL session broke during a commit ({str(error).strip()}); it may or may "
+            "not have been written: abort, then look before doing it again") from None
+
+    def _in_transaction(self) -> bool:
+        return self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+
+    def _release(self) -> None:
+        """Give up the row locks a conflict left held (a resolution that
+        did not commit again), if any.
+        """
+        self._resolving = False
+        if not self.conn.closed and self._in_transaction():
+            with contextlib.suppress(psycopg.OperationalError):  # a lost session: _query reconnects
+                self.conn.execute("ROLLBACK")
 
     @staticmethod
     def _deliver(oids: list[bytes], handle_invalidations: InvalidationHandler | None) -> None:
@@ -553,7 +666,7 @@ class PostgresStorage(Storage):
             return
         last = -1
         while True:
-            rows = self.conn.execute(
+            rows = self._query(
                 "SELECT oid, record FROM durus_object WHERE oid > %s ORDER BY oid LIMIT %s",
                 (last, max(batch_size, BATCH_SIZE))).fetchall()
             if not rows:
@@ -577,6 +690,7 @@ class PostgresStorage(Storage):
         Nothing if another client is packing.
         """
         self._check_writable("pack")
+        self._release()
         return self._pack_steps()
 
     def _pack_steps(self) -> Iterator[None]:
@@ -655,5 +769,7 @@ class PostgresStorage(Storage):
         return row[0]
 
     def close(self) -> None:
+        self._closed = True
+        self._resolving = False
         if not self.conn.closed:
             self.conn.close()
