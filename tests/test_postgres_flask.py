@@ -238,6 +238,9 @@ def test_cli_info_pack_and_backup(app, database, tmp_path):
     result = runner.invoke(args=["durus", "pack"])
     assert result.exit_code == 0, result.output
     assert "finished" in result.output
+    assert int(result.output.split("removed ")[1].split()[0]) >= 1  # the old k7 at least
+    result = runner.invoke(args=["durus", "pack", "--progress"])
+    assert result.exit_code == 0 and "removed 0 unreachable records; finished" in result.output, result.output
     check = PostgresStorage(database, readonly=True)
     try:
         with pytest.raises(DurusKeyError):
