@@ -48,6 +48,9 @@ SCHEMA_VERSION = 1
 #: How many records one query of ``bulk_load`` or a pack step handles.
 BATCH_SIZE = 1000
 
+#: At most this many records fetched ahead are kept (then they are dropped).
+MAX_PREFETCHED = 20_000
+
 #: The oid batches fetched from the sequence grow to this size.
 MAX_OID_BATCH = 4096
 
@@ -323,13 +326,27 @@ class PostgresStorage(Storage):
     ``create``: create or upgrade the schema when it is missing or old; with
     False a database without it is an error.  ``oid_batch``: how many oids
     the first fetch from the sequence takes (later fetches grow).
+    ``prefetch``: a load of an object not yet loaded also fetches up to this
+    many of the objects referred to by the same record (its siblings), in
+    the same round trip (0, the default: no prefetching).  A record fetched
+    ahead is the version of the client's snapshot: if another client
+    commits that object before it is used, the load gives the snapshot's
+    version rather than raising ReadConflictError (the transaction still
+    sees one consistent state, and a commit that used it conflicts), as
+    ClientStorage's ``prefetch`` does.
     """
 
     batched_bulk_load = True
     watches_reads = True
 
     def __init__(
-        self, dsn: str, *, readonly: bool = False, create: bool = True, oid_batch: int = 32
+        self,
+        dsn: str,
+        *,
+        readonly: bool = False,
+        create: bool = True,
+        oid_batch: int = 32,
+        prefetch: int = 0,
     ) -> None:
         self.dsn = dsn
         self.readonly = readonly
@@ -342,9 +359,13 @@ class PostgresStorage(Storage):
         self._oid_pool: list[int] = []
         self._given: set[bytes] = set()  # handed out by new_oid, not yet stored
         self._oid_batch = max(1, oid_batch)
-        # Records as of the current snapshot that came with a conflict (the
-        # committed states to merge onto); served by load without a query.
+        # Records as of the current snapshot, fetched ahead or sent with a
+        # conflict (the committed states to merge onto); served by load
+        # without a query, once.
         self._known: dict[bytes, bytes] = {}
+        self.prefetch = prefetch
+        self._seen: set[bytes] = set()  # handed out (the caller may hold them)
+        self._groups: dict[bytes, list[bytes]] = {}  # oid -> the refs it came in
         # True from a conflict until the commit succeeds or is given up.
         self._resolving = False
         self._root_stored = False  # once True, oid 0 is never claimed again
@@ -436,37 +457,80 @@ class PostgresStorage(Storage):
         return record
 
     def load(self, oid: bytes) -> bytes:
-        known = self._known.get(oid)
-        if known is not None:
-            return self._checked_record(oid, known)
-        row = self._query(
-            "SELECT record, txid::text::int8 FROM durus_object WHERE oid = %s", (oid_to_int(oid),),
-            prepare=True).fetchone()
-        if row is None:
-            raise DurusKeyError(oid)
-        self._fresh(oid, row[1])
-        return self._checked_record(oid, bytes(row[0]))
+        record = self._known.pop(oid, None)
+        if record is None:
+            wanted = [oid, *self._siblings(oid)]
+            found = self._fetch(wanted)
+            if oid not in found:
+                raise DurusKeyError(oid)
+            record, txid = found.pop(oid)
+            self._fresh(oid, txid)
+            self._keep_fresh(found)
+        return self._handed_out(oid, record)
 
     def bulk_load(self, oids: Iterable[bytes]) -> Iterator[bytes]:
         """The records of ``oids``, in order, fetched ``BATCH_SIZE`` at a time."""
         oids = list(oids)
-        if all(oid in self._known for oid in oids):
-            for oid in oids:
-                yield self._checked_record(oid, self._known[oid])
-            return
         for start in range(0, len(oids), BATCH_SIZE):
             batch = oids[start:start + BATCH_SIZE]
-            rows = self._query(
-                "SELECT oid, record, txid::text::int8 FROM durus_object WHERE oid = ANY (%s)",
-                ([oid_to_int(oid) for oid in batch],), prepare=True).fetchall()
-            found = {int_to_oid(number): (bytes(record), txid) for number, record, txid in rows}
+            missing = [oid for oid in batch if oid not in self._known]
+            found = self._fetch(missing) if missing else {}
             for oid in batch:
-                try:
-                    record, txid = found[oid]
-                except KeyError:
-                    raise DurusKeyError(oid) from None
-                self._fresh(oid, txid)
-                yield self._checked_record(oid, record)
+                record = self._known.pop(oid, None)
+                if record is None:
+                    try:
+                        record, txid = found[oid]
+                    except KeyError:
+                        raise DurusKeyError(oid) from None
+                    self._fresh(oid, txid)
+                yield self._handed_out(oid, record)
+
+    def _fetch(self, oids: list[bytes]) -> dict[bytes, tuple[bytes, int]]:
+        """``oid -> (record, writer txid)`` of those of ``oids`` stored."""
+        rows = self._query(
+            "SELECT oid, record, txid::text::int8 FROM durus_object WHERE oid = ANY (%s)",
+            ([oid_to_int(oid) for oid in oids],), prepare=True).fetchall()
+        return {int_to_oid(number): (bytes(record), txid) for number, record, txid in rows}
+
+    def _keep_fresh(self, found: dict[bytes, tuple[bytes, int]]) -> None:
+        """Keep records fetched ahead that the snapshot sees (they are its
+        versions: a newer one would have been fetched instead).
+        """
+        if len(self._known) > MAX_PREFETCHED:
+            self._known.clear()
+        for oid, (record, txid) in found.items():
+            if self._snapshot.sees(txid) or txid in self._own:
+                self._known[oid] = record
+
+    def _siblings(self, oid: bytes) -> list[bytes]:
+        """The oids to fetch along with ``oid``: with ``prefetch``, the
+        others that the record which referred to it refers to, not yet
+        handed out or fetched.  A first look at one child of a B-tree node
+        thereby brings its siblings, in the same round trip.
+        """
+        group = self._groups.pop(oid, None)
+        if not group:
+            return []
+        seen, known = self._seen, self._known
+        return [other for other in group if other != oid and other not in seen and other not in known][
+            :self.prefetch]
+
+    def _handed_out(self, oid: bytes, record: bytes) -> bytes:
+        """Check a record going to the caller, and note its refs as the
+        group each of them is prefetched with.
+        """
+        self._checked_record(oid, record)
+        if self.prefetch:
+            if len(self._seen) > MAX_PREFETCHED * 10:
+                self._seen.clear()
+                self._groups.clear()
+            self._seen.add(oid)
+            refs = record_refs(record)
+            if refs:
+                group = split_oids(refs)
+                for ref in group:
+                    self._groups[ref] = group
+        return record
 
     def __contains__(self, oid: bytes) -> bool:
         return self._query(
@@ -481,16 +545,20 @@ class PostgresStorage(Storage):
         snapshot, oids = self._query(
             "SELECT now_snap::text, oids FROM durus_news(%s::pg_snapshot, %s::xid8[])",
             (self._snapshot.text, self._own_text()), prepare=True).fetchone()
-        self._new_snapshot(snapshot)
-        return [int_to_oid(number) for number in oids]
+        news = [int_to_oid(number) for number in oids]
+        self._new_snapshot(snapshot, news)
+        return news
 
-    def _new_snapshot(self, text: str) -> None:
-        """Move to a new transaction boundary: records kept from the last
-        one may be older than what the new snapshot sees.
+    def _new_snapshot(self, text: str, changed: Iterable[bytes]) -> None:
+        """Move to a new transaction boundary; records fetched ahead of what
+        changed since the last one are no longer the snapshot's.
         """
         self._snapshot = Snapshot.parse(text)
         self._own = []
-        self._known.clear()
+        known, seen = self._known, self._seen
+        for oid in changed:
+            known.pop(oid, None)
+            seen.discard(oid)
 
     def _own_text(self) -> str:
         return "{" + ",".join(map(str, self._own)) + "}"
@@ -584,9 +652,11 @@ class PostgresStorage(Storage):
                     self.conn.execute("COMMIT" if status == "ok" else "ROLLBACK")
                 except psycopg.OperationalError as error:
                     self._lost_during_commit(error, written=None if status == "ok" else False)
-            self._new_snapshot(snapshot)
             invalid_oids = [int_to_oid(number) for number in invalid]
+            self._new_snapshot(snapshot, invalid_oids)
             if status == "ok":
+                for oid in records:
+                    self._known.pop(oid, None)
                 self._resolving = False
                 self._own = [txid]
                 self._given.difference_update(records)

@@ -36,11 +36,11 @@ from tests.models import Item
 # The in-process conflict tests, run here against PostgreSQL through their
 # ``connect`` fixture (defined below): same rules, other storage.
 from tests.test_conflicts import (  # noqa: F401
+    test_load_meeting_a_change_to_an_object_only_read_still_fails,
     test_after_a_merge_only_what_the_merge_touched_is_pickled_again,
     test_commit_is_seen_by_others_after_their_next_boundary,
     test_counter_increments_merge_instead_of_conflicting,
     test_disjoint_transactions_never_conflict,
-    test_load_meeting_a_change_to_an_object_only_read_still_fails,
     test_load_meeting_a_mergeable_change_fails_and_merges_nothing_mid_transaction,
     test_loading_an_object_changed_alone_just_loads_the_new_state,
     test_loading_an_object_changed_since_the_transaction_used_others_raises_read_conflict,
@@ -71,7 +71,46 @@ def storages(postgres_dsn):
 
 @pytest.fixture
 def connect(storages):
+    """Connections on the test's database (no prefetching: the default)."""
     return lambda: Connection(storages())
+
+
+def test_prefetched_object_changed_by_another_is_the_snapshots_version(storages) -> None:
+    """With prefetching, an object that came along with a sibling is the
+    version of the same snapshot: a load gives that version instead of
+    ReadConflictError (the transaction still sees one consistent state),
+    and a commit that used it conflicts.
+    """
+    first, second = Connection(storages(prefetch=100)), Connection(storages(prefetch=100))
+    first.root["hits"] = PersistentCounter()
+    commit_items(first, a=0)
+    second.abort()
+    assert second.root["hits"].value == 0  # read, not changed
+    second.root["a"]._p_set_status_ghost()
+    first.root["hits"].increment()
+    first.root["a"].value = 1
+    first.commit()
+    assert second.root["a"].value == 0
+    second.root["b"] = Item("b", second.root["a"].value)
+    with pytest.raises(WriteConflictError):
+        second.commit()
+    second.abort()
+    assert second.root["a"].value == 1
+
+
+def test_prefetch_brings_siblings_in_the_same_round_trip(connect, storages) -> None:
+    writer = connect()
+    assert writer.get_storage().prefetch == 0  # opt-in
+    writer.root["items"] = [Item(number, number) for number in range(50)]
+    writer.commit()
+    storage = storages(prefetch=100)
+    reader = Connection(storage)
+    items = reader.root["items"]
+    queries = []
+    original = storage._fetch
+    storage._fetch = lambda oids: queries.append(len(oids)) or original(oids)
+    assert [item.value for item in items] == list(range(50))
+    assert queries == [50]  # the first item brought the 49 others
 
 
 def commit_items(connection: Connection, **items: object) -> None:
