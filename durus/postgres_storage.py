@@ -124,7 +124,7 @@ $$;
 -- Invalidations and the new snapshot come back in every case.
 CREATE FUNCTION durus_commit(
     snap pg_snapshot, own xid8[], watched int8[], new_oids int8[],
-    oids int8[], records bytea[], refs int8[], ref_starts int4[], ref_ends int4[],
+    oids int8[], records bytea[], refs int8[], ref_owners int8[],
     OUT status text, OUT txid xid8, OUT now_snap pg_snapshot, OUT invalid int8[],
     OUT bad int8[], OUT bad_records bytea[], OUT problem text)
 LANGUAGE plpgsql AS $$
@@ -202,9 +202,13 @@ BEGIN
         RETURN;
     END IF;
     txid := pg_current_xact_id();
+    -- Set-based (no subscripting of big arrays, which copies them).
     INSERT INTO durus_object AS o (oid, txid, record, refs)
-    SELECT oids[i], txid, records[i], refs[ref_starts[i]:ref_ends[i]]
-      FROM generate_subscripts(oids, 1) AS i
+    SELECT r.oid, txid, r.record, coalesce(f.refs, '{}')
+      FROM unnest(oids, records) WITH ORDINALITY AS r(oid, record, n)
+      LEFT JOIN (SELECT u.owner, array_agg(u.ref ORDER BY u.k) AS refs
+                   FROM unnest(ref_owners, refs) WITH ORDINALITY AS u(owner, ref, k)
+                  GROUP BY u.owner) AS f ON f.owner = r.n
         ON CONFLICT (oid) DO UPDATE
        SET txid = excluded.txid, record = excluded.record, refs = excluded.refs;
     status := 'ok';
@@ -511,9 +515,14 @@ class PostgresStorage(Storage):
         group = self._groups.pop(oid, None)
         if not group:
             return []
-        seen, known = self._seen, self._known
-        return [other for other in group if other != oid and other not in seen and other not in known][
-            :self.prefetch]
+        seen, known, limit = self._seen, self._known, self.prefetch
+        siblings = []
+        for other in group:
+            if other != oid and other not in seen and other not in known:
+                siblings.append(other)
+                if len(siblings) >= limit:
+                    break
+        return siblings
 
     def _handed_out(self, oid: bytes, record: bytes) -> bytes:
         """Check a record going to the caller, and note its refs as the
@@ -639,7 +648,7 @@ class PostgresStorage(Storage):
                     self.conn.execute("BEGIN")
                 status, txid, snapshot, invalid, bad, bad_records, problem = self.conn.execute(
                     "SELECT status, txid::text::int8, now_snap::text, invalid, bad, bad_records, problem "
-                    "FROM durus_commit(%s::pg_snapshot, %s::xid8[], %s, %s, %s, %s, %s, %s, %s)",
+                    "FROM durus_commit(%s::pg_snapshot, %s::xid8[], %s, %s, %s, %s, %s, %s)",
                     (self._snapshot.text, self._own_text(), *arguments), prepare=True).fetchone()
             except psycopg.errors.DeadlockDetected:
                 # Two resolving clients each hold a row the other needs.
@@ -711,8 +720,8 @@ class PostgresStorage(Storage):
 
     def _commit_arguments(self, records: dict[bytes, bytes], watched: Iterable[bytes]) -> tuple:
         """The parameters of ``durus_commit`` after the snapshot ones."""
-        numbers, blobs, refs, starts, ends = [], [], [], [], []
-        for oid, record in records.items():
+        numbers, blobs, refs, owners = [], [], [], []
+        for position, (oid, record) in enumerate(records.items(), 1):
             numbers.append(oid_to_int(oid))
             blobs.append(record)
             try:
@@ -720,12 +729,11 @@ class PostgresStorage(Storage):
             except ValueError:
                 raise RequestRefusedError(
                     f"commit refused: the refs of the record of oid {oid_to_int(oid)} are not whole oids") from None
-            starts.append(len(refs) + 1)
-            refs.extend(oid_to_int(ref) for ref in record_oids)
-            ends.append(len(refs))
+            refs.extend(map(oid_to_int, record_oids))
+            owners.extend([position] * len(record_oids))
         watched_numbers = sorted({oid_to_int(oid) for oid in watched} | set(numbers))
         new = [oid_to_int(oid) for oid in records if oid in self._given]
-        return watched_numbers, new, numbers, blobs, refs, starts, ends
+        return watched_numbers, new, numbers, blobs, refs, owners
 
     # -- listing -----------------------------------------------------------------
 
