@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -283,6 +284,20 @@ def test_a_database_that_cannot_be_reached_is_a_503_and_the_cli_says_why():
         assert result.exit_code != 0 and "cannot connect to PostgreSQL" in result.output
     finally:
         app.extensions["durus"].close(app)
+
+
+def test_a_database_host_that_never_answers_is_a_503_after_the_socket_timeout():
+    """A listener that accepts and then says nothing (a hung host): the
+    connection attempt gives up after DURUS_SOCKET_TIMEOUT, not never.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        app = bank(f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/hung", DURUS_SOCKET_TIMEOUT=2)
+        try:
+            started = time.monotonic()
+            assert app.test_client().post("/counter").status_code == 503
+            assert 1.5 < time.monotonic() - started < 30
+        finally:
+            app.extensions["durus"].close(app)
 
 
 # -- the database goes away ------------------------------------------------------------
