@@ -518,6 +518,69 @@ def test_pack_under_concurrent_commits_keeps_everything_reachable(connect) -> No
         assert item.value.value == number
 
 
+@pytest.mark.slow
+def test_packs_racing_clients_that_relink_detached_objects_lose_nothing_reachable(connect) -> None:
+    """Clients detach objects and link them back (from stale copies they
+    still hold) while packs run one after another: whatever a commit links
+    must survive, or the commit must fail.
+    """
+    setup = connect()
+    setup.root["slots"] = PersistentDict({slot: Item(slot, Item("leaf", slot)) for slot in range(20)})
+    setup.commit()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    relinked = []
+
+    def relinker(seed: int) -> None:
+        import random
+
+        chooser = random.Random(seed)
+        client = connect()
+        held: list[Item] = []
+        try:
+            while not stop.is_set():
+                slots = client.root["slots"]
+                slot = chooser.randrange(20)
+                relinking = bool(held) and chooser.random() < 0.5
+                if relinking:
+                    slots[slot] = held.pop(chooser.randrange(len(held)))
+                elif slot in slots:
+                    held.append(slots.pop(slot))
+                try:
+                    client.commit()
+                    relinked.append(relinking)
+                except (WriteConflictError, ReadConflictError):
+                    client.abort()
+        except BaseException as error:  # noqa: BLE001 - reported by the assert
+            errors.append(error)
+
+    threads = [threading.Thread(target=relinker, args=(seed,)) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    storage = setup.get_storage()
+    removed = 0
+    try:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            for _ in storage.get_packer():
+                time.sleep(0.005)
+            removed += storage.pack_progress.removed
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    assert errors == []
+    assert removed > 0 and sum(relinked) > 10  # both sides really raced
+    storage.sync()
+    reachable = dict(gen_reachable_records(storage))
+    for oid, record in reachable.items():
+        for ref in split_oids(record_refs(record)):
+            assert ref in reachable, f"oid {oid_to_int(oid)} refers to removed {oid_to_int(ref)}"
+    reader = connect()
+    for slot, item in reader.root["slots"].items():
+        assert item.value.value == item.name
+
+
 # -- kill -9 (slow) ------------------------------------------------------------------------------
 
 _COMMITTER = r"""
@@ -573,6 +636,7 @@ def test_kill_9_of_clients_mid_commit_loses_nothing_acknowledged(postgres_dsn, s
         acknowledged.update(done)
         first = (max(done) + 1 if done else first) + 1000  # no number reused
         _assert_whole_commits(connection, acknowledged)
+    assert len(acknowledged) > 20  # the kills did land among commits
 
 
 @pytest.mark.slow
