@@ -248,11 +248,15 @@ $$;
 MIGRATIONS: dict[int, str] = {1: _SCHEMA_1}
 
 
-def init_schema(conn: psycopg.Connection) -> int:
-    """Create the schema, or upgrade it to :data:`SCHEMA_VERSION`; the
-    version it had before (0: none).  Safe to run from many clients at once
-    (an advisory lock takes them in turn).  ``conn`` must be in autocommit.
+def init_schema(conn: psycopg.Connection | str) -> int:
+    """Create the schema, or upgrade it to :data:`SCHEMA_VERSION`, in one
+    transaction; the version it had before (0: none).  ``conn``: a psycopg
+    connection (in autocommit mode) or a DSN.  Safe to run from many clients
+    at once (an advisory lock takes them in turn).
     """
+    if isinstance(conn, str):
+        with psycopg.connect(conn, autocommit=True) as connection:
+            return init_schema(connection)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_SCHEMA_LOCK,))
         found = _schema_version(conn)
@@ -356,7 +360,11 @@ class PostgresStorage(Storage):
         self.readonly = readonly
         self._closed = False
         self.conn = self._connect(dsn)
-        self._check_schema(create)
+        try:
+            self._check_schema(create)
+        except BaseException:
+            self.conn.close()
+            raise
         self._snapshot = self._current_snapshot()
         self._own: list[int] = []  # txids of this client's commits its snapshot misses
         self._records: dict[bytes, bytes] | None = None

@@ -153,9 +153,11 @@ def test_schema_is_versioned_and_created_once(postgres_dsn, storages) -> None:
         storages()
 
 
-def test_create_false_on_an_empty_database_says_what_to_do(storages) -> None:
+def test_create_false_on_an_empty_database_says_what_to_do(postgres_dsn, storages) -> None:
     with pytest.raises(PostgresStorageError, match="create=True"):
         storages(create=False)
+    assert init_schema(postgres_dsn) == 0  # as an owner would, once
+    Connection(storages(create=False)).root["x"] = 1
 
 
 def test_bad_dsn_is_a_clear_error_without_the_password(postgres_cluster) -> None:
