@@ -48,6 +48,10 @@ SCHEMA_VERSION = 1
 #: How many records one query of ``bulk_load`` or a pack step handles.
 BATCH_SIZE = 1000
 
+#: How long a pack's doom step waits for commits under way before it lets
+#: commits through and tries again (it holds new commits back meanwhile).
+DOOM_LOCK_TIMEOUT_MS = 200
+
 #: At most this many records fetched ahead are kept (then they are dropped).
 MAX_PREFETCHED = 20_000
 
@@ -804,8 +808,9 @@ class PostgresStorage(Storage):
                 snapshot = self._pack_mark()
                 yield None
                 progress.phase = "doom"
-                progress.doomed = conn.execute(
-                    "SELECT durus_pack_doom(%s::pg_snapshot)", (snapshot,)).fetchone()[0]
+                while (doomed := self._pack_doom(snapshot)) is None:
+                    yield None  # commits under way held the table: later
+                progress.doomed = doomed
                 log.info("pack: %d unreachable records to remove", progress.doomed)
                 yield None
             progress.phase = "sweep"
@@ -842,6 +847,20 @@ class PostgresStorage(Storage):
                 SELECT o.oid FROM durus_object AS o WHERE o.oid NOT IN (SELECT oid FROM reachable)
             """)
         return snapshot
+
+    def _pack_doom(self, snapshot: str) -> int | None:
+        """The doom step; None if the table lock it needs was not had
+        within ``DOOM_LOCK_TIMEOUT`` (a client resolving a conflict holds
+        rows, and commits would queue behind the waiting lock meanwhile).
+        """
+        conn = self.conn
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{DOOM_LOCK_TIMEOUT_MS}ms'")
+                return conn.execute("SELECT durus_pack_doom(%s::pg_snapshot)", (snapshot,)).fetchone()[0]
+        except psycopg.errors.LockNotAvailable:
+            log.info("pack: commits under way; the doom step tries again")
+            return None
 
     def _pack_sweep_batch(self) -> int:
         """Delete one batch of doomed records; how many."""

@@ -454,6 +454,30 @@ def test_commit_referring_to_a_doomed_object_conflicts_and_loses_nothing(connect
         oid for oid, _ in gen_reachable_records(connection.get_storage())}
 
 
+def test_doom_step_waits_out_a_held_transaction_without_stalling_commits(connect, postgres_dsn) -> None:
+    connection = connect()
+    commit_items(connection, keep=1, junk=2, other=3)
+    other = oid_to_int(connection.root["other"]._p_oid)
+    del connection.root["junk"]
+    connection.commit()
+    writer = connect()
+    packer = connection.get_storage().get_packer()
+    next(packer)  # marked
+    with psycopg.connect(postgres_dsn) as holder:
+        # As a client resolving a conflict does: a row held, in a transaction.
+        holder.execute("SELECT 1 FROM durus_object WHERE oid = %s FOR UPDATE", (other,))
+        for _ in range(3):
+            next(packer)  # the doom step cannot have its lock: it lets go
+            assert connection.get_storage().pack_progress.phase == "doom"
+            started = time.monotonic()
+            writer.root["keep"].value += 1
+            writer.commit()  # not queued behind the pack
+            assert time.monotonic() - started < 5
+    for _ in packer:
+        pass
+    assert connection.get_storage().pack_progress.removed == 1
+
+
 def test_commit_between_mark_and_doom_keeps_what_it_brings_back(connect) -> None:
     connection = connect()
     connection.root["junk"] = Item("junk", Item("grandchild", 3))
