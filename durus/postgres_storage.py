@@ -121,14 +121,15 @@ LANGUAGE sql STABLE AS $$
         ) AS news), '{}')
 $$;
 
--- A whole commit in one call.  Status 'ok' (written; txid is the writer),
+-- A whole commit in one call.  The records come concatenated in blob, with
+-- their lengths (cheaper to send than an array of bytea).  Status 'ok' (written; txid is the writer),
 -- 'conflict' (nothing written; bad: the watched oids others committed),
 -- 'removed' (nothing written; bad: oids a pack removed that the commit
 -- writes or refers to) or 'refused' (nothing written; problem says why).
 -- Invalidations and the new snapshot come back in every case.
 CREATE FUNCTION durus_commit(
     snap pg_snapshot, own xid8[], watched int8[], new_oids int8[],
-    oids int8[], records bytea[], refs int8[], ref_owners int8[],
+    oids int8[], blob bytea, lengths int4[], refs int8[], ref_owners int8[],
     OUT status text, OUT txid xid8, OUT now_snap pg_snapshot, OUT invalid int8[],
     OUT bad int8[], OUT bad_records bytea[], OUT problem text)
 LANGUAGE plpgsql AS $$
@@ -208,8 +209,9 @@ BEGIN
     txid := pg_current_xact_id();
     -- Set-based (no subscripting of big arrays, which copies them).
     INSERT INTO durus_object AS o (oid, txid, record, refs)
-    SELECT r.oid, txid, r.record, coalesce(f.refs, '{}')
-      FROM unnest(oids, records) WITH ORDINALITY AS r(oid, record, n)
+    SELECT r.oid, txid, substr(blob, r.start::int4, r.length), coalesce(f.refs, '{}')
+      FROM (SELECT u.oid, u.length, u.n, sum(u.length) OVER (ORDER BY u.n) - u.length + 1 AS start
+              FROM unnest(oids, lengths) WITH ORDINALITY AS u(oid, length, n)) AS r
       LEFT JOIN (SELECT u.owner, array_agg(u.ref ORDER BY u.k) AS refs
                    FROM unnest(ref_owners, refs) WITH ORDINALITY AS u(owner, ref, k)
                   GROUP BY u.owner) AS f ON f.owner = r.n
@@ -295,6 +297,11 @@ def describe_dsn(dsn: str) -> str:
         return "<an unparsable DSN>"
     params.pop("password", None)
     return " ".join(f"{key}={value}" for key, value in params.items())
+
+
+def _int_array(numbers: Iterable[int]) -> str:
+    """A PostgreSQL array literal of integers."""
+    return "{" + ",".join(map(str, numbers)) + "}"
 
 
 # -- snapshots -------------------------------------------------------------
@@ -504,8 +511,8 @@ class PostgresStorage(Storage):
     def _fetch(self, oids: list[bytes]) -> dict[bytes, tuple[bytes, int]]:
         """``oid -> (record, writer txid)`` of those of ``oids`` stored."""
         rows = self._query(
-            "SELECT oid, record, txid::text::int8 FROM durus_object WHERE oid = ANY (%s)",
-            ([oid_to_int(oid) for oid in oids],), prepare=True).fetchall()
+            "SELECT oid, record, txid::text::int8 FROM durus_object WHERE oid = ANY (%s::int8[])",
+            (_int_array(map(oid_to_int, oids)),), prepare=True).fetchall()
         return {int_to_oid(number): (bytes(record), txid) for number, record, txid in rows}
 
     def _keep_fresh(self, found: dict[bytes, tuple[bytes, int]]) -> None:
@@ -649,6 +656,7 @@ class PostgresStorage(Storage):
         if not records:
             self._deliver(self.sync(), handle_invalidations)
             return
+        watched = set(watched)
         arguments = self._commit_arguments(records, watched)
         while True:
             held = self._resolving
@@ -660,12 +668,13 @@ class PostgresStorage(Storage):
                     self.conn.execute("BEGIN")
                 status, txid, snapshot, invalid, bad, bad_records, problem = self.conn.execute(
                     "SELECT status, txid::text::int8, now_snap::text, invalid, bad, bad_records, problem "
-                    "FROM durus_commit(%s::pg_snapshot, %s::xid8[], %s, %s, %s, %s, %s, %s)",
+                    "FROM durus_commit(%s::pg_snapshot, %s::xid8[], %s::int8[], %s::int8[], %s::int8[], "
+                    "%b, %s::int4[], %s::int8[], %s::int8[])",
                     (self._snapshot.text, self._own_text(), *arguments), prepare=True).fetchone()
             except psycopg.errors.DeadlockDetected:
                 # Two resolving clients each hold a row the other needs.
                 self._release()
-                raise WriteConflictError([int_to_oid(number) for number in arguments[0]]) from None
+                raise WriteConflictError(sorted(set(watched) | records.keys())) from None
             except psycopg.OperationalError as error:
                 self._lost_during_commit(error, written=False if held else None)
             if status != "conflict" and held:
@@ -732,10 +741,10 @@ class PostgresStorage(Storage):
 
     def _commit_arguments(self, records: dict[bytes, bytes], watched: Iterable[bytes]) -> tuple:
         """The parameters of ``durus_commit`` after the snapshot ones."""
-        numbers, blobs, refs, owners = [], [], [], []
+        numbers, lengths, refs, owners = [], [], [], []
         for position, (oid, record) in enumerate(records.items(), 1):
             numbers.append(oid_to_int(oid))
-            blobs.append(record)
+            lengths.append(len(record))
             try:
                 record_oids = split_oids(record_refs(record))
             except ValueError:
@@ -745,7 +754,9 @@ class PostgresStorage(Storage):
             owners.extend([position] * len(record_oids))
         watched_numbers = sorted({oid_to_int(oid) for oid in watched} | set(numbers))
         new = [oid_to_int(oid) for oid in records if oid in self._given]
-        return watched_numbers, new, numbers, blobs, refs, owners
+        # Arrays as literals: psycopg's list adaptation inspects every item.
+        return (_int_array(watched_numbers), _int_array(new), _int_array(numbers),
+                b"".join(records.values()), _int_array(lengths), _int_array(refs), _int_array(owners))
 
     # -- listing -----------------------------------------------------------------
 
