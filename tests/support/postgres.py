@@ -22,7 +22,8 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 INSTALL_HINT = "PostgreSQL is not installed: apt-get install postgresql (needs initdb and pg_ctl)"
@@ -87,6 +88,10 @@ class Cluster:
             conn.execute(f"CREATE DATABASE {name} TEMPLATE template0")
         return self.dsn(name)
 
+    def __call__(self) -> str:
+        """The cluster is itself a DSN factory: ``cluster()`` is ``new_dsn()``."""
+        return self.new_dsn()
+
     def _run_as_user(self, *command: str, **options) -> subprocess.CompletedProcess:
         if os.geteuid() == 0:
             command = ("runuser", "-u", self.user, "--", *command)
@@ -115,20 +120,20 @@ class Cluster:
         for each in [pid, *map(int, children)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(each, 9)
-        # Wait until the port is free and the children are gone.
+        # Wait until they are gone (the port and the data directory free).
         for each in [pid, *map(int, children)]:
             for _ in range(500):
                 try:
                     os.kill(each, 0)
                 except ProcessLookupError:
                     break
-                import time
                 time.sleep(0.01)
 
 
 @contextlib.contextmanager
 def throwaway_cluster() -> Iterator[Cluster]:
-    """A cluster for the length of the ``with``; RuntimeError carrying
+    """A cluster for the length of the ``with``: call it (or its
+    ``new_dsn``) for the DSN of a fresh database.  RuntimeError carrying
     :data:`INSTALL_HINT` if PostgreSQL is not installed.
     """
     bindir = find_bindir()
@@ -153,11 +158,6 @@ def throwaway_cluster() -> Iterator[Cluster]:
                 cluster.stop("immediate")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def dsn_factory(cluster: Cluster) -> Callable[[], str]:
-    """A function making a fresh database's DSN each call."""
-    return cluster.new_dsn
 
 
 # -- pytest fixtures (imported by tests/conftest.py) ------------------------
