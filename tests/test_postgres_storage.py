@@ -689,3 +689,48 @@ def test_kill_9_of_the_server_during_commits_loses_nothing_acknowledged() -> Non
             _assert_whole_commits(Connection(storage), acknowledged)
             storage.close()
         assert len(acknowledged) > 10
+
+
+# -- generated: concurrent transactions commit only serializable outcomes ----------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from test_serializable_property import (  # noqa: E402
+    COMMON,
+    MAX_TRANSACTIONS,
+    Cluster,
+    check_serializable,
+    initial_states,
+    transactions,
+)
+
+
+class PostgresExamples(Cluster):
+    """test_serializable_property's examples, each transaction through its
+    own PostgresStorage on one database.
+    """
+
+    def __init__(self, dsn: str, prefetch: int) -> None:
+        self.admin = Connection(PostgresStorage(dsn))
+        self.connections = [Connection(PostgresStorage(dsn, prefetch=prefetch)) for _ in range(MAX_TRANSACTIONS)]
+        self.names = iter(range(10**9))
+
+
+@pytest.fixture(scope="module", params=[0, 100], ids=["no-prefetch", "prefetch"])
+def pg_examples(postgres_cluster, request):
+    examples = PostgresExamples(postgres_cluster.new_dsn(), request.param)
+    yield examples
+    examples.close()
+
+
+@settings(max_examples=200, **COMMON)
+@given(initial=initial_states, txns=transactions, data=st.data())
+def test_concurrent_transactions_commit_only_serializable_outcomes(pg_examples, initial, txns, data) -> None:
+    check_serializable(pg_examples, initial, txns, data)
+
+
+@pytest.mark.slow
+@settings(max_examples=1500, **COMMON)
+@given(initial=initial_states, txns=transactions, data=st.data())
+def test_concurrent_transactions_commit_only_serializable_outcomes_at_length(pg_examples, initial, txns, data) -> None:
+    check_serializable(pg_examples, initial, txns, data)
