@@ -192,13 +192,20 @@ class PostgresStorageOpener(StorageOpener):
 
     def open(self) -> Storage:
         from durus.postgres_storage import PostgresStorage  # psycopg only when used
+        from psycopg import errors
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
         dsn = self.location.dsn
         if self.timeout is not None and "connect_timeout" not in conninfo_to_dict(dsn):
             # libpq takes whole seconds, and treats less than 2 as 2.
             dsn = make_conninfo(dsn, connect_timeout=max(2, math.ceil(self.timeout)))
-        return PostgresStorage(dsn)
+        try:
+            return PostgresStorage(dsn)
+        except (errors.DuplicateTable, errors.DuplicateObject, errors.UniqueViolation):
+            # Workers that start together on a new database all create the
+            # schema; the losers of that race find it made when they try again.
+            log.info("another process created the durus schema at the same time; opening again")
+            return PostgresStorage(dsn)
 
 
 def storage_opener(settings: DurusSettings) -> StorageOpener:

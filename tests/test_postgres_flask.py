@@ -95,6 +95,30 @@ def test_requests_commit_to_postgresql(postgres_cluster: Cluster, scheme: str) -
         app.extensions["durus"].close(app)
 
 
+def test_first_requests_at_once_on_a_database_without_the_schema_all_succeed(postgres_cluster):  # noqa: F811
+    """Workers starting together on a new database all create the schema at
+    their first request; none of those requests fails.
+    """
+    app = bank(uri_of(postgres_cluster.new_dsn()), DURUS_RETRY_ATTEMPTS=10)
+    try:
+        barrier = threading.Barrier(6)
+        statuses: list[int] = []
+
+        def first_request() -> None:
+            client = app.test_client()
+            barrier.wait()
+            statuses.append(client.get("/counter").status_code)  # opens a storage, makes the root
+
+        threads = [threading.Thread(target=first_request) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert statuses == [200] * 6  # an error would have ended its thread with no status
+    finally:
+        app.extensions["durus"].close(app)
+
+
 def test_a_vetoed_response_commits_nothing(app, database):
     client = app.test_client()
     assert client.post("/accounts", json={"a": 10, "b": 0}).status_code == 200
