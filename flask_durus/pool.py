@@ -11,6 +11,7 @@ process that opened it may write it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import weakref
@@ -172,8 +173,45 @@ class EmbeddedStorageOpener(StorageOpener):
                 self.shared = None
 
 
+class PostgresStorageOpener(StorageOpener):
+    """A PostgresStorage, with its own database connection, for each connection.
+
+    The opener holds nothing itself: after a fork the pool forgets its idle
+    connections, and psycopg never closes, from a child, a database
+    connection its parent opened, so the parent's sessions live on.
+
+    Instance attributes: ``location``, a ``postgresql`` location, and
+    ``timeout``: seconds a new connection may take (libpq's
+    ``connect_timeout``, unless the URI sets its own), so that a database
+    host that does not answer gives a 503 rather than a hung worker.
+    """
+
+    def __init__(self, location: StorageLocation, timeout: float | None) -> None:
+        self.location = location
+        self.timeout = timeout
+
+    def open(self) -> Storage:
+        from durus.postgres_storage import PostgresStorage  # psycopg only when used
+        from psycopg import errors
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        dsn = self.location.dsn
+        if self.timeout is not None and "connect_timeout" not in conninfo_to_dict(dsn):
+            # libpq takes whole seconds, and treats less than 2 as 2.
+            dsn = make_conninfo(dsn, connect_timeout=max(2, math.ceil(self.timeout)))
+        try:
+            return PostgresStorage(dsn)
+        except (errors.DuplicateTable, errors.DuplicateObject, errors.UniqueViolation):
+            # Workers that start together on a new database all create the
+            # schema; the losers of that race find it made when they try again.
+            log.info("another process created the durus schema at the same time; opening again")
+            return PostgresStorage(dsn)
+
+
 def storage_opener(settings: DurusSettings) -> StorageOpener:
     """The opener for ``settings.location``."""
+    if settings.location.is_postgres:
+        return PostgresStorageOpener(settings.location, settings.socket_timeout)
     if settings.location.is_embedded:
         return EmbeddedStorageOpener(settings.location)
     return ServerStorageOpener(settings.location, settings.socket_timeout, settings.auth_key_file)

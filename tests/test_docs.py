@@ -22,6 +22,7 @@ CHAPTERS = [
     "schema",
     "deployment",
     "storages",
+    "postgresql",
     "backup",
     "packing",
     "testing",
