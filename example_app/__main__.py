@@ -10,6 +10,10 @@ the server), then the storage server; if either child dies, the other is
 stopped too.  The children run in their own sessions, so a terminal's
 Ctrl-C reaches only this process, which stops them in that order; and on
 Linux each child is told to stop if this process dies without cleaning up.
+
+With ``--postgres postgresql://USER@HOST:PORT/DB`` (or ``DURUS_STORAGE``
+set to such a URI) there is no storage server to start: the gunicorn
+workers connect to PostgreSQL directly.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import time
 from collections.abc import Sequence
 
 from durus.storage_server import SocketAddress
+from flask import Flask
+
 from example_app import create_app
-from flask_durus.storage_uri import parse_storage_uri
+from flask_durus.storage_uri import StorageLocation, parse_storage_uri
 
 # Every edit rewrites a few dozen small records and leaves their old versions
 # behind; packing after about this many committed bytes keeps the file
@@ -101,10 +107,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"(default: DURUS_SERVER_GCBYTES if set, else {DEFAULT_GCBYTES:,}; 0: never)")
     parser.add_argument("--instance", help="instance folder (data file, secret key); "
                                            "default: Flask's, ./instance in a checkout")
+    parser.add_argument("--postgres", metavar="DSN",
+                        help="keep the data in this PostgreSQL database (postgresql://USER@HOST:PORT/DB): "
+                             "the workers connect to it directly, no storage server")
     args = parser.parse_args(argv)
 
+    if args.postgres:
+        if not parse_storage_uri(args.postgres, ".").is_postgres:
+            parser.error(f"--postgres takes a postgresql:// URI, not {args.postgres!r}")
+        os.environ["FLASK_DURUS_STORAGE"] = args.postgres
     app = create_app(instance_path=os.path.abspath(args.instance) if args.instance else None)
     settings = app.extensions["durus"].settings(app)
+    if settings.location.is_postgres:
+        return _run_on_postgres(app, settings.location, args)
     if settings.location.is_embedded:
         storage_uri = f"durus://127.0.0.1:{args.storage_port}"
     else:
@@ -148,6 +163,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         _stop(storage_server)
     if status == 0:
         print("Stopped the wiki and its storage server.", flush=True)
+    return status
+
+
+def _run_on_postgres(app: Flask, location: StorageLocation, args: argparse.Namespace) -> int:
+    """gunicorn alone, its workers on PostgreSQL, until Ctrl-C or SIGTERM."""
+    app_spec = f"example_app:create_app(instance_path={app.instance_path!r})"
+    env = {**os.environ, "FLASK_DURUS_STORAGE": location.dsn, "PYTHONUNBUFFERED": "1"}
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    web_server = None
+    status = 0
+    try:
+        web_server = _start(
+            [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONF, "--bind", f"{args.host}:{args.port}",
+             "--workers", str(args.workers), app_spec],
+            env,
+        )
+        print(f"The wiki is at http://{args.host}:{args.port}/ ({args.workers} gunicorn workers, "
+              f"data in PostgreSQL at {location}). Ctrl-C stops it.", flush=True)
+        while web_server.poll() is None:
+            time.sleep(0.2)
+        print(f"gunicorn exited (status {web_server.returncode}); stopping.", file=sys.stderr)
+        status = 1
+    except Stop:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop(web_server)
+    if status == 0:
+        print("Stopped the wiki.", flush=True)
     return status
 
 

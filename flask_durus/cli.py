@@ -34,6 +34,7 @@ from durus.storage_server import SocketAddress, StorageServer
 from flask import current_app
 from flask.cli import AppGroup
 
+from flask_durus import _postgres_cli as postgres_cli
 from flask_durus.settings import DurusSettings
 from flask_durus.storage_uri import MEMORY
 
@@ -92,6 +93,8 @@ def serve_command(host: str | None, port: int | None, address: str | None, file_
                   gcbytes: int | None) -> None:
     """Run the storage server in the foreground (stop it with Ctrl-C or `flask durus stop`)."""
     settings = _settings()
+    if settings.location.is_postgres:
+        raise click.ClickException(postgres_cli.NOTHING_TO_SERVE.format(settings.location))
     if address is not None:
         listen = SocketAddress.new(address)
     elif host is not None or port is not None:
@@ -143,6 +146,9 @@ def pack_command(progress: bool) -> None:
     """Drop the objects the root no longer reaches."""
     settings = _settings()
     location = settings.location
+    if location.is_postgres:
+        click.echo(postgres_cli.pack(location, progress or sys.stderr.isatty()))
+        return
     if not location.is_embedded:
         storage = _client(settings)
         try:
@@ -196,6 +202,8 @@ def stop_command() -> None:
     from durus.__main__ import stop_server
 
     settings = _settings()
+    if settings.location.is_postgres:
+        raise click.ClickException(postgres_cli.NOTHING_TO_SERVE.format(settings.location))
     if settings.location.is_embedded:
         raise click.ClickException(
             f"DURUS_STORAGE is embedded ({settings.location}): there is no server to stop")
@@ -227,6 +235,9 @@ def info_command(progress: bool) -> None:
                 storage.close()
     click.echo(f"Objects reachable from the root: {count}")
     if location.kind == MEMORY:
+        return
+    if location.is_postgres:
+        click.echo(postgres_cli.size_line(location))
         return
     if location.is_embedded:
         size = _file_size(location.file)
@@ -267,6 +278,8 @@ def _open_to_read(settings: DurusSettings) -> Storage | None:
     does not exist yet.
     """
     location = settings.location
+    if location.is_postgres:
+        return postgres_cli.open_to_read(location)
     if not location.is_embedded:
         return _client(settings)
     return _open_file(location.file, readonly=True) if os.path.exists(location.file) else None

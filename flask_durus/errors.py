@@ -29,7 +29,22 @@ class EmbeddedStorageError(RuntimeError):
 
 
 
-#: What a storage server that went away, or hangs, raises mid-request: the
-#: request gets a 503.  (A connection lost before any commit data went out
-#: raises DisconnectedError, a ConflictError: the request is replayed.)
-SERVER_ERRORS: tuple[type[BaseException], ...] = (ServerUnavailableError,)
+def _postgres_errors() -> tuple[type[BaseException], ...]:
+    """What a PostgreSQL storage raises when the database cannot be reached
+    (PostgresStorageError) or the connection to it is lost mid-request
+    (psycopg's OperationalError); nothing if psycopg is not installed.
+    """
+    try:
+        import psycopg
+
+        from durus.postgres_storage import PostgresStorageError
+    except ImportError:
+        return ()
+    return (PostgresStorageError, psycopg.OperationalError)
+
+
+#: What a storage server (or PostgreSQL) that went away, or hangs, raises
+#: mid-request: the request gets a 503.  (A connection to a storage server
+#: lost before any commit data went out raises DisconnectedError, a
+#: ConflictError: the request is replayed.)
+SERVER_ERRORS: tuple[type[BaseException], ...] = (ServerUnavailableError, *_postgres_errors())

@@ -172,8 +172,29 @@ class EmbeddedStorageOpener(StorageOpener):
                 self.shared = None
 
 
+class PostgresStorageOpener(StorageOpener):
+    """A PostgresStorage, with its own database connection, for each connection.
+
+    The opener holds nothing itself: after a fork the pool forgets its idle
+    connections, and psycopg never closes, from a child, a database
+    connection its parent opened, so the parent's sessions live on.
+
+    Instance attribute: ``location``, a ``postgresql`` location.
+    """
+
+    def __init__(self, location: StorageLocation) -> None:
+        self.location = location
+
+    def open(self) -> Storage:
+        from durus.postgres_storage import PostgresStorage  # psycopg only when used
+
+        return PostgresStorage(self.location.dsn)
+
+
 def storage_opener(settings: DurusSettings) -> StorageOpener:
     """The opener for ``settings.location``."""
+    if settings.location.is_postgres:
+        return PostgresStorageOpener(settings.location)
     if settings.location.is_embedded:
         return EmbeddedStorageOpener(settings.location)
     return ServerStorageOpener(settings.location, settings.socket_timeout, settings.auth_key_file)

@@ -7,6 +7,8 @@
                                 (a relative path, ``file:data.durus``, is
                                 relative to the instance folder)
 ``memory://``                   embedded, in memory: one store per process
+``postgresql://user@host/db``   a PostgreSQL database (``postgres://`` too;
+                                any libpq URI: port, password, parameters)
 unset (None)                    embedded: ``data.durus`` in the instance folder
 ==============================  ==============================================
 """
@@ -24,9 +26,11 @@ DEFAULT_FILE_NAME = "data.durus"
 SERVER = "server"
 FILE = "file"
 MEMORY = "memory"
+POSTGRES = "postgresql"
 
 _FORMS = (
-    "durus://HOST:PORT, unix:///PATH/TO/SOCKET, file:///PATH/TO/FILE.durus or memory://"
+    "durus://HOST:PORT, unix:///PATH/TO/SOCKET, file:///PATH/TO/FILE.durus, memory:// "
+    "or postgresql://USER@HOST:PORT/DATABASE"
 )
 
 
@@ -36,10 +40,11 @@ class StorageLocation:
 
     Instance attributes:
 
-    - ``kind``: ``"server"``, ``"file"`` or ``"memory"``.
+    - ``kind``: ``"server"``, ``"file"``, ``"memory"`` or ``"postgresql"``.
     - ``host``, ``port``: a TCP server's address, else None.
     - ``socket_path``: a unix-socket server's path, else None.
     - ``file``: an embedded file's absolute path, else None.
+    - ``dsn``: a PostgreSQL database's connection URI, as given, else None.
     - ``uri``: the text it was parsed from (None for the default).
     """
 
@@ -48,12 +53,18 @@ class StorageLocation:
     port: int | None = None
     socket_path: str | None = None
     file: str | None = None
+    dsn: str | None = None
     uri: str | None = None
 
     @property
     def is_embedded(self) -> bool:
         """True when this process holds the data itself (file or memory)."""
-        return self.kind != SERVER
+        return self.kind in (FILE, MEMORY)
+
+    @property
+    def is_postgres(self) -> bool:
+        """True for a PostgreSQL database: every process connects to it directly."""
+        return self.kind == POSTGRES
 
     @property
     def server_address(self) -> tuple[str, int] | str:
@@ -69,6 +80,8 @@ class StorageLocation:
             return "memory://"
         if self.kind == FILE:
             return f"file://{self.file}"
+        if self.kind == POSTGRES:
+            return _without_password(self.dsn)
         if self.socket_path is not None:
             return f"unix://{self.socket_path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -113,4 +126,19 @@ def parse_storage_uri(uri: str | None, instance_path: str) -> StorageLocation:
             raise ValueError(f"DURUS_STORAGE={uri!r} has a bad port: use durus://HOST:PORT") from None
         return StorageLocation(
             SERVER, host=parts.hostname or DEFAULT_HOST, port=port or DEFAULT_PORT, uri=uri)
+    if scheme in ("postgresql", "postgres"):
+        if not parts.path.strip("/") and "dbname=" not in parts.query:
+            raise ValueError(
+                f"DURUS_STORAGE={_without_password(uri)!r} names no database: use "
+                "postgresql://USER@HOST:PORT/DATABASE")
+        return StorageLocation(POSTGRES, dsn=uri, uri=uri)
     raise ValueError(f"DURUS_STORAGE={uri!r} is not a storage URI: use one of {_FORMS}")
+
+
+def _without_password(uri: str) -> str:
+    """``uri`` with any password masked, for messages and logs."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# PostgreSQL fixtures (postgres_cluster, postgres_dsn): a throwaway cluster.
+from support.postgres import postgres_cluster, postgres_dsn  # noqa: F401
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
