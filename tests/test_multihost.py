@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 WIKI_PORT = 8000
 WIKI_WORKERS = 2
 EDITORS_PER_HOST = 3
-EDITS_PER_EDITOR = 12
+EDITS_PER_EDITOR = 20
 EDIT_SECONDS = 90.0  # editors stop early rather than run past this
 
 
@@ -85,8 +85,41 @@ def test_an_error_inside_still_removes_every_namespace(network_available):
     network = PrivateNetwork(["only"], tag=f"{os.getpid()}e")
     with pytest.raises(ZeroDivisionError), network:
         network.run(network.hosts["only"], ["sh", "-c", "sleep 600 >/dev/null 2>&1 &"])
+        stray = pids_in(network.hosts["only"].namespace)
+        assert len(stray) == 1
         1 / 0
     assert not {network.hosts["only"].namespace, network.bridge_namespace} & namespaces()
+    assert all(_is_zombie(pid) for pid in stray)
+
+
+def test_a_sigterm_still_removes_every_namespace(network_available):
+    """A run stopped with SIGTERM (as CI stops a job) cleans up on its way out."""
+    tag = f"{os.getpid()}s"
+    script = ("import sys, time\n"
+              "from tests.support.netns_hosts import PrivateNetwork\n"
+              f"with PrivateNetwork(['a', 'b'], tag={tag!r}):\n"
+              "    print('ready', flush=True)\n"
+              "    time.sleep(600)\n")
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        assert f"durusnet-{tag}-a" in namespaces()
+        process.terminate()
+        assert process.wait(30) == 128 + 15
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert not {name for name in namespaces() if name.startswith(f"durusnet-{tag}-")}
+
+
+def test_without_root_or_ip_the_reason_is_one_line(monkeypatch):
+    import tests.support.netns_hosts as netns_hosts
+
+    monkeypatch.setattr(netns_hosts.os, "geteuid", lambda: 1000)
+    assert unavailable_reason() == "network namespaces need root (ip netns add)"
+    monkeypatch.setattr(netns_hosts.shutil, "which", lambda name: None)
+    assert unavailable_reason() == "the ip command is missing (apt-get install iproute2)"
 
 
 def test_hosts_cannot_reach_the_machine_loopback(network_available):
@@ -168,6 +201,7 @@ def new_database(cluster: Cluster, host: Host, name: str) -> str:
 @dataclass
 class Deployment:
     network: PrivateNetwork
+    cluster: Cluster
     uri: str
     instances: dict[str, Path]  # app host name -> its instance folder (and wiki.log)
     visitors: dict[str, VisitorsProcess]  # app host name -> its visitors
@@ -226,7 +260,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
                                           WIKI_PORT, f"visitors on {name}")
                     for name in instances}
         try:
-            yield Deployment(network, uri, instances, visitors)
+            yield Deployment(network, cluster, uri, instances, visitors)
         finally:
             for each in visitors.values():
                 each.close()
@@ -236,6 +270,18 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
 
 
 # -- the wiki on two hosts ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_both_app_hosts_reach_postgresql_across_the_bridge(deployment):
+    for visitors in deployment.visitors.values():
+        assert visitors.ask(do="page", slug="no-such-page")["status"] == 404  # a request: a connection
+    local = f"host={deployment.cluster.socketdir} port={deployment.cluster.port} user=postgres dbname=postgres"
+    with psycopg.connect(local) as connection:
+        clients = {str(row[0]) for row in connection.execute(
+            "SELECT DISTINCT client_addr FROM pg_stat_activity WHERE datname = 'wiki'")}
+    hosts = deployment.network.hosts
+    assert clients == {hosts["app1"].address, hosts["app2"].address}
 
 
 @pytest.mark.slow
