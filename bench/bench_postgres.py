@@ -22,7 +22,7 @@ better:
   sending after the server last spoke), and statements (the protocol's
   Query and Execute messages) per commit.
 
-    python bench/bench_postgres.py [--quick] [--seconds S]
+    python bench/bench_postgres.py [--quick] [--seconds S] [--repeat N]
 
 The machine is shared: compare the ratios of one run, not figures across runs.
 """
@@ -30,6 +30,7 @@ The machine is shared: compare the ratios of one run, not figures across runs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -123,21 +124,33 @@ class Bench:
     def clients(self, side: Implementation, workload: str, dsn: str, seconds: float) -> dict[str, Any]:
         """``CLIENTS`` processes at once; their commits per second and conflict share."""
         self.run(side, "setup_clients", CLIENTS, dsn)
-        start_at = time.time() + 3.0  # every process imported and connected by then
         processes = [
             subprocess.Popen(
-                [str(side.python()), str(WORKLOAD), side.name, workload, "0", dsn,
-                 str(client), str(start_at), str(seconds)],
+                [str(side.python()), str(WORKLOAD), side.name, workload, "0", dsn, str(client)],
                 cwd=reference.SCRIPTS, env=reference.clean_env(side.pythonpath),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for client in range(CLIENTS)
         ]
-        results = []
-        for process in processes:
-            out, err = process.communicate(timeout=seconds + 600)
-            if process.returncode != 0:
-                raise reference.ReferenceEnvError(f"{side.name} {workload} client failed:\n{err}")
-            results.append(__import__("json").loads(out))
+        try:
+            for process in processes:  # every client connected before any starts
+                if process.stdout.readline().strip() != "ready":
+                    raise reference.ReferenceEnvError(
+                        f"{side.name} {workload} client failed to start:\n{process.communicate()[1]}")
+            start_at = time.time() + 0.5
+            for process in processes:
+                process.stdin.write(f"{start_at} {seconds}\n")
+                process.stdin.flush()
+            results = []
+            for process in processes:
+                out, err = process.communicate(timeout=seconds + 600)
+                if process.returncode != 0:
+                    raise reference.ReferenceEnvError(f"{side.name} {workload} client failed:\n{err}")
+                results.append(json.loads(out))
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
         commits = sum(r["commits"] for r in results)
         attempts = sum(r["attempts"] for r in results)
         conflicts = sum(r["conflicts"] for r in results)
@@ -221,10 +234,25 @@ def pgbench_ceiling(bench: Bench, seconds: float) -> float:
     return float(match.group(1))
 
 
+def best_of(rounds: list[list[Line]]) -> list[Line]:
+    """Each line at each side's best over the rounds, with the ranges in its note."""
+    best = []
+    for same in zip(*rounds):
+        pick = max if same[0].higher_is_better else min
+        ours, theirs = [line.ours for line in same], [line.theirs for line in same]
+        ranges = f"ranges: ours {min(ours):,.1f}-{max(ours):,.1f}, relstorage {min(theirs):,.1f}-{max(theirs):,.1f}"
+        best.append(Line(same[0].label, same[0].unit, pick(ours), pick(theirs), same[0].higher_is_better,
+                         f"{ranges}; {same[-1].note}" if same[-1].note else ranges))
+    return best
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--seconds", type=float, help="how long each concurrent workload runs")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run everything N times on the cluster, then print each figure's best "
+                             "and range (the machine is shared)")
     options = parser.parse_args(argv)
     sizes = QUICK if options.quick else FULL
     seconds = options.seconds or sizes.seconds
@@ -238,16 +266,32 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(cluster)
         print(f"PostgreSQL {bench.server_version()} (fsync=on, synchronous_commit=on); "
               f"{'quick' if options.quick else 'full'} sizes; {os.cpu_count()} CPUs", flush=True)
-        lines = []
-        for line in measure(bench, sizes):
-            print(line.text(), flush=True)
-            lines.append(line)
-        ceiling = pgbench_ceiling(bench, seconds)
-        disjoint = lines[0].ours
-        print(f"{'pgbench -N, 4 clients (ceiling)':<34} {ceiling:>10,.1f} updates/s; "
-              f"ours 4 clients disjoint = {disjoint / ceiling:.0%} of it, "
-              f"relstorage {lines[0].theirs / ceiling:.0%}", flush=True)
+        rounds: list[list[Line]] = []
+        ceilings: list[float] = []
+        for round in range(max(1, options.repeat)):
+            if options.repeat > 1:
+                print(f"-- round {round + 1} of {options.repeat}", flush=True)
+            lines = []
+            for line in measure(bench, sizes):
+                print(line.text(), flush=True)
+                lines.append(line)
+            rounds.append(lines)
+            ceilings.append(pgbench_ceiling(bench, seconds))
+            print_ceiling(ceilings[-1], lines)
+        if len(rounds) > 1:
+            print(f"-- best of {len(rounds)} rounds", flush=True)
+            lines = best_of(rounds)
+            for line in lines:
+                print(line.text(), flush=True)
+            print_ceiling(max(ceilings), lines, f" (range {min(ceilings):,.1f}-{max(ceilings):,.1f})")
     return 0
+
+
+def print_ceiling(ceiling: float, lines: list[Line], note: str = "") -> None:
+    disjoint = lines[0]
+    print(f"{'pgbench -N, 4 clients (ceiling)':<34} {ceiling:>10,.1f} updates/s{note}; "
+          f"ours 4 clients disjoint = {disjoint.ours / ceiling:.0%} of it, "
+          f"relstorage {disjoint.theirs / ceiling:.0%}", flush=True)
 
 
 if __name__ == "__main__":

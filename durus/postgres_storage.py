@@ -347,6 +347,7 @@ class PostgresStorage(Storage):
         self._known: dict[bytes, bytes] = {}
         # True from a conflict until the commit succeeds or is given up.
         self._resolving = False
+        self._root_stored = False  # once True, oid 0 is never claimed again
         self.pack_progress = PackProgress(phase="done")
 
     def __repr__(self) -> str:
@@ -503,7 +504,7 @@ class PostgresStorage(Storage):
         """``count`` oids no one else was or will be given."""
         self._check_writable("hand out new oids")
         oids = []
-        if ROOT_OID not in self._given and self._claim_root():
+        if not self._root_stored and ROOT_OID not in self._given and self._claim_root():
             oids.append(ROOT_OID)
         while len(oids) < count:
             if not self._oid_pool:
@@ -517,10 +518,13 @@ class PostgresStorage(Storage):
         root is stored, and only one client at a time (an advisory lock held
         for the rest of the session, released by PostgreSQL if it dies).
         """
-        return self._query(
-            "SELECT NOT EXISTS (SELECT 1 FROM durus_object WHERE oid = 0) "
+        stored, claimed = self._query(
+            "SELECT EXISTS (SELECT 1 FROM durus_object WHERE oid = 0), "
+            "NOT EXISTS (SELECT 1 FROM durus_object WHERE oid = 0) "
             "AND pg_try_advisory_lock(%s, hashtext(%s || current_schema()))",
-            (_LOCK_CLASS, _ROOT_LOCK)).fetchone()[0]
+            (_LOCK_CLASS, _ROOT_LOCK)).fetchone()
+        self._root_stored = stored
+        return claimed
 
     def _fill_oid_pool(self, wanted: int) -> None:
         size = max(wanted, self._oid_batch)
@@ -706,6 +710,10 @@ class PostgresStorage(Storage):
             if left_over:
                 log.info("pack: finishing an interrupted pack's %d removals", left_over)
                 progress.doomed = left_over
+            elif not self._query("SELECT EXISTS (SELECT 1 FROM durus_object WHERE oid = 0)").fetchone()[0]:
+                log.info("pack skipped: no root is stored, so nothing is reachable yet")
+                progress.phase = "done"
+                return
             else:
                 snapshot = self._pack_mark()
                 yield None
@@ -745,9 +753,7 @@ class PostgresStorage(Storage):
                     SELECT unnest(o.refs) FROM reachable AS r JOIN durus_object AS o ON o.oid = r.oid
                 )
                 INSERT INTO durus_pack_candidate
-                SELECT o.oid FROM durus_object AS o
-                 WHERE NOT EXISTS (SELECT 1 FROM durus_object AS root WHERE root.oid = 0)
-                    OR o.oid NOT IN (SELECT oid FROM reachable)
+                SELECT o.oid FROM durus_object AS o WHERE o.oid NOT IN (SELECT oid FROM reachable)
             """)
         return snapshot
 

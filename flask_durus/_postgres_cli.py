@@ -19,6 +19,7 @@ from durus.error import DurusError
 from flask_durus.storage_uri import StorageLocation
 
 if TYPE_CHECKING:
+    from durus.postgres_storage import PackProgress
     from durus.storage import Storage
 
 NOTHING_TO_SERVE = (
@@ -54,25 +55,37 @@ def open_to_read(location: StorageLocation) -> Storage:
 
 
 def pack(location: StorageLocation, show_progress: bool) -> str:
-    """Pack the database step by step; the line that says it finished."""
+    """Pack the database step by step (each step a short transaction, so
+    the app keeps committing); the line that says it finished.
+    """
     storage = open_storage(location, readonly=False)
     start = time.monotonic()
-    steps = 0
+    shown = False
+    idle = storage.pack_progress  # a pack replaces it; another client's pack leaves it
     try:
-        packer = storage.get_packer()
-        if packer is None:
-            storage.pack()
-        else:
-            for steps, _ in enumerate(packer, 1):
-                if show_progress:
-                    _show(f"\rpacking {location}: step {steps}, {format_duration(time.monotonic() - start)} ")
+        for _ in storage.get_packer():
+            if show_progress:
+                _show(f"\rpacking {location}: {_progress_text(storage.pack_progress)} ")
+                shown = True
+        if storage.pack_progress is idle:
+            raise click.ClickException(
+                f"another client is packing {location} now: nothing done; try again when it has finished")
+        removed = storage.pack_progress.removed
     except _database_errors() as error:
         raise _failure(location, error) from None
     finally:
         storage.close()
-        if show_progress and steps:
+        if shown:
             _show("\r\x1b[K" if sys.stderr.isatty() else "\n")
-    return f"Packed {location}; finished. Took {format_duration(time.monotonic() - start)}."
+    took = format_duration(time.monotonic() - start)
+    return f"Packed {location}: removed {removed} unreachable records; finished. Took {took}."
+
+
+def _progress_text(progress: PackProgress) -> str:
+    if progress.phase == "sweep":
+        return f"removed {progress.removed} of {progress.doomed} unreachable records"
+    return {"mark": "finding what the root reaches", "doom": "listing the unreachable records"}.get(
+        progress.phase, progress.phase)
 
 
 def size_line(location: StorageLocation) -> str:

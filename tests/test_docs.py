@@ -21,6 +21,7 @@ CHAPTERS = [
     "transactions",
     "schema",
     "deployment",
+    "postgresql",
     "backup",
     "packing",
     "testing",

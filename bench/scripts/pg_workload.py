@@ -1,6 +1,6 @@
 """One PostgreSQL benchmark workload, run in a fresh process; prints JSON.
 
-    pg_workload.py IMPLEMENTATION WORKLOAD SIZE DSN [CLIENT START_AT SECONDS]
+    pg_workload.py IMPLEMENTATION WORKLOAD SIZE DSN [CLIENT]
 
 IMPLEMENTATION is ``ours`` (``durus.postgres_storage.PostgresStorage`` under
 a Durus ``Connection``) or ``relstorage`` (ZODB on a history-free
@@ -8,7 +8,8 @@ RelStorage, psycopg2).  The caller picks the interpreter and import path,
 and gives each implementation a database of its own on the same cluster.
 Setup (building what a workload loads or packs) runs untimed, first; the
 concurrent workloads are run by several processes at once, each told its
-client number, the wall-clock time to start at and how long to run.
+client number; each prints ``ready`` once connected, then reads from stdin
+the wall-clock time to start at and how long to run.
 """
 
 from __future__ import annotations
@@ -379,10 +380,13 @@ def main(argv: list[str]) -> None:
     else:
         db = IMPLEMENTATIONS[implementation](dsn)
         if workload in CLIENTS:
-            client, start_at, seconds = int(argv[4]), float(argv[5]), float(argv[6])
-            db.begin()  # connected and up to date before the start
+            # Connected and up to date: say so, and wait for the go (the
+            # wall-clock start and how long to run) on stdin.
+            db.begin()
+            print("ready", flush=True)
+            start_at, seconds = map(float, sys.stdin.readline().split())
             time.sleep(max(0.0, start_at - time.time()))
-            result = CLIENTS[workload](db, client, start_at + seconds)
+            result = CLIENTS[workload](db, int(argv[4]), start_at + seconds)
         else:
             result = {**SETUPS, **WORKLOADS}[workload](db, size)
         db.close()
