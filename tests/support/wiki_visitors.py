@@ -86,7 +86,11 @@ class Visitors:
         client = self.client(name)
         form, answer = client.edit_current(slug, title, text)
         result: dict[str, Any] = {"form": form.status, "status": answer.status if answer else None,
-                                  "revision": None}
+                                  "revision": None, "edit_conflict": False}
+        if answer is not None and answer.status == 409:
+            # The page's own conflict (another revision saved since the form),
+            # not the database's (its replays all met conflicts).
+            result["edit_conflict"] = "while you were editing" in answer.text
         if answer is not None and answer.status == 302:
             shown = client.get(urlsplit(answer.headers["Location"]).path)
             saved = _SAVED.search(shown.text)
@@ -133,11 +137,14 @@ class Visitors:
                 except OSError as error:  # the edit's fate is unknown: say so
                     unexpected.append(f"{name} edit {number}: {error!r}")
                     continue
-                statuses[f"{result['form']}/{result['status']}"] += 1
+                outcome = f"{result['form']}/{result['status']}"
+                statuses[outcome + (" edit conflict" if result["edit_conflict"] else "")] += 1
                 if result["status"] == 302:
                     saved.append([slug, result["revision"], text])
                 elif result["form"] != 200 or result["status"] != 409:
                     unexpected.append(f"{name} edit {number} of {slug}: {result}")
+                elif result["edit_conflict"] and slug == editors[name]:  # no one else edits it
+                    unexpected.append(f"{name} edit {number}: an edit conflict on its own page")
             return {"name": name, "statuses": dict(statuses), "saved": saved, "unexpected": unexpected}
 
         return {"editors": run_clients(len(names), editor, timeout=seconds + 120)}
