@@ -5,7 +5,8 @@ namespace on a private subnet (``tests/support/netns_hosts.py``).
 The visitors of each app host run inside that host (``ip netns exec``) and
 reach its wiki on its loopback; the wiki reaches PostgreSQL across the
 bridge at the db host's private address.  Accounts made on one host log in
-on the other; editors on both hosts at once lose no acknowledged edit and
+on the other, and a session begun on one is good on the other; editors on
+both hosts at once lose no acknowledged edit and
 leave the wiki consistent (``flask wiki check``); a change saved on one
 host shows on the other at its next request.
 
@@ -17,6 +18,7 @@ they fail).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -255,8 +257,7 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
         instances = {name: root / name for name in ("app1", "app2")}
         for name, instance in instances.items():
             start_wiki(network, network.hosts[name], uri, instance)
-        visitors = {name: VisitorsProcess(lambda argv, **options: network.start(network.hosts[name], argv,
-                                                                                    cwd=REPO, **options),
+        visitors = {name: VisitorsProcess(functools.partial(network.start, network.hosts[name], cwd=REPO),
                                           WIKI_PORT, f"visitors on {name}")
                     for name in instances}
         try:
@@ -293,6 +294,22 @@ def test_an_account_made_on_one_host_logs_in_on_the_other(deployment):
     assert one.ask(do="login", names=["bruno"])["statuses"] == [302]
     # The name is taken on both hosts now.
     assert one.ask(do="signup", names=["bruno"])["statuses"] == [400]
+
+
+@pytest.mark.slow
+def test_a_session_begun_on_one_host_is_good_on_the_other(deployment):
+    """One browser behind a load balancer: logged in on one host, its
+    cookie lets it edit on the other (both hosts share the secret key).
+    """
+    one, other = deployment.visitors["app1"], deployment.visitors["app2"]
+    assert one.ask(do="signup", names=["carla"])["statuses"] == [302]
+    created = one.ask(do="create", name="carla", title="Carried over", text="made on one host")
+    assert created["status"] == 302
+    other.ask(do="set_cookies", name="carla", cookies=one.ask(do="cookies", name="carla")["cookies"])
+    saved = other.ask(do="edit", name="carla", slug=created["slug"], title="Carried over", text="edited on the other")
+    assert (saved["form"], saved["status"], saved["revision"]) == (200, 302, 2)
+    other.ask(do="set_cookies", name="carla", cookies={})
+    assert other.ask(do="edit", name="carla", slug=created["slug"], title="Carried over", text="x")["form"] == 302
 
 
 @pytest.mark.slow

@@ -9,6 +9,8 @@ hosts request by request: an edit acknowledged on one host, then a read on
 the other.  Commands (``"do"`` names the command):
 
 - ``signup`` / ``login`` ``{"names": [...]}``: the status of each.
+- ``cookies`` ``{"name"}`` / ``set_cookies`` ``{"name", "cookies"}``: a
+  visitor's cookie jar, read or replaced (one browser going to either host).
 - ``create`` ``{"name", "title", "text"}``: a new page's status and slug.
 - ``edit`` ``{"name", "slug", "title", "text"}``: edit from the revision the
   form shows; the statuses and, when saved, the revision number.
@@ -72,6 +74,14 @@ class Visitors:
             data = {"name": names[i], "password": PASSWORD, "next": "/"}
             return self.client(names[i]).post_form("/login", data).status
         return {"statuses": run_clients(len(names), log_in)}
+
+    def cookies(self, name: str) -> dict[str, Any]:
+        """The visitor's cookies, to hand to the same visitor on another host."""
+        return {"cookies": dict(self.client(name).cookies)}
+
+    def set_cookies(self, name: str, cookies: dict[str, str]) -> dict[str, Any]:
+        self.client(name).cookies = dict(cookies)
+        return {}
 
     def create(self, name: str, title: str, text: str) -> dict[str, Any]:
         """Create a page; the status, and the slug the wiki gave it."""
