@@ -6,9 +6,9 @@ The visitors of each app host run inside that host (``ip netns exec``) and
 reach its wiki on its loopback; the wiki reaches PostgreSQL across the
 bridge at the db host's private address.  Accounts made on one host log in
 on the other, and a session begun on one is good on the other; editors on
-both hosts at once lose no acknowledged edit and
-leave the wiki consistent (``flask wiki check``); a change saved on one
-host shows on the other at its next request.
+both hosts at once lose no acknowledged edit and leave the wiki consistent
+(``flask wiki check``); a change saved on one host shows on the other at
+its next request.
 
 The quick tests check the namespace plumbing itself.  Everything needs root
 and ``ip``: without them the tests skip with one line (under ``CI=true``
@@ -122,6 +122,28 @@ def test_without_root_or_ip_the_reason_is_one_line(monkeypatch):
     assert unavailable_reason() == "network namespaces need root (ip netns add)"
     monkeypatch.setattr(netns_hosts.shutil, "which", lambda name: None)
     assert unavailable_reason() == "the ip command is missing (apt-get install iproute2)"
+
+
+def test_a_cut_host_is_unreachable_until_mended(network_available):
+    with PrivateNetwork(["server", "client"], tag=f"{os.getpid()}c") as network:
+        server, client = network.hosts["server"], network.hosts["client"]
+        listening = network.start(server, [sys.executable, "-m", "http.server", "--bind", server.address, "8123"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        network.wait_for_port(client, server.address, 8123, process=listening)
+        network.cut(server)
+        with pytest.raises(RuntimeError, match="nothing listened"):
+            network.wait_for_port(client, server.address, 8123, timeout=2)
+        network.mend(server)
+        network.wait_for_port(client, server.address, 8123, timeout=30)
+
+
+def test_host_names_must_be_plain_and_distinct():
+    with pytest.raises(ValueError, match="lower-case"):
+        PrivateNetwork(["App 1"])
+    with pytest.raises(ValueError, match="must differ"):
+        PrivateNetwork(["a", "a"])
+    with pytest.raises(ValueError, match="no room"):
+        PrivateNetwork(["a", "b", "c"], subnet="10.253.0.0/30")
 
 
 def test_hosts_cannot_reach_the_machine_loopback(network_available):

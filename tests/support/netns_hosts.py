@@ -22,13 +22,14 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 DEFAULT_SUBNET = "10.253.0.0/24"
@@ -69,14 +70,18 @@ class Host:
 class PrivateNetwork:
     """Hosts on one bridge, each in its own network namespace.
 
-    ``hosts`` maps each name given to its :class:`Host`, addressed in order
-    from the subnet's first address; ``subnet`` is the network they share.  ``tag`` (default: this process's id)
-    keeps the namespace names apart from other runs'.
+    ``hosts`` maps each name given (lower-case letters, digits, dashes) to
+    its :class:`Host`, addressed in order from the subnet's first address;
+    ``subnet`` is the network they share.  ``tag`` (default: this process's
+    id) keeps the namespace names apart from other runs'.
     """
 
     def __init__(self, names: Iterable[str], subnet: str = DEFAULT_SUBNET, tag: str | None = None) -> None:
         network = ipaddress.ip_network(subnet)
         names = list(names)
+        for name in names:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,30}", name):
+                raise ValueError(f"a host name is lower-case letters, digits and dashes, not {name!r}")
         if len(names) != len(set(names)):
             raise ValueError(f"host names must differ: {names}")
         if len(names) > network.num_addresses - 2:
@@ -87,6 +92,7 @@ class PrivateNetwork:
         self.bridge_namespace = f"{NAMESPACE_PREFIX}-{tag}-bridge"
         self.hosts = {name: Host(name, f"{NAMESPACE_PREFIX}-{tag}-{name}", str(address))
                       for name, address in zip(names, network.hosts())}
+        self._ports = {name: f"port{index}" for index, name in enumerate(names)}  # on the bridge
         self._made: list[str] = []
         self._processes: list[subprocess.Popen] = []
         self._previous_sigterm: object = None
@@ -107,8 +113,8 @@ class PrivateNetwork:
             self._add_namespace(self.bridge_namespace)
             _ip("-n", self.bridge_namespace, "link", "add", "br0", "type", "bridge")
             _ip("-n", self.bridge_namespace, "link", "set", "br0", "up")
-            for index, host in enumerate(self.hosts.values()):
-                self._add_host(host, f"port{index}")
+            for host in self.hosts.values():
+                self._add_host(host, self._ports[host.name])
         except BaseException:
             self.destroy()
             raise
@@ -129,6 +135,16 @@ class PrivateNetwork:
         _ip("-n", self.bridge_namespace, "link", "set", port, "up")
         _ip("-n", host.namespace, "addr", "add", f"{host.address}/{self.prefix_length}", "dev", "eth0")
         _ip("-n", host.namespace, "link", "set", "eth0", "up")
+
+    def cut(self, host: Host) -> None:
+        """Unplug ``host`` from the bridge: what it sends is lost, and what is
+        sent to it, as on a failed link (no refusal comes back).
+        """
+        _ip("-n", self.bridge_namespace, "link", "set", self._ports[host.name], "down")
+
+    def mend(self, host: Host) -> None:
+        """Plug ``host`` back into the bridge after :meth:`cut`."""
+        _ip("-n", self.bridge_namespace, "link", "set", self._ports[host.name], "up")
 
     def stop_started(self) -> None:
         """Stop what :meth:`start` started (SIGTERM, then SIGKILL after a
