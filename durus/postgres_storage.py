@@ -282,7 +282,11 @@ def init_schema(conn: psycopg.Connection | str) -> int:
 
 def _schema_version(conn: psycopg.Connection) -> int:
     """The schema version stored in the database; 0 if there is none."""
-    exists = conn.execute("SELECT to_regclass('durus_schema_version') IS NOT NULL").fetchone()[0]
+    # pg_class, not to_regclass: after waiting for the schema lock, the
+    # latter can still answer from the catalog as it was before the wait.
+    exists = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relname = 'durus_schema_version'"
+        " AND relnamespace = current_schema()::regnamespace)").fetchone()[0]
     if not exists:
         return 0
     row = conn.execute("SELECT version FROM durus_schema_version").fetchone()
@@ -337,6 +341,10 @@ class PackProgress:
     removed: int = 0
 
 
+#: How many siblings a cold load fetches along with the record asked for.
+DEFAULT_PREFETCH = 100
+
+
 class PostgresStorage(Storage):
     """A Storage in a PostgreSQL database; see the module docstring.
 
@@ -347,7 +355,8 @@ class PostgresStorage(Storage):
     the first fetch from the sequence takes (later fetches grow).
     ``prefetch``: a load of an object not yet loaded also fetches up to this
     many of the objects referred to by the same record (its siblings), in
-    the same round trip (0, the default: no prefetching).  A record fetched
+    the same round trip (default 100, as ClientStorage fetches ahead by
+    default; 0 loads one record per round trip).  A record fetched
     ahead is the version of the client's snapshot: if another client
     commits that object before it is used, the load gives the snapshot's
     version rather than raising ReadConflictError (the transaction still
@@ -365,7 +374,7 @@ class PostgresStorage(Storage):
         readonly: bool = False,
         create: bool = True,
         oid_batch: int = 32,
-        prefetch: int = 0,
+        prefetch: int = DEFAULT_PREFETCH,
     ) -> None:
         self.dsn = dsn
         self.readonly = readonly

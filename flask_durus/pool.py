@@ -182,7 +182,8 @@ class PostgresStorageOpener(StorageOpener):
 
     Instance attributes: ``location``, a ``postgresql`` location, and
     ``timeout``: seconds a new connection may take (libpq's
-    ``connect_timeout``, unless the URI sets its own), so that a database
+    ``connect_timeout``) and data sent may go unacknowledged
+    (``tcp_user_timeout``), unless the URI sets its own, so that a database
     host that does not answer gives a 503 rather than a hung worker.
     """
 
@@ -196,9 +197,15 @@ class PostgresStorageOpener(StorageOpener):
         from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
         dsn = self.location.dsn
-        if self.timeout is not None and "connect_timeout" not in conninfo_to_dict(dsn):
+        given = conninfo_to_dict(dsn)
+        if self.timeout is not None and "connect_timeout" not in given:
             # libpq takes whole seconds, and treats less than 2 as 2.
             dsn = make_conninfo(dsn, connect_timeout=max(2, math.ceil(self.timeout)))
+        if self.timeout is not None and "tcp_user_timeout" not in given:
+            # A link cut while a request waits on the database: the kernel
+            # gives up on unacknowledged data after this many milliseconds,
+            # so the request gets a 503 instead of hanging its worker.
+            dsn = make_conninfo(dsn, tcp_user_timeout=max(1000, math.ceil(self.timeout * 1000)))
         try:
             return PostgresStorage(dsn)
         except (errors.DuplicateTable, errors.DuplicateObject, errors.UniqueViolation):

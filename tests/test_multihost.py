@@ -434,10 +434,6 @@ def test_editors_on_both_hosts_at_once_lose_no_edit_and_keep_the_wiki_consistent
 
 # Last in the file: it cuts a link of the shared deployment (mended after).
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, raises=RuntimeError, reason=(
-    "PostgresStorage applies no DURUS_SOCKET_TIMEOUT: a request on a host cut off from PostgreSQL "
-    "hangs until gunicorn kills the worker (30 s) instead of answering 503; it passes with "
-    "?tcp_user_timeout=5000&connect_timeout=5 on the URI"))
 def test_an_app_host_cut_off_from_the_database_answers_503_then_recovers(deployment):
     """A failed link (packets lost, nothing refused) between one app host and
     the database costs that host's requests a 503 after the socket timeout,

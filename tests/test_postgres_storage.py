@@ -22,6 +22,7 @@ from durus.error import DamagedRecordError, DurusKeyError, ReadConflictError, Wr
 from durus.persistent_counter import PersistentCounter
 from durus.persistent_dict import PersistentDict
 from durus.postgres_storage import (
+    DEFAULT_PREFETCH,
     SCHEMA_VERSION,
     PostgresStorage,
     PostgresStorageError,
@@ -71,8 +72,10 @@ def storages(postgres_dsn):
 
 @pytest.fixture
 def connect(storages):
-    """Connections on the test's database (no prefetching: the default)."""
-    return lambda: Connection(storages())
+    """Connections on the test's database, loading one record per round
+    trip (prefetch=0), so that loads meet other commits as in Durus 4.3.
+    """
+    return lambda: Connection(storages(prefetch=0))
 
 
 def test_prefetched_object_changed_by_another_is_the_snapshots_version(storages) -> None:
@@ -100,7 +103,7 @@ def test_prefetched_object_changed_by_another_is_the_snapshots_version(storages)
 
 def test_prefetch_brings_siblings_in_the_same_round_trip(connect, storages) -> None:
     writer = connect()
-    assert writer.get_storage().prefetch == 0  # opt-in
+    assert storages().prefetch == DEFAULT_PREFETCH > 0  # on by default
     writer.root["items"] = [Item(number, number) for number in range(50)]
     writer.commit()
     storage = storages(prefetch=100)

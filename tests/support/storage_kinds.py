@@ -9,9 +9,9 @@ Each instance is one database, made in a test's temporary folder:
   would have (close it when done, or leave it to ``close()``);
 - ``close()``: stop whatever the kind started and close what it opened.
 
-To add a kind (a PostgreSQL database, say), write a subclass and add it to
-:data:`KINDS`; a kind that needs something not installed raises
-``pytest.skip`` from its constructor (or fails under ``CI=true``).
+To add a kind, write a subclass and add it to :data:`KINDS`; a kind that
+needs something not installed skips from ``for_test`` (or fails under
+``CI=true``), as the PostgreSQL kind does through its fixture.
 """
 
 from __future__ import annotations
@@ -29,6 +29,13 @@ class StorageKind:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._opened: list[Storage] = []
+
+    @classmethod
+    def for_test(cls, folder: Path, request) -> StorageKind:
+        """A database of this kind for the test ``request`` (a pytest
+        request, for a kind that needs a session fixture).
+        """
+        return cls(folder)
 
     def make_spec(self) -> str:
         raise NotImplementedError
@@ -143,5 +150,34 @@ class SqliteKind(StorageKind):
         return SqliteStorage(str(self.path))
 
 
+class PostgresKind(StorageKind):
+    """A fresh database in the run's throwaway PostgreSQL cluster
+    (support.postgres); each client is a PostgresStorage of its own.
+    """
+
+    name = "postgresql"
+
+    def __init__(self, folder: Path, dsn: str) -> None:
+        super().__init__(folder)
+        self.dsn = dsn
+
+    @classmethod
+    def for_test(cls, folder: Path, request) -> StorageKind:
+        # Skips (or fails under CI=true) with one line without PostgreSQL.
+        return cls(folder, request.getfixturevalue("postgres_dsn"))
+
+    def make_spec(self) -> str:
+        from psycopg.conninfo import conninfo_to_dict
+
+        params = conninfo_to_dict(self.dsn)
+        return f"postgresql://{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
+
+    def _open(self) -> Storage:
+        from durus.postgres_storage import PostgresStorage
+
+        return PostgresStorage(self.dsn)
+
+
 #: Every kind by name; the contract tests run once per entry.
-KINDS: dict[str, type[StorageKind]] = {kind.name: kind for kind in (FileKind, ServerKind, SqliteKind)}
+KINDS: dict[str, type[StorageKind]] = {
+    kind.name: kind for kind in (FileKind, ServerKind, SqliteKind, PostgresKind)}
