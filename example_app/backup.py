@@ -58,6 +58,18 @@ def back_up(source: str | Storage, destination: str, progress=None) -> tuple[int
     return report.file_bytes, report.objects, count_pages(destination)
 
 
+def _live_storage(settings: DurusSettings) -> Storage:
+    """A client of the database the app runs on: its storage server, or
+    (read-only) its PostgreSQL database.
+    """
+    if settings.location.is_postgres:
+        from durus.postgres_storage import PostgresStorage
+
+        return PostgresStorage(settings.location.dsn, readonly=True)
+    return ClientStorage(address=settings.location.server_address,
+                         timeout=settings.socket_timeout, keyfile=settings.auth_key_file)
+
+
 @click.command("backup")
 @click.argument("destination", type=click.Path(dir_okay=False, writable=True))
 @click.option("--file", "source", type=click.Path(exists=True, dir_okay=False),
@@ -73,13 +85,12 @@ def backup_command(destination: str, source: str | None) -> None:
     if source is None and settings.location.kind == MEMORY:
         raise click.ClickException("memory:// keeps nothing to back up")
     if source is None and settings.location.kind != FILE:
-        storage = ClientStorage(address=settings.location.server_address,
-                                timeout=settings.socket_timeout, keyfile=settings.auth_key_file)
+        storage = _live_storage(settings)
         try:
             size, records, pages = back_up(storage, destination, print_progress)
         finally:
             storage.close()
-        source = str(storage.address)
+        source = str(settings.location) if settings.location.is_postgres else str(storage.address)
     else:
         source = source or data_file()
         if not os.path.exists(source):

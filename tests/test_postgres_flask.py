@@ -448,3 +448,23 @@ def test_the_wiki_with_two_gunicorn_workers_on_postgresql_loses_no_edit(postgres
             process.kill()
             process.wait()
     assert process.returncode == 0, log.read_text()[-2000:]
+
+
+def test_the_wiki_backs_up_its_postgresql_database(database, tmp_path):
+    """The wiki's own `flask backup` reads the live database (read-only)."""
+    from example_app import create_app
+
+    app = create_app({"DURUS_STORAGE": database, "SECRET_KEY": "test"},
+                     instance_path=str(tmp_path / "instance"))
+    try:
+        app.test_client().get("/")  # the app makes its wiki
+        result = app.test_cli_runner().invoke(args=["backup", str(tmp_path / "wiki.durus")])
+    finally:
+        app.extensions["durus"].close(app)
+    assert result.exit_code == 0, result.output
+    assert "Backed up postgresql://" in result.output and "0 wiki pages" in result.output
+    copy = FileStorage(str(tmp_path / "wiki.durus"), readonly=True)
+    try:
+        assert "wiki" in Connection(copy).get_root()
+    finally:
+        copy.close()
