@@ -112,7 +112,7 @@ class ClientStorage(Storage):
 
     Instance attributes:
 
-    - ``address``: the server's :class:`~durus.storage_server.SocketAddress`.
+    - ``address``: the server's :class:`~durus.transport.SocketAddress`.
     - ``timeout``: seconds any socket operation may take.
     - ``prefetch``: whether records referred to by loaded ones are fetched
       ahead (see the module docstring).
