@@ -107,8 +107,11 @@ def snapshot(storage: Storage, progress: Progress | None = None,
     have: dict[bytes, bytes] = {}
     reread = 0
     storage.sync()  # pending invalidations from before are not ours to mix in
+    stale: list[bytes] = []
     for walk in range(1, max_walks + 1):
         try:
+            _reread(storage, have, stale)
+            stale = []
             order = _walk(storage, have, tick)
         except (ReadConflictError, DurusKeyError) as error:
             changed = storage.sync()
@@ -120,10 +123,27 @@ def snapshot(storage: Storage, progress: Progress | None = None,
                     "which has no record: the database is damaged (run durus --check on its file)") from None
             for oid in changed:
                 if have.pop(oid, None) is not None:
+                    stale.append(oid)
                     reread += 1
             continue
         return {oid: have[oid] for oid in order}, walk, reread
     raise BackupError(f"{storage} changed under every one of {max_walks} walks; try again when it is quieter")
+
+
+def _reread(storage: Storage, have: dict[bytes, bytes], stale: list[bytes]) -> None:
+    """Read again, in one round trip, the records others changed since the
+    last walk, so that the next walk finds nearly all it needs here: against
+    a busy writer, a walk that went back to the storage for each changed
+    record would meet a newer commit every time.  An oid without a record
+    now (a pack removed it) is left to the walk, which needs it only if the
+    root still reaches it.
+    """
+    if not stale:
+        return
+    try:
+        have.update(zip(stale, storage.bulk_load(stale)))
+    except DurusKeyError:
+        pass
 
 
 def _walk(storage: Storage, have: dict[bytes, bytes], tick: _Throttle) -> list[bytes]:
