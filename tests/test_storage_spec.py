@@ -4,7 +4,6 @@ bytes, and the ``durus`` command's ``--storage-class`` and detection.
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import subprocess
 import sys
@@ -114,11 +113,26 @@ def test_open_storage_refuses_what_it_cannot_name(tmp_path: Path) -> None:
         open_storage("sqlite://")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("durus.postgres_storage") is not None,
-                    reason="durus.postgres_storage exists: its own tests cover it")
-def test_a_postgresql_uri_without_the_postgres_module_is_a_clear_error() -> None:
-    with pytest.raises(DurusError, match="PostgreSQL storage is not available"):
-        open_storage("postgresql://localhost/durus")
+def test_a_postgresql_uri_opens_a_postgres_storage(postgres_dsn: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from durus.postgres_storage import PostgresStorage
+
+    params = conninfo_to_dict(postgres_dsn)
+    uri = f"postgresql://{params['user']}@{params['host']}:{params['port']}/{params['dbname']}"
+    storage = open_storage(uri)
+    try:
+        assert isinstance(storage, PostgresStorage)
+        connection = Connection(storage)
+        connection.get_root()["k"] = 1
+        connection.commit()
+    finally:
+        storage.close()
+    reader = open_storage(uri.replace("postgresql://", "postgres://"), readonly=True)
+    try:
+        assert reader.readonly and Connection(reader).get_root()["k"] == 1
+    finally:
+        reader.close()
 
 
 def test_import_storage_class_names_module_and_class() -> None:
