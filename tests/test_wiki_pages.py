@@ -10,7 +10,7 @@ import pytest
 from example_app.consistency import check_wiki
 from example_app.database import current_wiki
 from example_app.markup import HTML_FORMAT
-from tests.support.wiki_site import Wiki, make_app
+from tests.support.wiki_site import Wiki, make_app, signed_up
 
 
 @pytest.fixture
@@ -20,16 +20,12 @@ def app(tmp_path):
 
 @pytest.fixture
 def alice(app) -> Wiki:
-    wiki = Wiki(app.test_client())
-    assert wiki.signup("alice").status_code == 302
-    return wiki
+    return signed_up(app, "alice")
 
 
 @pytest.fixture
 def bob(app) -> Wiki:
-    wiki = Wiki(app.test_client())
-    assert wiki.signup("bob").status_code == 302
-    return wiki
+    return signed_up(app, "bob")
 
 
 def consistent(app) -> list[str]:

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pytest
 
 from example_app.markup import render
-from tests.support.wiki_site import Wiki, make_app
+from tests.support.wiki_site import Wiki, make_app, signed_up
 
 ATTACKS = [
     "<script>alert(1)</script>",
@@ -77,9 +77,7 @@ def app(tmp_path):
 
 @pytest.fixture
 def alice(app) -> Wiki:
-    wiki = Wiki(app.test_client())
-    assert wiki.signup("alice").status_code == 302
-    return wiki
+    return signed_up(app, "alice")
 
 
 def test_the_scanner_sees_what_it_looks_for():

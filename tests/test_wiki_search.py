@@ -7,7 +7,7 @@ import re
 import pytest
 
 from example_app.database import current_wiki
-from tests.support.wiki_site import Wiki, make_app
+from tests.support.wiki_site import Wiki, make_app, signed_up
 
 
 @pytest.fixture
@@ -17,9 +17,7 @@ def app(tmp_path):
 
 @pytest.fixture
 def alice(app) -> Wiki:
-    wiki = Wiki(app.test_client())
-    assert wiki.signup("alice").status_code == 302
-    return wiki
+    return signed_up(app, "alice")
 
 
 def titles(response) -> list[str]:

@@ -74,6 +74,13 @@ class Wiki:
 
 
 @dataclass
+def signed_up(app: Flask, name: str) -> Wiki:
+    """A test client of ``app`` with a new account ``name``, signed in."""
+    wiki = Wiki(app.test_client())
+    assert wiki.signup(name).status_code == 302
+    return wiki
+
+
 class Response:
     status: int
     headers: http.client.HTTPMessage
