@@ -73,7 +73,6 @@ class Wiki:
         return self.post(f"/wiki/{slug}/edit", data)
 
 
-@dataclass
 def signed_up(app: Flask, name: str) -> Wiki:
     """A test client of ``app`` with a new account ``name``, signed in."""
     wiki = Wiki(app.test_client())
@@ -81,6 +80,7 @@ def signed_up(app: Flask, name: str) -> Wiki:
     return wiki
 
 
+@dataclass
 class Response:
     status: int
     headers: http.client.HTTPMessage
