@@ -10,7 +10,7 @@ iterables, as ``set`` does; results are new, unsaved PersistentSets.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableSet
+from collections.abc import Callable, Iterable, MutableSet
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -221,30 +221,24 @@ class PersistentSet(KeyedContainer, MutableSet):
         self._p_note_change()
         self.s.symmetric_difference_update(_plain(other))
 
-    def __ior__(self, other: Any) -> Any:
+    def _in_place(self, other: Any, update: Callable[[Any], None]) -> Any:
+        """An in-place operator: ``update`` with ``other`` if it is a Set
+        (as ``set`` accepts), else NotImplemented.
+        """
         other = _comparable(other)
         if other is None:
             return NotImplemented
-        self.update(other)
+        update(other)
         return self
+
+    def __ior__(self, other: Any) -> Any:
+        return self._in_place(other, self.update)
 
     def __iand__(self, other: Any) -> Any:
-        other = _comparable(other)
-        if other is None:
-            return NotImplemented
-        self.intersection_update(other)
-        return self
+        return self._in_place(other, self.intersection_update)
 
     def __isub__(self, other: Any) -> Any:
-        other = _comparable(other)
-        if other is None:
-            return NotImplemented
-        self.difference_update(other)
-        return self
+        return self._in_place(other, self.difference_update)
 
     def __ixor__(self, other: Any) -> Any:
-        other = _comparable(other)
-        if other is None:
-            return NotImplemented
-        self.symmetric_difference_update(other)
-        return self
+        return self._in_place(other, self.symmetric_difference_update)
