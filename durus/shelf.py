@@ -33,34 +33,13 @@ from array import array
 from collections.abc import Iterable, Iterator
 from struct import Struct
 
-# The format's names, importable from here as before.
+# The names of the format's modules, importable from here as before.
 from durus.shelf_format import (  # noqa: F401
-    PREFIX,
-    SEAL_MAGIC,
-    SLOT,
-    TRAILER_MAGIC,
-    TRAILER_SIZE,
-    ShelfError,
-    TornTransactionError,
-    Trailer,
-    crc_of_file,
-    encode_trailer,
-    encode_transaction,
-    entry_bounds,
-    parse_entries,
-    parse_trailer,
-    record_problem,
-    write_all,
-    write_parts,
-    zeros_to_end,
+    PREFIX, SEAL_MAGIC, SLOT, TRAILER_MAGIC, TRAILER_SIZE, ShelfError, TornTransactionError, Trailer, crc_of_file,
+    encode_trailer, encode_transaction, entry_bounds, parse_entries, parse_trailer, record_problem, write_all,
+    write_parts, zeros_to_end,
 )
-from durus.shelf_index import (  # noqa: F401
-    ShelfIndex,
-    empty_shelf,
-    encode_offset_map,
-    gen_offset_map,
-    word_width,
-)
+from durus.shelf_index import ShelfIndex, empty_shelf, encode_offset_map, gen_offset_map, word_width  # noqa: F401
 from durus.shelf_reader import ShelfReader
 
 _int8 = Struct(">Q")
