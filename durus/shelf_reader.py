@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import mmap
 import os
+from array import array
 from collections.abc import Callable
 from struct import Struct
 
@@ -74,13 +75,30 @@ class ShelfReader:
         """
         empty = empty_shelf()
         if size < len(empty) and buffer[:size] == empty[:size]:
-            # A crash while a new file was being written: only repair rewrites it.
-            if not repair:
-                raise TornTransactionError(self.path, 0)
-            os.ftruncate(self.fd, 0)
-            write_all(self.fd, empty, 0)
-            self._fdatasync()
-            buffer, size = empty, len(empty)
+            buffer, size = self._rewrite_new_file(empty, repair)
+        map_start, map_end, map_words = self._read_map(buffer, size)
+        trailers, free_from = self._find_slot_trailers(buffer, map_end, size)
+        if trailers:
+            end = self._read_vouched(buffer, map_end, trailers, free_from, repair)
+        else:
+            end = self._read_transactions(buffer, map_end, size, repair)
+        return ShelfIndex(self.path, map_start, map_words, self.recent), end
+
+    def _rewrite_new_file(self, empty: bytes, repair: bool) -> tuple[bytes, int]:
+        """A crash while a new file was being written: only repair rewrites
+        it, as ``empty``; the bytes to read then and their length.
+        """
+        if not repair:
+            raise TornTransactionError(self.path, 0)
+        os.ftruncate(self.fd, 0)
+        write_all(self.fd, empty, 0)
+        self._fdatasync()
+        return empty, len(empty)
+
+    def _read_map(self, buffer: mmap.mmap | bytes, size: int) -> tuple[int, int, array]:
+        """The prefix and the offset map's header checked: where the map
+        starts and ends, and its words.
+        """
         if buffer[:len(PREFIX)] != PREFIX:
             raise ShelfError(
                 self.path, 0,
@@ -97,13 +115,7 @@ class ShelfReader:
         map_end = map_start + 8 + map_length
         if not 1 <= width <= 8 or map_length != 16 + width * count or map_end > size:
             raise ShelfError(self.path, map_start, "the offset map's header is inconsistent")
-        map_words = widen_words(buffer[map_start + 24:map_end], width, count)
-        trailers, free_from = self._find_slot_trailers(buffer, map_end, size)
-        if trailers:
-            end = self._read_vouched(buffer, map_end, trailers, free_from, repair)
-        else:
-            end = self._read_transactions(buffer, map_end, size, repair)
-        return ShelfIndex(self.path, map_start, map_words, self.recent), end
+        return map_start, map_end, widen_words(buffer[map_start + 24:map_end], width, count)
 
     @staticmethod
     def _find_slot_trailers(buffer: mmap.mmap, map_end: int, size: int) -> tuple[list[Trailer], int]:
