@@ -11,10 +11,10 @@ oid -> (object, record data, record).
 from __future__ import annotations
 
 from durus.error import WriteConflictError
-from durus.ghost_loading import GhostLoader
+from durus.ghost_loading import GhostLoader, keeps_base_state
 from durus.invalidations import Invalidations
 from durus.object_cache import ObjectCache
-from durus.persistent import PersistentObject, settle_instance_dict
+from durus.persistent import SAVED, PersistentObject, settle_instance_dict
 from durus.record import pack_record, record_refs, split_oids
 from durus.resolution import ConflictResolver
 from durus.serialize import ObjectWriter
@@ -68,14 +68,15 @@ class CommitExchange:
         except BaseException:
             self.forget_new_objects(records)
             raise
-        self._note_stored(records)
-
-    def _note_stored(self, records: Records) -> None:
-        """The records are committed: their objects are saved and used."""
+        # The records are committed: their objects are saved and used.
         transaction, loader = self.transaction, self.loader
+        loaded, base_data, used = loader.loaded, loader.base_data, transaction.used
         for oid, (obj, data, _) in records.items():
-            loader.note_saved(oid, obj, data)
-            transaction.used.append(obj)
+            _setattribute(obj, "_p_status", SAVED)
+            loaded[oid] = obj
+            if keeps_base_state(obj.__class__):
+                base_data[oid] = data
+            used.append(obj)
         transaction.changed.clear()
         # Objects only read, whose reads were found unchanged: their state
         # here is older than the committed one.

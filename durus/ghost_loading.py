@@ -66,13 +66,6 @@ class GhostLoader:
         if keeps_base_state(cls):
             self.base_data[oid] = data
 
-    def note_saved(self, oid: bytes, obj: PersistentObject, data: bytes) -> None:
-        """``obj`` was just committed with record data ``data``."""
-        _setattribute(obj, "_p_status", SAVED)
-        self.loaded[oid] = obj
-        if keeps_base_state(obj.__class__):
-            self.base_data[oid] = data
-
     def ghost(self, obj: PersistentObject) -> None:
         """Drop ``obj``'s state: it loads again when next used."""
         obj._p_set_status_ghost()
