@@ -14,63 +14,37 @@ of its real class exactly when the current transaction has used it; at the
 transaction boundary :meth:`Connection._end_transaction` moves the used ones
 back to their tracking class, refreshes their place in the LRU order and
 turns the least recently used into ghosts.
+
+The Connection is a facade over pieces that each have a module: the
+transaction's read and write sets (:mod:`durus.transaction`), loading and
+ghosting objects (:mod:`durus.ghost_loading`), other clients' commits
+(:mod:`durus.invalidations`) and the commit itself
+(:mod:`durus.commit_exchange`).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from durus.error import (
-    ConflictError,
-    DamagedRecordError,
-    DurusKeyError,
-    ReadConflictError,
-    WriteConflictError,
-)
+from durus.commit_exchange import CommitExchange
+from durus.error import ConflictError, DurusKeyError, ReadConflictError, WriteConflictError
+from durus.ghost_loading import GhostLoader, keeps_base_state  # noqa: F401  (importable from here, as before)
+from durus.invalidations import MAX_LOAD_ATTEMPTS, Invalidations
 from durus.object_cache import ObjectCache
-from durus.persistent import (
-    GHOST,
-    SAVED,
-    UNSAVED,
-    PersistentObject,
-    is_tracking_class,
-    new_ghost,
-    real_class,
-    settle_instance_dict,
-    tracking_class,
-)
-from durus.record import (
-    ROOT_OID,
-    int_to_oid,
-    pack_record,
-    record_data,
-    record_data_and_refers,
-    record_refs,
-    split_oids,
-    unpack_record,
-)
+from durus.persistent import GHOST, PersistentObject, new_ghost, real_class, settle_instance_dict
+from durus.record import ROOT_OID, int_to_oid, record_data, unpack_record
 from durus.resolution import MAX_RESOLUTION_ROUNDS, ConflictResolver
-from durus.serialize import ObjectReader, ObjectWriter, record_location
+from durus.serialize import ObjectReader, ObjectWriter
 from durus.storage import Storage
+from durus.transaction import Transaction
 
 _setattribute = object.__setattr__
-_getattribute = object.__getattribute__
 
 # How long a connection waits for another client to finish creating the root.
 ROOT_CREATION_TIMEOUT = 10.0
-# How many times a load catches up with other clients' commits of its object.
-MAX_LOAD_ATTEMPTS = 10
-
-
-def keeps_base_state(cls: type) -> bool:
-    """Whether resolution needs the state a transaction started from for
-    instances of ``cls`` (to merge, or to check what was read).
-    """
-    return cls._p_resolve_conflict is not None or cls._p_check_reads is not None
 
 
 class Connection:
@@ -107,22 +81,15 @@ class Connection:
         self._cache_size = 0
         self.set_cache_size(cache_size)
         self._cache = ObjectCache()
-        # Loaded objects, least recently used first; strong references.
-        self._loaded: OrderedDict[bytes, PersistentObject] = OrderedDict()
-        self._changed: dict[bytes, PersistentObject] = {}
-        self._used: list[PersistentObject] = []
-        # Oids found conflicting; loading them fails until abort().
-        self._invalid_oids: set[bytes] = set()
-        # For objects whose class resolves conflicts or checks its reads: the
-        # record data their current transaction started from (the "old"
-        # state of a merge).
-        self._base_data: dict[bytes, bytes] = {}
-        # Objects keeping a record of this transaction's reads in _p_reads
-        # (see durus.reads); dropped when the transaction ends.
-        self._read_records: list[PersistentObject] = []
-        self._resolver = ConflictResolver(self)
+        self._transaction = Transaction()
         self._reader = ObjectReader(self)
-        self._writer = ObjectWriter(self)
+        self._loader = GhostLoader(storage, self._reader)
+        self._invalidations = Invalidations(storage, self._cache, self._transaction, self._loader)
+        self._resolver = ConflictResolver(self)
+        self._commit = CommitExchange(
+            storage, self._cache, self._transaction, self._loader, self._invalidations,
+            ObjectWriter(self), self._resolver,
+        )
         self.root = self._open_root(root_class)
 
     # -- public API --------------------------------------------------------
@@ -158,7 +125,7 @@ class Connection:
 
     def has_changes(self) -> bool:
         """Whether this transaction changed anything that commit() would store."""
-        return bool(self._changed)
+        return bool(self._transaction.changed)
 
     def get(self, oid: bytes | int) -> PersistentObject | None:
         """The object with this oid (int or 8 bytes), or None if none is stored."""
@@ -168,7 +135,7 @@ class Connection:
         if obj is not None:
             return obj
         try:
-            record = self._load_record(oid)
+            record = self._invalidations.load_record(oid)
         except DurusKeyError:
             return None
         return self._object_from_record(oid, record)
@@ -194,21 +161,7 @@ class Connection:
         record) is left alone: each object then loads, and raises, by itself
         when it is used, as it would have.
         """
-        invalid = self._invalid_oids
-        ghosts = [
-            obj for obj in objects
-            if isinstance(obj, PersistentObject) and _getattribute(obj, "_p_status") == GHOST
-            and _getattribute(obj, "_p_connection") is self and _getattribute(obj, "_p_oid") not in invalid
-        ]
-        if len(ghosts) < 2:
-            return
-        try:
-            records = list(self.storage.bulk_load([obj._p_oid for obj in ghosts]))
-        except (ReadConflictError, DurusKeyError):
-            return
-        for obj, record in zip(ghosts, records):
-            if obj._p_status == GHOST:
-                self._set_state(obj, record)
+        self._loader.preload(self, objects, self._transaction.invalid_oids)
 
     def get_crawler(self, start_oid: bytes = ROOT_OID, batch_size: int = 100) -> Iterator[PersistentObject]:
         """Every object reachable from ``start_oid``, loaded in batches."""
@@ -221,20 +174,21 @@ class Connection:
         Raises WriteConflictError, storing nothing, if another client has
         committed an object this transaction used; call ``abort()`` then.
         """
-        if self._invalid_oids:
-            raise WriteConflictError(sorted(self._invalid_oids))
-        if self._changed:
-            self._store_changes()
+        if self._transaction.invalid_oids:
+            raise WriteConflictError(sorted(self._transaction.invalid_oids))
+        if self._transaction.changed:
+            self._commit.store_changes()
         else:
-            self._sync()
+            self._invalidations.sync()
         self._end_transaction()
 
     def abort(self) -> None:
         """Drop this transaction's changes and catch up with other clients."""
-        for obj in self._changed.values():
-            self._ghost(obj)
-        self._changed.clear()
-        self._sync()
+        changed = self._transaction.changed
+        for obj in changed.values():
+            self._loader.ghost(obj)
+        changed.clear()
+        self._invalidations.sync()
         self._end_transaction()
 
     def pack(self) -> None:
@@ -244,69 +198,61 @@ class Connection:
 
     def shrink_cache(self) -> None:
         """Ghost the least recently used saved objects beyond the cache size."""
-        loaded = self._loaded
-        excess = len(loaded) - self._cache_size
-        while excess > 0 and loaded:
-            oid, obj = loaded.popitem(last=False)
-            excess -= 1
-            if obj._p_status == SAVED:
-                self._ghost(obj)
-            elif obj._p_status == UNSAVED:
-                loaded[oid] = obj  # changed objects stay
+        self._loader.shrink(self._cache_size)
 
     # -- called by persistent objects --------------------------------------
 
     def note_access(self, obj: PersistentObject) -> None:
         """``obj`` is used for the first time in this transaction."""
-        self._used.append(obj)
+        self._transaction.used.append(obj)
 
     def note_change(self, obj: PersistentObject) -> None:
         """``obj`` changed: store it at the next commit."""
-        self._changed[obj._p_oid] = obj
+        self._transaction.changed[obj._p_oid] = obj
 
     def note_reads(self, obj: PersistentObject) -> None:
         """``obj`` started a record of this transaction's reads in ``_p_reads``."""
-        self._read_records.append(obj)
+        self._transaction.read_records.append(obj)
 
     def load_state(self, obj: PersistentObject) -> None:
         """Load the stored state of the ghost ``obj``."""
         oid = obj._p_oid
         try:
-            record = self._load_record(oid)
+            record = self._invalidations.load_record(oid)
         except DurusKeyError:
             # A ghost whose record is gone: a pack removed it after another
             # client made it unreachable, so this transaction is stale.
             raise ReadConflictError([oid]) from None
-        self._set_state(obj, record)
+        self._loader.set_state(obj, record)
 
     # -- used by the conflict resolver (durus.resolution) -------------------
 
     @property
     def stale_oids(self) -> list[bytes]:
         """Sorted oids this transaction used that other clients changed since."""
-        return sorted(self._invalid_oids)
+        return sorted(self._transaction.invalid_oids)
 
     def stale_objects(self) -> list[PersistentObject | None]:
         """The cached objects of the stale oids (None for one not cached)."""
         cache = self._cache
-        return [cache.get(oid) for oid in self._invalid_oids]
+        return [cache.get(oid) for oid in self._transaction.invalid_oids]
 
     @property
     def changed_objects(self) -> Mapping[bytes, PersistentObject]:
         """The objects this transaction changed, by oid (do not modify)."""
-        return self._changed
+        return self._transaction.changed
 
     @property
     def base_data(self) -> Mapping[bytes, bytes]:
         """The record data each merging or read-checking object's transaction
         started from, by oid (do not modify).
         """
-        return self._base_data
+        return self._loader.base_data
 
     @property
     def read_records(self) -> Sequence[PersistentObject]:
         """The objects keeping a record of this transaction's reads."""
-        return self._read_records
+        return self._transaction.read_records
 
     def read_state(self, data: bytes) -> Any:
         """The state in record data ``data``, its references through this cache."""
@@ -314,55 +260,43 @@ class Connection:
 
     def rebase(self, obj: PersistentObject, data: bytes) -> None:
         """``obj``'s transaction now starts from the committed record data ``data``."""
-        self._base_data[obj._p_oid] = data
+        self._loader.base_data[obj._p_oid] = data
 
     def note_resolved(self, obj: PersistentObject) -> None:
         """``obj`` holds a state merged onto the committed one: no longer stale."""
-        self._invalid_oids.discard(obj._p_oid)
+        self._transaction.invalid_oids.discard(obj._p_oid)
 
     def put_back(self, obj: PersistentObject) -> None:
         """Drop ``obj``'s changes and make it a ghost that loads its committed state."""
         oid = obj._p_oid
-        self._changed.pop(oid, None)
-        self._ghost(obj)
-        self._invalid_oids.discard(oid)
+        self._transaction.changed.pop(oid, None)
+        self._loader.ghost(obj)
+        self._transaction.invalid_oids.discard(oid)
 
     def pickle_changes(self, records: dict) -> None:
         """Put into ``records`` those of the changed objects it lacks, and of
         the new objects they reach.
         """
-        self._pickle([obj for oid, obj in self._changed.items() if oid not in records], records)
+        self._commit.pickle_changes(records)
 
     def forget_new_objects(self, records: dict) -> list[PersistentObject]:
         """Take the records of new objects out of ``records`` and their oids
         from them; the changed objects whose records refer to one.
         """
-        new = {oid for oid in records if oid not in self._changed}
-        for oid in new:
-            obj = records.pop(oid)[0]
-            self._cache.discard(oid)
-            _setattribute(obj, "_p_oid", None)
-            _setattribute(obj, "_p_connection", None)
-        if not new:
-            return []
-        return [obj for obj, _, record in records.values() if not new.isdisjoint(split_oids(record_refs(record)))]
+        return self._commit.forget_new_objects(records)
 
     def note_invalidations(self, oids: list[bytes], read_oid: bytes | None = None) -> list[bytes]:
         """Ghost what others changed that this transaction has not used; the
         ones it used (except ``read_oid``, being loaded) are returned and kept
         as stale (``stale_oids``).
         """
-        conflicts = []
-        for oid in oids:
-            obj = self._cache.get(oid)
-            if obj is None or oid == read_oid:
-                continue
-            if oid in self._changed or not is_tracking_class(type(obj)):
-                conflicts.append(oid)
-                self._invalid_oids.add(oid)
-            elif obj._p_status != GHOST:
-                self._ghost(obj)
-        return conflicts
+        return self._invalidations.note(oids, read_oid)
+
+    def refresh_trees(self) -> bool:
+        """Bring the B-trees this transaction used up to date after a load
+        met other clients' commits; see :meth:`ConflictResolver.refresh_trees`.
+        """
+        return self._resolver.refresh_trees(MAX_LOAD_ATTEMPTS)
 
     # -- internals ------------------------------------------------------------
 
@@ -389,188 +323,32 @@ class Connection:
         _setattribute(root, "_p_oid", ROOT_OID)
         _setattribute(root, "_p_connection", self)
         self._cache.add(root)
-        self._changed[ROOT_OID] = root
+        self._transaction.changed[ROOT_OID] = root
         self.commit()
         return root
 
     def _wait_for_root(self) -> PersistentObject:
         deadline = time.monotonic() + ROOT_CREATION_TIMEOUT
         while time.monotonic() < deadline:
-            self._sync()
+            self._invalidations.sync()
             root = self.get(ROOT_OID)
             if root is not None:
                 return root
             time.sleep(0.01)
         raise ConflictError([ROOT_OID])
 
-    def _load_record(self, oid: bytes) -> bytes:
-        if oid in self._invalid_oids:
-            raise ReadConflictError([oid])
-        for _ in range(MAX_LOAD_ATTEMPTS):
-            try:
-                return self.storage.load(oid)
-            except ReadConflictError:
-                # Another client committed oid since we last synced: catch
-                # up, which is fine unless this transaction used something
-                # stale.  Under load it may have committed oid again by the
-                # time we ask once more.
-                self._handle_invalidations(self.storage.sync(), read_oid=oid)
-        raise ReadConflictError([oid])
-
     def _object_from_record(self, oid: bytes, record: bytes) -> PersistentObject:
         obj = self._cache.get(oid)
         if obj is None:
             obj = self.get_instance(oid, self._reader.get_class(record_data(record)))
         if obj._p_status == GHOST:
-            self._set_state(obj, record)
+            self._loader.set_state(obj, record)
         return obj
-
-    def _set_state(self, obj: PersistentObject, record: bytes) -> None:
-        cls = real_class(type(obj))
-        data, refers = record_data_and_refers(record)
-        try:
-            state = self._reader.get_state(data, cls, refers)
-        except DamagedRecordError as error:
-            raise error.for_record(obj._p_oid, record_location(self.storage, obj._p_oid))
-        # UNSAVED while __setstate__ runs, so attribute writes in a custom
-        # __setstate__ (filling in defaults, say) don't mark the object changed.
-        _setattribute(obj, "_p_status", UNSAVED)
-        try:
-            cls.__setstate__(obj, state)
-        except BaseException:
-            obj._p_clear_state()
-            _setattribute(obj, "_p_status", GHOST)
-            raise
-        _setattribute(obj, "_p_status", SAVED)
-        oid = obj._p_oid
-        self._loaded[oid] = obj
-        if keeps_base_state(cls):
-            self._base_data[oid] = data
-
-    def _ghost(self, obj: PersistentObject) -> None:
-        obj._p_set_status_ghost()
-        oid = obj._p_oid
-        self._loaded.pop(oid, None)
-        self._base_data.pop(oid, None)
-
-    def _store_changes(self) -> None:
-        """Commit the changes, resolving conflicts where that stays serializable.
-
-        A commit that meets other clients' commits of objects this
-        transaction used brings its changes onto theirs
-        (:class:`~durus.resolution.ConflictResolver`) and tries again, up to
-        ``resolution_rounds`` times; each round resolves whatever
-        ``_invalid_oids`` holds then.
-        """
-        records: dict[bytes, tuple[PersistentObject, bytes, bytes]] = {}
-        try:
-            self._pickle(list(self._changed.values()), records)
-            rounds = 0
-            while True:
-                try:
-                    self._send(records)
-                    break
-                except WriteConflictError as conflict:
-                    rounds = self._resolver.resolve_round(rounds, conflict, records)
-        except BaseException:
-            self.forget_new_objects(records)
-            raise
-        for oid, (obj, data, _) in records.items():
-            _setattribute(obj, "_p_status", SAVED)
-            self._loaded[oid] = obj
-            if keeps_base_state(obj.__class__):
-                self._base_data[oid] = data
-            self._used.append(obj)
-        self._changed.clear()
-        # Objects only read, whose reads were found unchanged: their state
-        # here is older than the committed one.
-        for oid in self._invalid_oids:
-            self._ghost(self._cache.get(oid))
-        self._invalid_oids.clear()
-
-    def _pickle(self, objects: list[PersistentObject], records: dict) -> None:
-        """Put the records of ``objects``, and of every new object they
-        reach, into ``records`` (oid -> (object, data, record)).
-        """
-        writer = self._writer
-        todo = list(objects)
-        while todo:
-            obj = todo.pop()
-            oid = obj._p_oid
-            writer.new_objects.clear()
-            data, refs = writer.get_state(obj)
-            records[oid] = (obj, data, pack_record(oid, data, refs))
-            for new in writer.new_objects:
-                settle_instance_dict(new)
-                self._cache.add(new)
-                todo.append(new)
-        writer.new_objects.clear()
-
-    def _send(self, records: dict[bytes, tuple[PersistentObject, bytes, bytes]]) -> None:
-        storage = self.storage
-        storage.begin()
-        for oid, (_, _, record) in records.items():
-            storage.store(oid, record)
-        if storage.watches_reads:
-            storage.end(self._handle_invalidations, watched=self._watched_oids(records))
-        else:
-            storage.end(self._handle_invalidations)
-
-    def _watched_oids(self, records: dict) -> set[bytes]:
-        """The oids whose commit by another client conflicts with this
-        transaction unless resolved: those it used (read or wrote) and
-        those it writes.
-        """
-        watched = {obj._p_oid for obj in self._used}
-        watched.update(records)
-        return watched
-
-    def refresh_trees(self) -> bool:
-        """Bring the B-trees this transaction used up to date after a load
-        met other clients' commits; see :meth:`ConflictResolver.refresh_trees`.
-        """
-        return self._resolver.refresh_trees(MAX_LOAD_ATTEMPTS)
-
-    def _handle_invalidations(self, oids: list[bytes], read_oid: bytes | None = None) -> None:
-        """Ghost what others changed; raise if this transaction used any of it.
-
-        At a commit that is a WriteConflictError, which the commit may
-        resolve.  In the middle of a transaction (a load of ``read_oid`` met
-        newer commits) it is a ReadConflictError: the objects this
-        transaction used must keep the states it saw until it ends, and what
-        it goes on to read would be newer than they are.
-        """
-        conflicts = self.note_invalidations(oids, read_oid)
-        if conflicts:
-            if read_oid is None:
-                raise WriteConflictError(conflicts)
-            raise ReadConflictError([read_oid])
-
-    def _sync(self) -> None:
-        """Ghost every object other clients changed, used or not."""
-        invalid = self._invalid_oids
-        invalid.update(self.storage.sync())
-        for oid in invalid:
-            obj = self._cache.get(oid)
-            if obj is not None and obj._p_status != GHOST:
-                self._ghost(obj)
-        invalid.clear()
 
     def _end_transaction(self) -> None:
         serial = self.transaction_serial
-        loaded = self._loaded
-        for obj in self._used:
-            cls = type(obj)
-            if not is_tracking_class(cls):
-                _setattribute(obj, "__class__", tracking_class(cls))
-            _setattribute(obj, "_p_serial", serial)
-            oid = obj._p_oid
-            if oid in loaded:
-                loaded.move_to_end(oid)
-        self._used.clear()
-        for obj in self._read_records:
-            _setattribute(obj, "_p_reads", None)
-        self._read_records.clear()
+        loaded = self._loader.loaded
+        self._transaction.finish(serial, loaded)
         self._resolver.replay_unfinished = False
         self.transaction_serial = serial + 1
         if len(loaded) > self._cache_size:

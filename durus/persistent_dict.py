@@ -13,17 +13,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Self
 
+from durus.keyed_container import KeyedContainer
 from durus.mapping_names import Durus43MappingNames
 from durus.merge import merge_mapping
-from durus.persistent import UNSAVED, PersistentObject, container_repr
-from durus.reads import EMPTINESS, EMPTY_SEEN, LENGTH, NONEMPTY_SEEN, check_key_reads, check_other_attributes, reads_of, settle_reads, start_reads
+from durus.persistent import UNSAVED, container_repr
+from durus.reads import EMPTINESS, EMPTY_SEEN, LENGTH, NONEMPTY_SEEN, reads_of, start_reads
 
 _setattribute = object.__setattr__
 
 _MISSING = object()
 
 
-class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
+class PersistentDict(KeyedContainer, Durus43MappingNames, MutableMapping):
     """A persistent mapping with the whole ``dict`` API.
 
     Instance attributes:
@@ -37,17 +38,20 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
 
     Subclasses may define ``__missing__(key)``, which ``d[key]`` calls for a
     missing key, as ``dict`` does.
+
+    ``clear``, ``copy`` and conflict resolution are
+    :class:`~durus.keyed_container.KeyedContainer`'s: concurrent changes
+    to different keys merge; the same key changed on both sides is a
+    conflict.
     """
 
     __slots__ = ("data", "_p_reads")
+    _contents_name = "data"
+    _merge_contents = staticmethod(merge_mapping)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._p_reads = None
         self.data = dict(*args, **kwargs)
-
-    def __setstate__(self, state: Any) -> None:
-        PersistentObject.__setstate__(self, state)
-        settle_reads(self)
 
     def _whole(self) -> dict:
         """``data``, recording that all of it is read."""
@@ -126,12 +130,6 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
 
     # -- new dicts ----------------------------------------------------------
 
-    def copy(self) -> PersistentDict:
-        """A new, unsaved dict of the same class with the same items."""
-        return self.__class__(self._whole())
-
-    __copy__ = copy
-
     @classmethod
     def fromkeys(cls, iterable: Iterable[Any], value: Any = None) -> PersistentDict:
         return cls(dict.fromkeys(iterable, value))
@@ -162,11 +160,6 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
             raise KeyError(key)
         self._p_note_change()
         del data[key]
-
-    def clear(self) -> None:
-        if self._whole():
-            self._p_note_change()
-            self.data.clear()
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         if len(args) > 1:
@@ -208,30 +201,3 @@ class PersistentDict(PersistentObject, Durus43MappingNames, MutableMapping):
             raise KeyError("popitem(): dictionary is empty")
         self._p_note_change()
         return self.data.popitem()
-
-    # -- conflict resolution ------------------------------------------------
-
-    def _p_resolve_conflict(
-        self,
-        old_state: dict[str, Any],
-        committed_state: dict[str, Any],
-        my_state: dict[str, Any],
-    ) -> dict[str, Any]:
-        """Merge concurrent changes to different keys; the same key is a conflict.
-
-        Refused when a key this transaction looked up was changed by the
-        committed state, or anything else it read (iteration, ``len``, ...:
-        the whole dict); other attributes of a subclass merge only when the
-        committed state left them all alone.
-        """
-        check_key_reads(self._p_reads, old_state["data"], committed_state["data"])
-        merged = check_other_attributes(old_state, committed_state, my_state, "data")
-        merged["data"] = merge_mapping(old_state["data"], committed_state["data"], my_state["data"])
-        return merged
-
-    def _p_check_reads(self, old_state: dict[str, Any], committed_state: dict[str, Any]) -> None:
-        """Raise ConflictError unless what this transaction read (it changed
-        nothing) reads the same in ``committed_state``.
-        """
-        check_key_reads(self._p_reads, old_state["data"], committed_state["data"])
-        check_other_attributes(old_state, committed_state, old_state, "data")

@@ -10,13 +10,14 @@ iterables, as ``set`` does; results are new, unsaved PersistentSets.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableSet
+from collections.abc import Callable, Iterable, MutableSet
 from collections.abc import Set as AbstractSet
 from typing import Any
 
+from durus.keyed_container import KeyedContainer
 from durus.merge import merge_set
-from durus.persistent import UNSAVED, PersistentObject, container_repr
-from durus.reads import EMPTINESS, EMPTY_SEEN, LENGTH, NONEMPTY_SEEN, check_key_reads, check_other_attributes, reads_of, settle_reads, start_reads
+from durus.persistent import UNSAVED, container_repr
+from durus.reads import EMPTINESS, EMPTY_SEEN, LENGTH, NONEMPTY_SEEN, reads_of, start_reads
 
 _setattribute = object.__setattr__
 
@@ -40,7 +41,7 @@ def _comparable(other: Any) -> Any:
     return None
 
 
-class PersistentSet(PersistentObject, MutableSet):
+class PersistentSet(KeyedContainer, MutableSet):
     """A persistent set with the whole ``set`` API.
 
     Instance attributes:
@@ -50,17 +51,22 @@ class PersistentSet(PersistentObject, MutableSet):
       not part of the state.
 
     Reads through the methods are recorded; ``s`` used directly is not.
+
+    ``clear``, ``copy`` and conflict resolution are
+    :class:`~durus.keyed_container.KeyedContainer`'s: concurrent adds and
+    removes of different members merge; a member added or removed on both
+    sides is a conflict, and so is a member this transaction looked up
+    that the committed state added or removed, or any committed change
+    when it read the whole set (iteration, ``len``, comparisons, ...).
     """
 
     __slots__ = ("s", "_p_reads")
+    _contents_name = "s"
+    _merge_contents = staticmethod(merge_set)
 
     def __init__(self, iterable: Iterable[Any] = ()) -> None:
         self._p_reads = None
         self.s = set(_plain(iterable))
-
-    def __setstate__(self, state: Any) -> None:
-        PersistentObject.__setstate__(self, state)
-        settle_reads(self)
 
     def _whole(self) -> set:
         """``s``, recording that all of it is read."""
@@ -126,12 +132,6 @@ class PersistentSet(PersistentObject, MutableSet):
         return container_repr(self, self.s)
 
     # -- new sets -----------------------------------------------------------
-
-    def copy(self) -> PersistentSet:
-        """A new, unsaved set of the same class with the same members."""
-        return self.__class__(self._whole())
-
-    __copy__ = copy
 
     def union(self, *others: Iterable[Any]) -> PersistentSet:
         return self.__class__(self._whole().union(*_plain_all(others)))
@@ -199,11 +199,6 @@ class PersistentSet(PersistentObject, MutableSet):
         self._p_note_change()
         return self.s.pop()
 
-    def clear(self) -> None:
-        if self._whole():
-            self._p_note_change()
-            self.s.clear()
-
     def update(self, *others: Iterable[Any]) -> None:
         added = set().union(*_plain_all(others))
         self._p_note_change()
@@ -226,58 +221,24 @@ class PersistentSet(PersistentObject, MutableSet):
         self._p_note_change()
         self.s.symmetric_difference_update(_plain(other))
 
-    def __ior__(self, other: Any) -> Any:
+    def _in_place(self, other: Any, update: Callable[[Any], None]) -> Any:
+        """An in-place operator: ``update`` with ``other`` if it is a Set
+        (as ``set`` accepts), else NotImplemented.
+        """
         other = _comparable(other)
         if other is None:
             return NotImplemented
-        self.update(other)
+        update(other)
         return self
+
+    def __ior__(self, other: Any) -> Any:
+        return self._in_place(other, self.update)
 
     def __iand__(self, other: Any) -> Any:
-        other = _comparable(other)
-        if other is None:
-            return NotImplemented
-        self.intersection_update(other)
-        return self
+        return self._in_place(other, self.intersection_update)
 
     def __isub__(self, other: Any) -> Any:
-        other = _comparable(other)
-        if other is None:
-            return NotImplemented
-        self.difference_update(other)
-        return self
+        return self._in_place(other, self.difference_update)
 
     def __ixor__(self, other: Any) -> Any:
-        other = _comparable(other)
-        if other is None:
-            return NotImplemented
-        self.symmetric_difference_update(other)
-        return self
-
-    # -- conflict resolution ------------------------------------------------
-
-    def _p_resolve_conflict(
-        self,
-        old_state: dict[str, Any],
-        committed_state: dict[str, Any],
-        my_state: dict[str, Any],
-    ) -> dict[str, Any]:
-        """Merge concurrent adds and removes of different members.
-
-        A member added or removed on both sides is a conflict; so is a
-        member this transaction looked up that the committed state added or
-        removed, or any committed change when this transaction read the
-        whole set (iteration, ``len``, comparisons, ...).  Other attributes
-        of a subclass merge only when the committed state left them alone.
-        """
-        check_key_reads(self._p_reads, old_state["s"], committed_state["s"])
-        merged = check_other_attributes(old_state, committed_state, my_state, "s")
-        merged["s"] = merge_set(old_state["s"], committed_state["s"], my_state["s"])
-        return merged
-
-    def _p_check_reads(self, old_state: dict[str, Any], committed_state: dict[str, Any]) -> None:
-        """Raise ConflictError unless what this transaction read (it changed
-        nothing) reads the same in ``committed_state``.
-        """
-        check_key_reads(self._p_reads, old_state["s"], committed_state["s"])
-        check_other_attributes(old_state, committed_state, old_state, "s")
+        return self._in_place(other, self.symmetric_difference_update)

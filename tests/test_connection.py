@@ -137,7 +137,7 @@ def test_gen_every_instance_and_touch_every_reference(storage: MemoryStorage) ->
     found = list(gen_every_instance(connection, Item))
     assert sorted(item.name for item in found) == ["hay", "needle"]
     touch_every_reference(connection, "needle")
-    assert [obj.name for obj in connection._changed.values()] == ["needle"]
+    assert [obj.name for obj in connection.changed_objects.values()] == ["needle"]
 
 
 def test_cache_count_counts_live_objects(storage: MemoryStorage) -> None:

@@ -65,7 +65,7 @@ def test_commit_saves_and_writing_marks_changed() -> None:
     assert item._p_oid is not None and item._p_format_oid() == str(int.from_bytes(item._p_oid, "big"))
     item.value = 2
     assert item._p_is_unsaved()
-    assert connection._changed[item._p_oid] is item
+    assert connection.changed_objects[item._p_oid] is item
 
 
 def test_p_attributes_neither_load_nor_mark_changed() -> None:
@@ -149,7 +149,7 @@ def test_custom_setstate_filling_defaults_does_not_mark_changed() -> None:
     loaded = fresh.root[0]
     assert loaded.added_later == "default"
     assert loaded._p_is_saved()
-    assert not fresh._changed
+    assert not fresh.has_changes()
 
 
 def test_delattr_marks_changed() -> None:

@@ -1,0 +1,137 @@
+"""A connection's commit: its changes pickled, sent, and resolved if need be.
+
+A :class:`CommitExchange` turns the changed objects of a transaction, and
+the new objects they reach, into records; sends them to the storage with the
+oids whose commit by another client would conflict; and, when the storage
+reports such commits, lets the :class:`~durus.resolution.ConflictResolver`
+bring the changes onto them and sends again.  Records are kept as a dict
+oid -> (object, record data, record).
+"""
+
+from __future__ import annotations
+
+from durus.error import WriteConflictError
+from durus.ghost_loading import GhostLoader, keeps_base_state
+from durus.invalidations import Invalidations
+from durus.object_cache import ObjectCache
+from durus.persistent import SAVED, PersistentObject, settle_instance_dict
+from durus.record import pack_record, record_refs, split_oids
+from durus.resolution import ConflictResolver
+from durus.serialize import ObjectWriter
+from durus.storage import Storage
+from durus.transaction import Transaction
+
+_setattribute = object.__setattr__
+
+Records = dict[bytes, tuple[PersistentObject, bytes, bytes]]
+
+
+class CommitExchange:
+    """Stores one connection's changes, resolving conflicts where that stays serializable."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        cache: ObjectCache,
+        transaction: Transaction,
+        loader: GhostLoader,
+        invalidations: Invalidations,
+        writer: ObjectWriter,
+        resolver: ConflictResolver,
+    ) -> None:
+        self.storage = storage
+        self.cache = cache
+        self.transaction = transaction
+        self.loader = loader
+        self.invalidations = invalidations
+        self.writer = writer
+        self.resolver = resolver
+
+    def store_changes(self) -> None:
+        """Commit the changes of the transaction.
+
+        A commit that meets other clients' commits of objects this
+        transaction used brings its changes onto theirs and tries again, up
+        to the connection's ``resolution_rounds`` times; each round resolves
+        whatever the transaction's ``invalid_oids`` holds then.
+        """
+        records: Records = {}
+        try:
+            self.pickle(list(self.transaction.changed.values()), records)
+            rounds = 0
+            while True:
+                try:
+                    self.send(records)
+                    break
+                except WriteConflictError as conflict:
+                    rounds = self.resolver.resolve_round(rounds, conflict, records)
+        except BaseException:
+            self.forget_new_objects(records)
+            raise
+        # The records are committed: their objects are saved and used.
+        transaction, loader = self.transaction, self.loader
+        loaded, base_data, used = loader.loaded, loader.base_data, transaction.used
+        for oid, (obj, data, _) in records.items():
+            _setattribute(obj, "_p_status", SAVED)
+            loaded[oid] = obj
+            if keeps_base_state(obj.__class__):
+                base_data[oid] = data
+            used.append(obj)
+        transaction.changed.clear()
+        # Objects only read, whose reads were found unchanged: their state
+        # here is older than the committed one.
+        for oid in transaction.invalid_oids:
+            loader.ghost(self.cache.get(oid))
+        transaction.invalid_oids.clear()
+
+    def pickle(self, objects: list[PersistentObject], records: Records) -> None:
+        """Put the records of ``objects``, and of every new object they
+        reach, into ``records``.
+        """
+        writer = self.writer
+        todo = list(objects)
+        while todo:
+            obj = todo.pop()
+            oid = obj._p_oid
+            writer.new_objects.clear()
+            data, refs = writer.get_state(obj)
+            records[oid] = (obj, data, pack_record(oid, data, refs))
+            for new in writer.new_objects:
+                settle_instance_dict(new)
+                self.cache.add(new)
+                todo.append(new)
+        writer.new_objects.clear()
+
+    def pickle_changes(self, records: Records) -> None:
+        """Put into ``records`` those of the changed objects it lacks, and of
+        the new objects they reach.
+        """
+        self.pickle([obj for oid, obj in self.transaction.changed.items() if oid not in records], records)
+
+    def forget_new_objects(self, records: Records) -> list[PersistentObject]:
+        """Take the records of new objects out of ``records`` and their oids
+        from them; the changed objects whose records refer to one.
+        """
+        changed = self.transaction.changed
+        new = {oid for oid in records if oid not in changed}
+        for oid in new:
+            obj = records.pop(oid)[0]
+            self.cache.discard(oid)
+            _setattribute(obj, "_p_oid", None)
+            _setattribute(obj, "_p_connection", None)
+        if not new:
+            return []
+        return [obj for obj, _, record in records.values() if not new.isdisjoint(split_oids(record_refs(record)))]
+
+    def send(self, records: Records) -> None:
+        """Send ``records`` as one commit; WriteConflictError if the storage
+        reports another client's commit of something this transaction used.
+        """
+        storage = self.storage
+        storage.begin()
+        for oid, (_, _, record) in records.items():
+            storage.store(oid, record)
+        if storage.watches_reads:
+            storage.end(self.invalidations.handle, watched=self.transaction.watched_oids(records))
+        else:
+            storage.end(self.invalidations.handle)
