@@ -493,11 +493,13 @@ def copy_main(argv: Sequence[str]) -> int:
 def check_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="durus --check",
-        description="Read a whole FileStorage file, read-only, and report every damaged record, "
-                    "dangling reference or framing problem with its byte offset and oid. "
-                    "Exit status: 0 clean, 1 problems found, 2 the file could not be checked.")
-    parser.add_argument("path", nargs="?", default=None, help="the file (or give --file)")
-    parser.add_argument("--file", default=None, help="the file to check")
+        description="Read a whole database, read-only, and report every damaged record, "
+                    "dangling reference or framing problem with its oid (and byte offset, in a file). "
+                    "PATH is a FileStorage or SQLite file, sqlite:///PATH or postgresql://... "
+                    "Exit status: 0 clean, 1 problems found, 2 the database could not be checked.")
+    parser.add_argument("path", nargs="?", default=None,
+                        help="the file, sqlite:///PATH or postgresql://... (or give --file)")
+    parser.add_argument("--file", default=None, help="the file (or database) to check")
     parser.add_argument("--progress", action="store_true",
                         help="show progress on stderr even when it is not a terminal")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing; only the exit status tells")
@@ -505,12 +507,13 @@ def check_main(argv: Sequence[str]) -> int:
     if (options.path is None) == (options.file is None):
         parser.error("give the file to check, as PATH or --file PATH (one of them)")
     path = options.file if options.file is not None else options.path
-    from durus.check import UncheckableFileError, check_file
+    from durus.check import UncheckableFileError, check_named
 
     show_progress = not options.quiet and (options.progress or sys.stderr.isatty())
-    progress = _ProgressLine(path) if show_progress else None
+    # A DSN may hold a password: the line names a database by its kind only.
+    progress = _ProgressLine(path if "://" not in path else "the database") if show_progress else None
     try:
-        report = check_file(path, progress)
+        report = check_named(path, progress)
     except UncheckableFileError as error:
         sys.stderr.write(f"durus --check: {error}\n")
         return 2
@@ -523,8 +526,8 @@ def check_main(argv: Sequence[str]) -> int:
 
 
 class _ProgressLine:
-    """Shows ``checking PATH: N% of M MB`` on one line of stderr, overwritten
-    in place; ``shown`` says whether anything was written.
+    """Shows ``checking PATH: N%`` on one line of stderr, overwritten in
+    place; ``shown`` says whether anything was written.
     """
 
     def __init__(self, path: str) -> None:
@@ -533,7 +536,7 @@ class _ProgressLine:
 
     def __call__(self, done: int, total: int) -> None:
         percent = 100 * done // max(total, 1)
-        sys.stderr.write(f"\rchecking {self.path}: {percent}% of {total / 1e6:.0f} MB ")
+        sys.stderr.write(f"\rchecking {self.path}: {percent}% ")
         sys.stderr.flush()
         self.shown = True
 
