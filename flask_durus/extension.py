@@ -68,6 +68,9 @@ class ContextTransaction:
     - ``conflict``: a ConflictError met with no connection to remember it
       (a conflict creating the root, or raised by the app itself).
     - ``lost``: the error that lost the storage server, if one did.
+    - ``raised``: an exception the view (or a hook) raised, even if an
+      error handler turned it into an ordinary response: the request's
+      changes are then aborted, never committed.
     - ``at_boundary``: nothing was done since the last commit or abort
       (set by the request hook; cleared by each use of ``durus.connection``).
     """
@@ -78,6 +81,7 @@ class ContextTransaction:
     connection: PooledConnection | None = None
     conflict: ConflictError | None = None
     lost: BaseException | None = None
+    raised: BaseException | None = None
     at_boundary: bool = False
 
     def met_conflict(self) -> ConflictError | None:
@@ -250,6 +254,9 @@ class Durus:
                 # Nothing to store: skip the commit's round trip.  The next
                 # checkout's abort() ends this read-only transaction.
                 return response
+            if transaction.raised is not None:
+                self._abort(app, connection, "error")
+                return response
             if self._settings[app].commit_veto(request, response):
                 self._abort(app, connection, "vetoed")
                 return response
@@ -337,6 +344,8 @@ class Durus:
         """Note every ConflictError the hooks or the view raise, before any
         error handler sees it: an app's own handler may turn it into an
         ordinary response, and the request must be replayed all the same.
+        Any other exception is noted too: the request's changes are then
+        aborted, whatever the handler answers.
 
         Flask hands an error raised by an after-request hook to no error
         handler (it answers 500, or raises it in a test), and the hooks after
@@ -350,6 +359,8 @@ class Durus:
         def noting_conflicts(error: Exception) -> Any:
             if isinstance(error, ConflictError):
                 self._note_conflict(error)
+            else:
+                self._note_raised(error)
             return handle_user_exception(error)
 
         def finishing_after_conflicts(response: Response) -> Response:
@@ -361,6 +372,15 @@ class Durus:
 
         app.handle_user_exception = noting_conflicts  # type: ignore[method-assign]
         app.process_response = finishing_after_conflicts  # type: ignore[method-assign]
+
+    def _note_raised(self, error: Exception) -> None:
+        """The view raised: whatever response a handler makes of it, the
+        request's changes are aborted (SPEC: commit when the view returns
+        normally, abort when it raises).
+        """
+        transaction = self._request_transaction() if has_request_context() else None
+        if transaction is not None and transaction.raised is None:
+            transaction.raised = error
 
     def _note_conflict(self, error: ConflictError) -> None:
         transaction = self._transaction()
