@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from durus.connection import Connection
-from durus.error import ConflictError
+from durus.error import CommitRefusedError, ConflictError
 from durus.persistent import PersistentObject
 from flask import Flask, Request, Response, current_app, g, has_app_context, has_request_context, request
 from werkzeug.exceptions import Conflict
@@ -138,6 +138,7 @@ class Durus:
         app.teardown_request_funcs.setdefault(None, []).insert(0, self._end_request)
         app.teardown_appcontext(self._end_context)
         app.register_error_handler(ConflictError, self._handle_conflict)
+        app.register_error_handler(CommitRefusedError, self._handle_refused_commit)
         self._watch_for_conflicts(app)
         for error_class in SERVER_ERRORS:
             app.register_error_handler(error_class, self._handle_lost_server)
@@ -267,6 +268,9 @@ class Durus:
             except SERVER_ERRORS as error:
                 transaction.lost = error
                 connection.broken = True
+            except CommitRefusedError as error:  # a full disk: nothing stored, reads go on
+                self._abort(app, connection, "error")
+                return _error_response(app, self._refused(app, error))
             except Exception:  # unpicklable state, say: the client gets a 500
                 self._abort(app, connection, "error")
                 raise
@@ -398,6 +402,21 @@ class Durus:
         if transaction.connection is not None:
             transaction.connection.broken = True
         return self._unavailable(current_app._get_current_object(), error)
+
+    def _handle_refused_commit(self, error: CommitRefusedError) -> Any:
+        """A commit the view made itself was refused (a full disk)."""
+        return self._refused(current_app._get_current_object(), error)
+
+    def _refused(self, app: Flask, error: CommitRefusedError) -> StorageUnavailable:
+        """A 503 with ``Retry-After``: the storage stored nothing of this
+        request's changes (a full disk, say) and goes on serving reads, so
+        the client may try again once the cause is gone.
+        """
+        log.error("%s %s: the storage refused the commit (%s); answering 503", request.method, request.path, error)
+        return StorageUnavailable(
+            f"The database could not store this change ({error}); nothing was changed. Please try again later.",
+            retry_after=self._settings[app].retry_after,
+        )
 
     def _unavailable(self, app: Flask, error: BaseException) -> StorageUnavailable:
         return StorageUnavailable(
