@@ -9,6 +9,11 @@ conflict resolution (the default ``DURUS_RESOLUTION_ROUNDS``), and
 ``durus-r0``, the same app with ``DURUS_RESOLUTION_ROUNDS=0`` (no conflict
 resolution, as in Durus 4.3: every conflict replays the request), which
 runs only the edit workload.  ``--resolution on`` or ``off`` keeps one of them.
+``--postgres`` adds ``durus-pg``: the same app with ``DURUS_STORAGE`` a
+PostgreSQL database on a throwaway cluster (``tests/support/postgres.py``:
+fsync and synchronous_commit on), every worker its own PostgreSQL sessions,
+no storage server; its CPU column counts the PostgreSQL server processes as
+the storage's.
 
 Every app gets the same seed data through HTTP (accounts, pages), then a load
 generator on loopback (asyncio, one new connection per request, since sync
@@ -33,7 +38,7 @@ conflicts our workers met and replayed (logged by ``counted_app``, by class
 of the objects that collided) and the lost-edit check.  Takes about three
 minutes.
 
-    python bench/bench_example_app.py [--resolution both|on|off] [--workloads page,recent,edit]
+    python bench/bench_example_app.py [--resolution both|on|off] [--postgres] [--workloads page,recent,edit]
         [--clients 16] [--duration 8] [--rounds 4] [--pages 200]
 """
 
@@ -57,6 +62,7 @@ from urllib.parse import urlencode
 REPO = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # tests.support.postgres, for --postgres
 
 from server_process import free_port
 
@@ -105,15 +111,19 @@ def own_text(index: int) -> str:
 class Deployment:
     """An app under gunicorn -w 4 (plus its storage server, for ours).
 
-    ``name`` is ``durus``, ``durus-r0`` (ours without conflict resolution) or
-    ``sqlite``.  Our workers log the conflicts they meet to ``events``.
+    ``name`` is ``durus``, ``durus-r0`` (ours without conflict resolution),
+    ``durus-pg`` (ours on PostgreSQL: give ``postgres``, the database's URI,
+    and ``storage_pid``, the postmaster's) or ``sqlite``.  Our workers log
+    the conflicts they meet to ``events``.
     """
 
-    def __init__(self, name: str, folder: Path, workers: int, profile: bool = False) -> None:
+    def __init__(self, name: str, folder: Path, workers: int, profile: bool = False,
+                 postgres: str | None = None, storage_pid: int | None = None) -> None:
         self.name = name
         self.folder = folder
         self.port = free_port()
         self.processes: list[subprocess.Popen] = []
+        self.storage_pid = storage_pid
         self.events = folder / "events.log"
         pythonpath = os.pathsep.join(filter(None, [str(BENCH), os.environ.get("PYTHONPATH")]))
         env = {**os.environ, "FLASK_PASSWORD_HASH_METHOD": FAST_HASH, "PYTHONPATH": pythonpath}
@@ -121,11 +131,15 @@ class Deployment:
         if name.startswith("durus"):
             if name == "durus-r0":
                 env["FLASK_DURUS_RESOLUTION_ROUNDS"] = "0"
-            storage_port = free_port()
-            env["FLASK_DURUS_STORAGE"] = f"durus://127.0.0.1:{storage_port}"
-            spec = f"example_app:create_app(instance_path={str(instance)!r})"
-            self._start([sys.executable, "-m", "flask", "--app", spec, "durus", "serve"], env, "server")
-            self._wait(lambda: _port_open(storage_port))
+            if postgres is not None:
+                env["FLASK_DURUS_STORAGE"] = postgres
+            else:
+                storage_port = free_port()
+                env["FLASK_DURUS_STORAGE"] = f"durus://127.0.0.1:{storage_port}"
+                spec = f"example_app:create_app(instance_path={str(instance)!r})"
+                self._start([sys.executable, "-m", "flask", "--app", spec, "durus", "serve"], env, "server")
+                self.storage_pid = self.processes[-1].pid
+                self._wait(lambda: _port_open(storage_port))
             profiles = None
             if profile:
                 profiles = str(folder / "profiles")
@@ -142,9 +156,11 @@ class Deployment:
         self._wait(lambda: _port_open(self.port))
 
     def cpu_seconds(self) -> tuple[float, float]:
-        """CPU time used so far by the web workers and by the storage server (Linux; else 0)."""
-        web, server = self.processes[-1], self.processes[0]  # gunicorn was started last
-        return _tree_cpu(web.pid), _tree_cpu(server.pid) if server is not web else 0.0
+        """CPU time used so far by the web workers and by the storage server
+        (or PostgreSQL's processes) (Linux; else 0).
+        """
+        web = self.processes[-1]  # gunicorn was started last
+        return _tree_cpu(web.pid), _tree_cpu(self.storage_pid) if self.storage_pid is not None else 0.0
 
     def events_since(self, offset: int) -> tuple[list[str], int]:
         """The conflict log's lines from byte ``offset`` on, and the new end."""
@@ -425,13 +441,31 @@ def _ignore(status: int) -> None:
 
 
 def measure(folder: Path, args: argparse.Namespace) -> dict[str, dict[str, Result | list[str]]]:
+    """Run every workload on every app, with a throwaway PostgreSQL cluster
+    for ``durus-pg`` (``--postgres``).
+    """
+    if not args.postgres:
+        return measure_apps(folder, args, RESOLUTION_APPS[args.resolution])
+    from tests.support.postgres import throwaway_cluster, uri_of
+
+    from durus.postgres_storage import init_schema
+
+    with throwaway_cluster() as cluster:
+        dsn = cluster.new_dsn()
+        init_schema(dsn)  # before the workers' first requests, which would race to create it
+        postgres = {"uri": uri_of(dsn), "pid": cluster.postmaster_pid()}
+        return measure_apps(folder, args, (*RESOLUTION_APPS[args.resolution], "durus-pg"), postgres)
+
+
+def measure_apps(folder: Path, args: argparse.Namespace, apps: tuple[str, ...],
+                 postgres: dict | None = None) -> dict[str, dict[str, Result | list[str]]]:
     """Run every workload on every app, taking turns, so background load falls on all alike."""
-    apps = RESOLUTION_APPS[args.resolution]
     deployments = {}
     try:
         for name in apps:
             (folder / name).mkdir(parents=True)
-            deployments[name] = Deployment(name, folder / name, args.workers, args.profile)
+            on_postgres = {"postgres": postgres["uri"], "storage_pid": postgres["pid"]} if name == "durus-pg" else {}
+            deployments[name] = Deployment(name, folder / name, args.workers, args.profile, **on_postgres)
         visitors = {name: seed(deployments[name].port, args.clients, args.pages) for name in apps}
         generators = {}
         for name, deployment in deployments.items():
@@ -471,6 +505,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolution", choices=sorted(RESOLUTION_APPS), default="both",
                         help="ours with conflict resolution (on), without (off), or both, each against SQLite (both)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="also run ours on PostgreSQL (durus-pg), on a throwaway cluster")
     parser.add_argument("--workloads", type=_workloads, default=WORKLOADS,
                         help=f"comma-separated, from {','.join(WORKLOADS)} (all)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (16)")
@@ -522,6 +558,10 @@ def report(results: dict[str, dict[str, Result | list[str]]], args: argparse.Nam
             ours = results[name][workload]
             if name == "sqlite" or not ours.latencies:
                 continue
+            if name == "durus-pg" and results.get("durus", {}).get(workload, Result()).latencies:
+                server = results["durus"][workload]
+                print(f"ratio {workload:8} durus-pg/durus (PostgreSQL / storage server) requests/s = "
+                      f"{ours.rate / server.rate:.2f}x")
             ratio = ours.rate / theirs.rate
             turns = sorted(a / b for a, b in zip(ours.turn_rates, theirs.turn_rates))
             verdict = ""
@@ -540,7 +580,7 @@ def report(results: dict[str, dict[str, Result | list[str]]], args: argparse.Nam
                 met = edits.share < MAX_CONFLICT_SHARE
                 failed |= not met
                 line += f" (target < {100 * MAX_CONFLICT_SHARE:g} %: {'met' if met else 'MISSED'})"
-            if name != "sqlite":
+            if name.startswith("durus"):
                 classes = ", ".join(f"{kind} {count}" for kind, count in edits.collided.most_common(4))
                 line += (f"; conflicts met {edits.conflicts}, replays {edits.replays}"
                          + (f" (on {classes})" if classes else ""))

@@ -43,6 +43,8 @@ usage: durus -s | -c | -p | --check | --backup | --copy [options]
               durus --backup DEST [--file F | --host H --port P | --address A]
     --copy    copy every record into a new storage of any kind, and verify:
               durus --copy SRC DEST (each a path, sqlite:///PATH, durus://HOST:PORT, ...)
+    --init    create a database, or bring its schema up to date:
+              durus --init postgresql://... (or sqlite:///PATH, or PATH)
     durus -s -h (or -c -h, -p -h, --check -h) lists the options of each
 """
 
@@ -61,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     modes = {"-s": serve_main, "-c": client_main, "-p": pack_main, "--check": check_main, "--backup": backup_main,
-             "--copy": copy_main}
+             "--copy": copy_main, "--init": init_main}
     if not argv or argv[0] not in modes:
         sys.stderr.write(USAGE)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
@@ -487,17 +489,71 @@ def copy_main(argv: Sequence[str]) -> int:
     return run_copy_command(argv)
 
 
+# -- durus --init -------------------------------------------------------------------
+
+
+def init_main(argv: Sequence[str]) -> int:
+    """``durus --init SPEC``: make the database ready, so that applications
+    may open it without the right to create anything (PostgreSQL's
+    ``create=False``).
+    """
+    from durus.storage_spec import FORMS
+
+    parser = argparse.ArgumentParser(
+        prog="durus --init",
+        description="Create the database SPEC names, or upgrade an existing one's schema to this version "
+                    f"of durus (PostgreSQL, SQLite); nothing stored is removed. SPEC is one of {FORMS}; "
+                    "a new file is SHELF-1 unless named sqlite:///PATH.")
+    parser.add_argument("spec", metavar="SPEC", help="the database")
+    spec = parser.parse_args(argv).spec
+    if spec.split(":", 1)[0].lower() in ("postgresql", "postgres"):
+        return _init_postgres(spec)
+    if spec.split(":", 1)[0].lower() in ("durus", "unix"):
+        raise CommandError(f"{spec} is a storage server: run durus --init on its file, where it runs")
+    from durus.storage_spec import UnknownFormatError, open_storage
+
+    try:
+        open_storage(spec).close()
+    except (UnknownFormatError, DurusError, OSError, ValueError) as error:
+        raise CommandError(str(error)) from None
+    sys.stdout.write(f"{spec}: ready\n")
+    return 0
+
+
+def _init_postgres(dsn: str) -> int:
+    try:
+        import psycopg
+
+        from durus.postgres_storage import SCHEMA_VERSION, describe_dsn, init_schema
+    except ImportError as error:
+        raise CommandError(f"the PostgreSQL storage is not available ({error})") from None
+    try:
+        found = init_schema(dsn)
+    except (psycopg.Error, DurusError) as error:
+        raise CommandError(f"{describe_dsn(dsn)}: {error}".strip()) from None
+    if found == SCHEMA_VERSION:
+        done = f"the durus schema was already at version {SCHEMA_VERSION}"
+    elif found == 0:
+        done = f"created the durus schema, version {SCHEMA_VERSION}"
+    else:
+        done = f"upgraded the durus schema from version {found} to {SCHEMA_VERSION}"
+    sys.stdout.write(f"{describe_dsn(dsn)}: {done}\n")
+    return 0
+
+
 # -- durus --check ------------------------------------------------------------------
 
 
 def check_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="durus --check",
-        description="Read a whole FileStorage file, read-only, and report every damaged record, "
-                    "dangling reference or framing problem with its byte offset and oid. "
-                    "Exit status: 0 clean, 1 problems found, 2 the file could not be checked.")
-    parser.add_argument("path", nargs="?", default=None, help="the file (or give --file)")
-    parser.add_argument("--file", default=None, help="the file to check")
+        description="Read a whole database, read-only, and report every damaged record, "
+                    "dangling reference or framing problem with its oid (and byte offset, in a file). "
+                    "PATH is a FileStorage or SQLite file, sqlite:///PATH or postgresql://... "
+                    "Exit status: 0 clean, 1 problems found, 2 the database could not be checked.")
+    parser.add_argument("path", nargs="?", default=None,
+                        help="the file, sqlite:///PATH or postgresql://... (or give --file)")
+    parser.add_argument("--file", default=None, help="the file (or database) to check")
     parser.add_argument("--progress", action="store_true",
                         help="show progress on stderr even when it is not a terminal")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing; only the exit status tells")
@@ -505,12 +561,13 @@ def check_main(argv: Sequence[str]) -> int:
     if (options.path is None) == (options.file is None):
         parser.error("give the file to check, as PATH or --file PATH (one of them)")
     path = options.file if options.file is not None else options.path
-    from durus.check import UncheckableFileError, check_file
+    from durus.check import UncheckableFileError, check_named
 
     show_progress = not options.quiet and (options.progress or sys.stderr.isatty())
-    progress = _ProgressLine(path) if show_progress else None
+    # A DSN may hold a password: the line names a database by its kind only.
+    progress = _ProgressLine(path if "://" not in path else "the database") if show_progress else None
     try:
-        report = check_file(path, progress)
+        report = check_named(path, progress)
     except UncheckableFileError as error:
         sys.stderr.write(f"durus --check: {error}\n")
         return 2
@@ -523,8 +580,8 @@ def check_main(argv: Sequence[str]) -> int:
 
 
 class _ProgressLine:
-    """Shows ``checking PATH: N% of M MB`` on one line of stderr, overwritten
-    in place; ``shown`` says whether anything was written.
+    """Shows ``checking PATH: N%`` on one line of stderr, overwritten in
+    place; ``shown`` says whether anything was written.
     """
 
     def __init__(self, path: str) -> None:
@@ -533,7 +590,7 @@ class _ProgressLine:
 
     def __call__(self, done: int, total: int) -> None:
         percent = 100 * done // max(total, 1)
-        sys.stderr.write(f"\rchecking {self.path}: {percent}% of {total / 1e6:.0f} MB ")
+        sys.stderr.write(f"\rchecking {self.path}: {percent}% ")
         sys.stderr.flush()
         self.shown = True
 

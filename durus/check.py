@@ -26,7 +26,9 @@ on past the first problem where the lengths allow.
 
 Memory: about 150 bytes per current object (its offset and refs).  A file
 that a process is committing to may show the commit being written as torn.
-``durus --check PATH`` runs it from the command line.
+``durus --check PATH`` runs it from the command line; :func:`check_named`
+also checks SQLite and PostgreSQL databases (:mod:`durus.sql_check`), with
+the same record rules (:func:`record_problem`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import os
 import stat
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from struct import Struct
 
@@ -47,7 +49,8 @@ from durus.file_storage import FileStorage
 from durus.shelf import (PREFIX, ShelfError, TornTransactionError, empty_shelf, entry_bounds, parse_entries,
                          zeros_to_end)
 
-__all__ = ["CheckReport", "Problem", "UncheckableFileError", "check_file"]
+__all__ = ["CheckReport", "Problem", "UncheckableFileError", "check_file", "check_named", "count_reachable",
+           "dangling_references", "record_problem"]
 
 _int8 = Struct(">Q")
 # How often (seconds) ``progress`` is called, and how many entries go
@@ -72,14 +75,15 @@ class Problem:
     """One thing wrong with the file.
 
     ``kind`` is FRAMING, TORN, DAMAGED or DANGLING; ``offset`` the byte
-    offset of the entry (or transaction, or map word) concerned; ``oid``
+    offset of the entry (or transaction, or map word) concerned, None in a
+    database kept in SQL (:mod:`durus.sql_check`), whose rows have none; ``oid``
     the record's oid where there is one; ``message`` what is wrong;
     ``superseded`` True for a damaged record that a later record of the same
     oid replaces (no load reads it; a pack drops it).
     """
 
     kind: str
-    offset: int
+    offset: int | None
     oid: bytes | None
     message: str
     superseded: bool = False
@@ -87,15 +91,16 @@ class Problem:
     def __str__(self) -> str:
         oid = "" if self.oid is None else f", oid {oid_to_int(self.oid)}"
         old = " (an old version of the object, superseded by a later record)" if self.superseded else ""
-        return f"{self.kind} at byte {self.offset}{oid}: {self.message}{old}"
+        where = "" if self.offset is None else f" at byte {self.offset}"
+        return f"{self.kind}{where}{oid}: {self.message}{old}"
 
 
 @dataclass
 class CheckReport:
-    """What :func:`check_file` found.
+    """What :func:`check_file` (or :mod:`durus.sql_check`) found.
 
-    Attributes: ``path``; ``size`` (bytes); ``transactions`` (read, the
-    initial one included); ``records`` (every record read, old versions
+    Attributes: ``path``; ``size`` (bytes, or rows in SQL); ``transactions``
+    (read, the initial one included; 0 in SQL, which keeps none); ``records`` (every record read, old versions
     included); ``objects`` (oids with a current record); ``references``
     (refs of the current records); ``unreachable`` (objects the root does
     not reach: garbage, not damage); ``problems`` (a list of
@@ -119,7 +124,8 @@ class CheckReport:
         """One line of counts."""
         garbage = (f"; {self.unreachable} unreachable from the root (garbage a pack removes)"
                    if self.unreachable else "")
-        return (f"{self.transactions} transactions, {self.records} records, {self.objects} objects, "
+        transactions = f"{self.transactions} transactions, " if self.transactions else ""
+        return (f"{transactions}{self.records} records, {self.objects} objects, "
                 f"{self.references} references{garbage}")
 
     def format(self) -> str:
@@ -384,32 +390,15 @@ class _FileChecker:
             self.refs[oid] = refs
         else:
             self.refs.pop(oid, None)
-        try:
-            _, referred = inspect_data(buffer[entry.record_start + 12:data_end], self.stand_ins)
-        except DamagedRecordError as error:
-            self.damaged(entry, error.problem)
-        else:
-            self.check_refs(entry, refs, referred)
+        message = record_problem(oid, buffer[entry.record_start + 12:data_end], refs, self.stand_ins)
+        if message is not None:
+            self.damaged(entry, message)
         self.entries_read += 1
         if self.progress is not None and self.entries_read % _ENTRIES_PER_CLOCK_LOOK == 0:
             now = time.monotonic()
             if now >= self.next_progress:
                 self.next_progress = now + PROGRESS_INTERVAL
                 self.progress(entry.record_end, self.size)
-
-    def check_refs(self, entry: _Entry, refs: bytes, referred: set[bytes]) -> None:
-        oids = [refs[start:start + 8] for start in range(0, len(refs), 8)]
-        if any(first >= second for first, second in zip(oids, oids[1:])):
-            self.damaged(entry, "its refs are not sorted, or list an oid twice")
-        referred.discard(entry.oid)  # a state may refer to its own object; refs never list it
-        listed = set(oids)
-        if listed != referred:
-            parts = []
-            if referred - listed:
-                parts.append(f"the state refers to {_oid_list(referred - listed)}, which its refs omit")
-            if listed - referred:
-                parts.append(f"its refs list {_oid_list(listed - referred)}, which the state does not refer to")
-            self.damaged(entry, "; ".join(parts))
 
     def damaged(self, entry: _Entry, message: str) -> None:
         self.problem(DAMAGED, entry.offset, entry.oid, message)
@@ -421,18 +410,50 @@ class _FileChecker:
         for problem in report.problems:
             if problem.kind == DAMAGED and current.get(problem.oid) != problem.offset:
                 problem.superseded = True
-        for oid, listed in refs.items():
-            for start in range(0, len(listed), 8):
-                ref = listed[start:start + 8]
-                if ref not in current:
-                    self.problem(DANGLING, current[oid], oid,
-                                 f"refers to oid {oid_to_int(ref)}, which has no record")
+        for oid, ref in dangling_references(current, refs):
+            self.problem(DANGLING, current[oid], oid, f"refers to oid {oid_to_int(ref)}, which has no record")
         report.objects = len(current)
         report.references = sum(len(listed) for listed in refs.values()) // 8
-        report.unreachable = len(current) - _count_reachable(current, refs)
+        report.unreachable = len(current) - count_reachable(current, refs)
 
 
-def _count_reachable(current: dict[bytes, int], refs: dict[bytes, bytes]) -> int:
+# -- rules every kind of database shares --------------------------------------------
+
+
+def record_problem(oid: bytes, data: bytes, refs: bytes, stand_ins: dict[tuple[str, str], type]) -> str | None:
+    """What is wrong with the record of ``oid`` (its ``data``, class and state
+    pickles, and its ``refs``), or None: the data cannot be read as
+    ObjectReader reads it, the refs are not sorted, or they differ from the
+    persistent ids in the state.  Shared by the file and SQL checks.
+    """
+    try:
+        _, referred = inspect_data(data, stand_ins)
+    except DamagedRecordError as error:
+        return error.problem
+    oids = [refs[start:start + 8] for start in range(0, len(refs), 8)]
+    parts = []
+    if any(first >= second for first, second in zip(oids, oids[1:])):
+        parts.append("its refs are not sorted, or list an oid twice")
+    referred.discard(oid)  # a state may refer to its own object; refs never list it
+    listed = set(oids)
+    if referred - listed:
+        parts.append(f"the state refers to {_oid_list(referred - listed)}, which its refs omit")
+    if listed - referred:
+        parts.append(f"its refs list {_oid_list(listed - referred)}, which the state does not refer to")
+    return "; ".join(parts) or None
+
+
+def dangling_references(current: Container[bytes], refs: dict[bytes, bytes]) -> Iterator[tuple[bytes, bytes]]:
+    """``(oid, ref)`` for each ref of a current record to an oid with no record."""
+    for oid, listed in refs.items():
+        for start in range(0, len(listed), 8):
+            ref = listed[start:start + 8]
+            if ref not in current:
+                yield oid, ref
+
+
+def count_reachable(current: Container[bytes], refs: dict[bytes, bytes]) -> int:
+    """How many of the ``current`` oids the root reaches through ``refs``."""
     if ROOT_OID not in current:
         return 0
     seen = {ROOT_OID}
@@ -520,3 +541,42 @@ def check_file(path: str | os.PathLike, progress: Callable[[int, int], None] | N
         buffer.close()
     return report
 
+
+
+def check_named(spec: str, progress: Callable[[int, int], None] | None = None) -> CheckReport:
+    """Check the database ``spec`` names, as ``durus --check`` takes it: a
+    file (SHELF-1, or SQLite, told by its first bytes), ``sqlite:///PATH``
+    or ``postgresql://...``; the latter two through :mod:`durus.sql_check`.
+    ``progress(done, total)`` as for :func:`check_file`.  Raises
+    UncheckableFileError for what cannot be checked, saying why.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    from durus import sql_check
+
+    parts = urlsplit(spec)
+    scheme = parts.scheme.lower()
+    if scheme in ("postgresql", "postgres"):
+        return sql_check.check_postgres(spec, progress)
+    path = spec
+    if scheme in ("sqlite", "file"):
+        path = unquote(parts.netloc + parts.path)
+    elif len(scheme) > 1:
+        raise UncheckableFileError(
+            f"{spec!r} cannot be checked: give a file, sqlite:///PATH or postgresql://... "
+            "(a storage server checks its own file: run durus --check there)")
+    if scheme == "sqlite" or _starts_with(path, b"SQLite format 3\0"):
+        return sql_check.check_sqlite(path, progress)
+    if _starts_with(path, b"DFS20\0"):
+        raise UncheckableFileError(
+            f"{path} is an old DFS20 file: copy it into a SHELF-1 file with durus --copy "
+            "(which verifies every record), then check that")
+    return check_file(path, progress)
+
+
+def _starts_with(path: str, signature: bytes) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(signature)) == signature
+    except OSError:
+        return False  # check_file says what is wrong with it

@@ -37,6 +37,7 @@ knows whether the commit happened: :class:`CommitInDoubtError` says so.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
@@ -58,6 +59,8 @@ from durus.protocol import DEFAULT_HOST, DEFAULT_MAX_TRANSACTION_SIZE, DEFAULT_P
 from durus.record import int4, record_refs, split_oids
 from durus.storage import InvalidationHandler, Storage
 from durus.transport import SocketAddress
+
+log = logging.getLogger("durus.client_storage")
 
 DEFAULT_TIMEOUT = 30.0
 _OID_BATCH = 32
@@ -104,6 +107,24 @@ class AuthenticationError(DurusError):
 
 class TransactionTooLargeError(DurusError):
     """A commit is larger than the server accepts; nothing was sent."""
+
+
+def _note_after_commit(invalid: list[bytes], handle_invalidations: InvalidationHandler | None) -> None:
+    """Pass on what others committed, after the server stored this commit.
+
+    The server has already checked that none of it touches what the
+    transaction used, so the handler finds no conflict; should it find one
+    anyway (a server that checked less), the commit still stands: it is on
+    disk, and raising a conflict would make the application do its work a
+    second time.  That is logged, not raised.
+    """
+    if not invalid or handle_invalidations is None:
+        return
+    try:
+        handle_invalidations(invalid)
+    except ConflictError as error:
+        log.error("the storage server stored a commit although objects it used had changed (%s); "
+                  "the commit stands", error)
 
 
 class ClientStorage(Storage):
@@ -556,17 +577,17 @@ class ClientStorage(Storage):
                 self._recycle_oids(records)
                 raise CommitRefusedError(refusal)
             invalid = self._invalidations(invalid)
+            if status == protocol.STATUS_OKAY:
+                _note_after_commit(invalid, handle_invalidations)
+                return
             try:
                 if invalid and handle_invalidations is not None:
                     handle_invalidations(invalid)
-                elif status != protocol.STATUS_OKAY:
+                else:
                     raise WriteConflictError(list(records))
             except BaseException:
-                if status != protocol.STATUS_OKAY:
-                    self._recycle_oids(records)
+                self._recycle_oids(records)
                 raise
-            if status == protocol.STATUS_OKAY:
-                return
 
     def _check_not_closed_by_server(self) -> None:
         """ConnectionResetError if the server has closed this connection (a

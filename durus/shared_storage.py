@@ -352,7 +352,11 @@ class SharedStorage:
             else:
                 # Oids a pack removed meanwhile stay pending (the cursor
                 # does not pass them) and matter now only if this commit
-                # would bring one back.
+                # would bring one back.  (Protocol 1 does not say what the
+                # transaction read, so oids that another process writing
+                # the storage directly changed in this window, between the
+                # delivery and the records, go unchecked: serve such a
+                # storage to protocol-2 clients, which say what they read.)
                 committed, removed = changes
                 conflicts.update(committed)
                 conflicts.update(removed & records.keys())
@@ -380,12 +384,16 @@ class SharedStorage:
             if changes is None:
                 return None, None
             committed, removed = changes
-            invalid = list(committed | removed)
+            # A removed oid the transaction used is as much a conflict as a
+            # committed one: a pack removed an object it still held, or
+            # another process writing the storage directly (an SQLite file)
+            # changed it.
+            changed = committed | removed
+            invalid = list(changed)
             if not records:
-                return (0, invalid) if committed.isdisjoint(watched) else (None, invalid)
+                return (0, invalid) if changed.isdisjoint(watched) else (None, invalid)
             removed_refs = self._check_records(session, records)
-            if (removed_refs or not committed.isdisjoint(watched) or not committed.isdisjoint(records)
-                    or not removed.isdisjoint(records)):
+            if removed_refs or not changed.isdisjoint(watched) or not changed.isdisjoint(records):
                 return None, invalid
             serial = self._write(session, records)
             session.cursor = self.log.latest
@@ -462,7 +470,10 @@ class SharedStorage:
     # -- internals, called with self._lock held --------------------------------
 
     def _gather_storage_invalidations(self) -> None:
-        """Pass on what the storage itself reports (oids a pack removed)."""
+        """Pass on what the storage itself reports: oids a pack removed, or,
+        for a storage other processes write directly (SQLite), oids they
+        changed.  Either kind conflicts with a transaction that used them.
+        """
         oids = self.storage.sync()
         if oids:
             self._oids.note_freed(oids)

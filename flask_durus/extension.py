@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from durus.connection import Connection
-from durus.error import ConflictError
+from durus.error import CommitRefusedError, ConflictError
 from durus.persistent import PersistentObject
 from flask import Flask, Request, Response, current_app, g, has_app_context, has_request_context, request
 from werkzeug.exceptions import Conflict
@@ -68,6 +68,9 @@ class ContextTransaction:
     - ``conflict``: a ConflictError met with no connection to remember it
       (a conflict creating the root, or raised by the app itself).
     - ``lost``: the error that lost the storage server, if one did.
+    - ``raised``: an exception the view (or a hook) raised, even if an
+      error handler turned it into an ordinary response: the request's
+      changes are then aborted, never committed.
     - ``at_boundary``: nothing was done since the last commit or abort
       (set by the request hook; cleared by each use of ``durus.connection``).
     """
@@ -78,6 +81,7 @@ class ContextTransaction:
     connection: PooledConnection | None = None
     conflict: ConflictError | None = None
     lost: BaseException | None = None
+    raised: BaseException | None = None
     at_boundary: bool = False
 
     def met_conflict(self) -> ConflictError | None:
@@ -134,6 +138,7 @@ class Durus:
         app.teardown_request_funcs.setdefault(None, []).insert(0, self._end_request)
         app.teardown_appcontext(self._end_context)
         app.register_error_handler(ConflictError, self._handle_conflict)
+        app.register_error_handler(CommitRefusedError, self._handle_refused_commit)
         self._watch_for_conflicts(app)
         for error_class in SERVER_ERRORS:
             app.register_error_handler(error_class, self._handle_lost_server)
@@ -250,6 +255,9 @@ class Durus:
                 # Nothing to store: skip the commit's round trip.  The next
                 # checkout's abort() ends this read-only transaction.
                 return response
+            if transaction.raised is not None:
+                self._abort(app, connection, "error")
+                return response
             if self._settings[app].commit_veto(request, response):
                 self._abort(app, connection, "vetoed")
                 return response
@@ -260,6 +268,9 @@ class Durus:
             except SERVER_ERRORS as error:
                 transaction.lost = error
                 connection.broken = True
+            except CommitRefusedError as error:  # a full disk: nothing stored, reads go on
+                self._abort(app, connection, "error")
+                return _error_response(app, self._refused(app, error))
             except Exception:  # unpicklable state, say: the client gets a 500
                 self._abort(app, connection, "error")
                 raise
@@ -337,6 +348,8 @@ class Durus:
         """Note every ConflictError the hooks or the view raise, before any
         error handler sees it: an app's own handler may turn it into an
         ordinary response, and the request must be replayed all the same.
+        Any other exception is noted too: the request's changes are then
+        aborted, whatever the handler answers.
 
         Flask hands an error raised by an after-request hook to no error
         handler (it answers 500, or raises it in a test), and the hooks after
@@ -350,6 +363,8 @@ class Durus:
         def noting_conflicts(error: Exception) -> Any:
             if isinstance(error, ConflictError):
                 self._note_conflict(error)
+            else:
+                self._note_raised(error)
             return handle_user_exception(error)
 
         def finishing_after_conflicts(response: Response) -> Response:
@@ -361,6 +376,15 @@ class Durus:
 
         app.handle_user_exception = noting_conflicts  # type: ignore[method-assign]
         app.process_response = finishing_after_conflicts  # type: ignore[method-assign]
+
+    def _note_raised(self, error: Exception) -> None:
+        """The view raised: whatever response a handler makes of it, the
+        request's changes are aborted (SPEC: commit when the view returns
+        normally, abort when it raises).
+        """
+        transaction = self._request_transaction() if has_request_context() else None
+        if transaction is not None and transaction.raised is None:
+            transaction.raised = error
 
     def _note_conflict(self, error: ConflictError) -> None:
         transaction = self._transaction()
@@ -378,6 +402,21 @@ class Durus:
         if transaction.connection is not None:
             transaction.connection.broken = True
         return self._unavailable(current_app._get_current_object(), error)
+
+    def _handle_refused_commit(self, error: CommitRefusedError) -> Any:
+        """A commit the view made itself was refused (a full disk)."""
+        return self._refused(current_app._get_current_object(), error)
+
+    def _refused(self, app: Flask, error: CommitRefusedError) -> StorageUnavailable:
+        """A 503 with ``Retry-After``: the storage stored nothing of this
+        request's changes (a full disk, say) and goes on serving reads, so
+        the client may try again once the cause is gone.
+        """
+        log.error("%s %s: the storage refused the commit (%s); answering 503", request.method, request.path, error)
+        return StorageUnavailable(
+            f"The database could not store this change ({error}); nothing was changed. Please try again later.",
+            retry_after=self._settings[app].retry_after,
+        )
 
     def _unavailable(self, app: Flask, error: BaseException) -> StorageUnavailable:
         return StorageUnavailable(

@@ -168,9 +168,36 @@ def test_commit_on_success_abort_on_error_and_on_vetoed_status(app_durus):
         assert client.post("/fail").status_code == 500
         assert client.post("/set/3/302").status_code == 302
     assert committed_value(app, durus, "value") == 3
-    assert [kwargs["reason"] for _, kwargs in aborts] == ["vetoed", "vetoed"]
+    assert [kwargs["reason"] for _, kwargs in aborts] == ["vetoed", "error"]
     assert len(commits) == 2
     assert all(sender is app for sender, _ in commits + aborts)
+
+
+@pytest.mark.parametrize("answer", [("handled", 200), ("moved", 302, {"Location": "/"})])
+def test_a_view_that_raises_is_aborted_whatever_its_error_handler_answers(app_durus, answer):
+    app, durus = app_durus
+
+    @app.errorhandler(LookupError)
+    def handled(error):
+        return answer
+
+    @app.post("/write-then-raise")
+    def write_then_raise():
+        durus.root["value"] = "from a view that raised"
+        raise LookupError("handled by the app")
+
+    @app.post("/write")
+    def write():
+        durus.root["value"] = "kept"
+        return "ok"
+
+    client = app.test_client()
+    assert client.post("/write").status_code == 200
+    with recorded(signals.transaction_aborted) as aborts:
+        assert client.post("/write-then-raise").status_code == answer[1]
+    assert [kwargs["reason"] for _, kwargs in aborts] == ["error"]
+    assert committed_value(app, durus, "value") == "kept"
+    assert client.post("/write").status_code == 200  # the next request commits again
 
 
 def test_a_custom_commit_veto_by_dotted_path(tmp_path):

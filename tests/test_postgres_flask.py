@@ -28,17 +28,11 @@ from durus.postgres_storage import PostgresStorage
 from flask_durus import signals
 from flask_durus.testing import free_port
 from tests.flask_apps.bank import create_app
-from tests.support.postgres import Cluster, throwaway_cluster
+from tests.support.postgres import Cluster, throwaway_cluster, uri_of
 from tests.support.postgres import postgres_cluster  # noqa: F401  (the session's cluster fixture)
 from tests.test_flask_extension import recorded, run_in_fork
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def uri_of(dsn: str, scheme: str = "postgresql") -> str:
-    """The ``postgresql://`` URI of a libpq keyword DSN, as DURUS_STORAGE takes it."""
-    words = conninfo_to_dict(dsn)
-    return f"{scheme}://{words['user']}@{words['host']}:{words['port']}/{words['dbname']}"
 
 
 def new_database(cluster: Cluster, scheme: str = "postgresql") -> str:

@@ -183,3 +183,13 @@ def postgres_cluster() -> Iterator[Cluster]:
 def postgres_dsn(postgres_cluster: Cluster) -> str:
     """The DSN of a fresh, empty database for this test."""
     return postgres_cluster.new_dsn()
+
+
+def uri_of(dsn: str, scheme: str = "postgresql") -> str:
+    """The ``postgresql://`` URI of a libpq keyword DSN, as DURUS_STORAGE
+    and the ``durus`` command take it.
+    """
+    from psycopg.conninfo import conninfo_to_dict
+
+    words = conninfo_to_dict(dsn)
+    return f"{scheme}://{words['user']}@{words['host']}:{words['port']}/{words['dbname']}"
