@@ -20,7 +20,7 @@ Objects the root does not reach are counted, not reported: that is garbage
 a pack removes, not damage.  States are unpickled without importing
 anything: classes are recorded by name, persistent ids by oid.  The layout
 checked is the one in ``docs/file-format.md``.  Entries are framed by
-:func:`durus.shelf.parse_entries`, the rules FileStorage opens a file by;
+:func:`durus.shelf_format.parse_entries`, the rules FileStorage opens a file by;
 the checker walks transactions, the offset map and records itself, and goes
 on past the first problem where the lengths allow.
 
@@ -216,7 +216,7 @@ class _FileChecker:
     # -- transactions and entries ----------------------------------------------
 
     def parse_entries(self, start: int, end: int, size: int) -> tuple[list[_Entry], str | None, int, int]:
-        """:func:`durus.shelf.parse_entries` on the file, its sound entries
+        """:func:`durus.shelf_format.parse_entries` on the file, its sound entries
         with the bounds of their records.
         """
         buffer = self.buffer
