@@ -1,0 +1,214 @@
+"""A commit to PostgreSQL in one call: the server-side function
+``durus_commit`` (schema version 2) and what the client sends it.
+
+The rule it keeps (SPEC section 2): a transaction commits only if no other
+transaction committed, since its snapshot, a change to any object it read or
+wrote.  ``durus_commit`` locks the rows of those objects, in oid order,
+checks that the client's snapshot sees the transaction that last wrote each,
+and writes, all before the locks are released at the end of the
+PostgreSQL transaction; the commit is thus as if it ran at that instant.
+Rows to be written are locked ``FOR UPDATE``; rows only read ``FOR SHARE``,
+which conflicts with a writer but not with other readers, so the many
+commits that read a hot object (a B-tree's root) without writing it do not
+queue behind each other's WAL flush.  One oid order over both modes keeps
+commits free of deadlocks (no commit holds a row while waiting for a lower
+one).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from durus.postgres_session import int_array
+from durus.record import oid_to_int, record_refs
+from durus.shared_storage import RequestRefusedError
+
+# Functions of schema version 2 (the migration in durus.postgres_schema runs
+# this text; a later change is a new migration, not an edit here).
+COMMIT_FUNCTIONS = r"""
+-- The oids others committed (or a pack removed) that ``snap`` does not see,
+-- and the snapshot that sees them: one statement, so the two agree.  The
+-- client's own commits (``own``) are skipped by range, not read and dropped
+-- (a build's last commit is a thousand rows).
+CREATE OR REPLACE FUNCTION durus_news(snap pg_snapshot, own xid8[], OUT now_snap pg_snapshot, OUT oids int8[])
+LANGUAGE sql STABLE AS $$
+    WITH skip AS (
+        SELECT DISTINCT s::text::int8 AS t FROM unnest(own) AS s WHERE s >= pg_snapshot_xmin(snap)
+    ), ranges AS (
+        SELECT coalesce(lag(t + 1) OVER (ORDER BY t), pg_snapshot_xmin(snap)::text::int8) AS lo, t AS hi FROM skip
+        UNION ALL
+        SELECT coalesce(max(t) + 1, pg_snapshot_xmin(snap)::text::int8), 9223372036854775807 FROM skip
+    )
+    SELECT pg_current_snapshot(), coalesce(
+        (SELECT array_agg(oid) FROM (
+            SELECT o.oid FROM ranges AS r, LATERAL (
+                SELECT d.oid, d.txid FROM durus_object AS d
+                 WHERE d.txid >= r.lo::text::xid8 AND d.txid < r.hi::text::xid8) AS o
+             WHERE NOT pg_visible_in_snapshot(o.txid, snap)
+            UNION
+            SELECT unnest(oids) FROM durus_removed
+             WHERE txid >= pg_snapshot_xmin(snap) AND NOT pg_visible_in_snapshot(txid, snap)
+        ) AS news), '{}')
+$$;
+
+-- A whole commit in one call.
+--   lock_oids: the stored oids the transaction read or wrote, ascending;
+--   lock_modes: a letter for each, 'U' (written) or 'S' (only read);
+--   new_oids: oids handed out to this client, first written now;
+--   oids, blob, lengths: the records, concatenated, with their lengths;
+--   refs, ref_owners: each record's refs, with its position in oids.
+-- Status 'ok' (written; txid is the writer), 'conflict' (nothing written;
+-- bad: the oids others committed, bad_records their records now),
+-- 'removed' (nothing written; bad: oids a pack removed or is removing that
+-- the commit uses or refers to) or 'refused' (nothing written; problem says
+-- why).  Invalidations and the new snapshot come back in every case.
+CREATE FUNCTION durus_commit(
+    snap pg_snapshot, own xid8[], lock_oids int8[], lock_modes text, new_oids int8[],
+    oids int8[], blob bytea, lengths int4[], refs int8[], ref_owners int8[],
+    OUT status text, OUT txid xid8, OUT now_snap pg_snapshot, OUT invalid int8[],
+    OUT bad int8[], OUT bad_records bytea[], OUT problem text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    run record;
+    found_oids int8[];
+    missing int8[];
+    unknown int8;
+BEGIN
+    -- Hold a pack's doom step (it takes EXCLUSIVE) back until this commits.
+    LOCK TABLE durus_object IN ROW SHARE MODE;
+    -- Lock in oid order, one statement per run of neighbours in one mode.
+    FOR run IN
+        SELECT i.mode, array_agg(i.oid ORDER BY i.n) AS oids
+          FROM (SELECT u.oid, u.n, substr(lock_modes, u.n::int4, 1) AS mode,
+                       u.n - row_number() OVER (PARTITION BY substr(lock_modes, u.n::int4, 1) ORDER BY u.n)
+                           AS island
+                  FROM unnest(lock_oids) WITH ORDINALITY AS u(oid, n)) AS i
+         GROUP BY i.mode, i.island
+         ORDER BY min(i.n)
+    LOOP
+        IF run.mode = 'U' THEN
+            PERFORM FROM durus_object AS o WHERE o.oid = ANY (run.oids) ORDER BY o.oid FOR UPDATE;
+        ELSE
+            PERFORM FROM durus_object AS o WHERE o.oid = ANY (run.oids) ORDER BY o.oid FOR SHARE;
+        END IF;
+    END LOOP;
+    -- Locked, these rows cannot change: read them as they are now.
+    SELECT coalesce(array_agg(o.oid), '{}'),
+           coalesce(array_agg(o.oid) FILTER (
+               WHERE NOT pg_visible_in_snapshot(o.txid, snap) AND o.txid <> ALL (own)), '{}')
+      INTO found_oids, bad
+      FROM durus_object AS o WHERE o.oid = ANY (lock_oids);
+    SELECT n.now_snap, n.oids INTO now_snap, invalid FROM durus_news(snap, own) AS n;
+    IF cardinality(bad) > 0 THEN
+        -- Their records too, as of now_snap: the client merges onto them
+        -- and tries again without another round trip to load them.
+        SELECT array_agg(o.oid ORDER BY o.oid), array_agg(o.record ORDER BY o.oid) INTO bad, bad_records
+          FROM durus_object AS o WHERE o.oid = ANY (bad);
+        status := 'conflict';
+        RETURN;
+    END IF;
+    -- What has no row: oids used, records neither stored nor new, refs to
+    -- neither a row nor a record of this commit; and what a pack is
+    -- deleting, which nothing may write or refer to.
+    SELECT coalesce(array_agg(m.oid ORDER BY m.oid), '{}') INTO missing FROM (
+        (SELECT unnest(lock_oids) EXCEPT SELECT unnest(found_oids))
+        UNION
+        (SELECT unnest(oids) EXCEPT SELECT unnest(new_oids) EXCEPT SELECT unnest(found_oids))
+        UNION
+        SELECT r.oid FROM (SELECT unnest(refs) EXCEPT SELECT unnest(oids) EXCEPT SELECT unnest(found_oids)) AS r(oid)
+         WHERE NOT EXISTS (SELECT 1 FROM durus_object AS o WHERE o.oid = r.oid)
+        UNION
+        ((SELECT unnest(oids) UNION SELECT unnest(refs)) INTERSECT SELECT d.oid FROM durus_doomed AS d)
+    ) AS m(oid);
+    -- Of those, one never handed out means a confused client: refused.
+    -- Else a pack removed them: the client is stale.
+    SELECT max(u) INTO unknown FROM unnest(missing || new_oids) AS u
+     WHERE u > (SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END FROM durus_oid_seq AS s);
+    IF unknown IS NOT NULL THEN
+        status := 'refused';
+        problem := format('a record or reference for oid %s, which was never handed out', unknown);
+        RETURN;
+    ELSIF cardinality(missing) > 0 THEN
+        status := 'removed';
+        bad := missing;
+        RETURN;
+    END IF;
+    txid := pg_current_xact_id();
+    -- Set-based (no subscripting of big arrays, which copies them).
+    INSERT INTO durus_object AS o (oid, txid, record, refs)
+    SELECT r.oid, txid, substr(blob, r.start::int4, r.length), coalesce(f.refs, '{}')
+      FROM (SELECT u.oid, u.length, u.n, sum(u.length) OVER (ORDER BY u.n) - u.length + 1 AS start
+              FROM unnest(oids, lengths) WITH ORDINALITY AS u(oid, length, n)) AS r
+      LEFT JOIN (SELECT u.owner, array_agg(u.ref ORDER BY u.k) AS refs
+                   FROM unnest(ref_owners, refs) WITH ORDINALITY AS u(owner, ref, k)
+                  GROUP BY u.owner) AS f ON f.owner = r.n
+        ON CONFLICT (oid) DO UPDATE
+       SET txid = excluded.txid, record = excluded.record, refs = excluded.refs;
+    status := 'ok';
+END
+$$;
+"""
+
+#: The call, with the snapshot parameters first and the outcome's columns.
+COMMIT_CALL = (
+    "SELECT status, txid::text::int8, now_snap::text, invalid, bad, bad_records, problem "
+    "FROM durus_commit(%s::pg_snapshot, %s::xid8[], %s::int8[], %s, %s::int8[], %s::int8[], "
+    "%b, %s::int4[], %s::int8[], %s::int8[])")
+
+
+@dataclass(frozen=True)
+class CommitOutcome:
+    """What ``durus_commit`` answered: ``status`` (see its comment),
+    ``txid`` of the writer, the new snapshot ``snapshot`` and the oids it
+    reveals ``invalid``; with a conflict or removal, ``bad`` oids (and for a
+    conflict their records now, ``bad_records``); ``problem``: why refused.
+    """
+
+    status: str
+    txid: int | None
+    snapshot: str
+    invalid: list[int]
+    bad: list[int] | None
+    bad_records: list[bytes] | None
+    problem: str | None
+
+
+def commit_arguments(records: dict[bytes, bytes], watched: Iterable[bytes], new: set[bytes]) -> tuple:
+    """The parameters of ``durus_commit`` after the snapshot ones: the
+    records, the oids ``watched`` (read) besides them, and ``new``, the oids
+    handed out to this client (not yet stored).  Refused if a record's refs
+    are not whole oids.
+    """
+    keys = b"".join(records)
+    numbers = struct.unpack(f">{len(records)}Q", keys)
+    lengths, owners, ref_parts = [], [], []
+    for position, (oid, record) in enumerate(records.items(), 1):
+        lengths.append(len(record))
+        refs = record_refs(record)
+        if refs:
+            if len(refs) % 8:
+                raise RequestRefusedError(
+                    f"commit refused: the refs of the record of oid {oid_to_int(oid)} are not whole oids")
+            ref_parts.append(refs)
+            owners.append(f"{position},".encode() * (len(refs) // 8))
+    all_refs = b"".join(ref_parts)
+    ref_numbers = struct.unpack(f">{len(all_refs) // 8}Q", all_refs)
+    written = set(numbers)
+    new_numbers = {oid_to_int(oid) for oid in records if oid in new}
+    used = sorted(({oid_to_int(oid) for oid in watched} | written) - new_numbers)
+    modes = "".join(["U" if number in written else "S" for number in used])
+    owner_text = "{" + b"".join(owners).decode()[:-1] + "}" if owners else "{}"
+    return (int_array(used), modes, int_array(sorted(new_numbers)), int_array(numbers),
+            b"".join(records.values()), int_array(lengths), int_array(ref_numbers), owner_text)
+
+
+def call_commit(conn, snapshot: str, own: str, arguments: tuple) -> CommitOutcome:
+    """Run ``durus_commit`` on the psycopg connection ``conn``; the outcome.
+    psycopg errors go to the caller (it alone knows what the session held).
+    """
+    row = conn.execute(COMMIT_CALL, (snapshot, own, *arguments), prepare=True).fetchone()
+    status, txid, now_snap, invalid, bad, bad_records, problem = row
+    return CommitOutcome(status, txid, now_snap, invalid, bad,
+                         [bytes(record) for record in bad_records] if bad_records else None, problem)
