@@ -29,9 +29,10 @@ from durus.postgres_storage import (
     ReadOnlyStorageError,
     init_schema,
 )
+from durus.postgres_schema import MIGRATIONS
 from durus.record import ROOT_OID, int_to_oid, oid_to_int, pack_record, record_refs, split_oids, unpack_record
 from durus.shared_storage import RequestRefusedError
-from durus.storage import gen_reachable_records
+from durus.storage import MemoryStorage, gen_reachable_records
 from tests.models import Item
 
 # The in-process conflict tests, run here against PostgreSQL through their
@@ -154,6 +155,36 @@ def test_schema_is_versioned_and_created_once(postgres_dsn, storages) -> None:
         conn.execute("UPDATE durus_schema_version SET version = %s", (SCHEMA_VERSION + 1,))
     with pytest.raises(PostgresStorageError, match="upgrade durus"):
         storages()
+
+
+def test_a_version_1_database_upgrades_on_open_and_keeps_its_records(postgres_dsn, storages) -> None:
+    """A database made by the first release (schema 1, its commit function)
+    opens with this one: upgraded in place, its records loaded, commits
+    through the new function, the old one gone.
+    """
+    made = Connection(MemoryStorage())
+    made.root["before"] = "made by version 1"
+    made.commit()
+    record = made.get_storage().load(ROOT_OID)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        with conn.transaction():  # as the first release's init_schema did
+            conn.execute("CREATE TABLE durus_schema_version (version int NOT NULL)")
+            conn.execute("INSERT INTO durus_schema_version VALUES (1)")
+            conn.execute(MIGRATIONS[1])
+        status = conn.execute(
+            "SELECT status FROM durus_commit(pg_current_snapshot(), '{}', '{0}', '{0}', '{0}', %b, %s::int4[], "
+            "'{}', '{}')", (record, f"{{{len(record)}}}")).fetchone()[0]
+        assert status == "ok"
+    assert Connection(storages()).root["before"] == "made by version 1"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT version FROM durus_schema_version").fetchone()[0] == SCHEMA_VERSION == 2
+        signatures = conn.execute(
+            "SELECT pg_get_function_identity_arguments(oid) FROM pg_proc WHERE proname = 'durus_commit'").fetchall()
+        assert len(signatures) == 1 and "lock_modes" in signatures[0][0]
+    connection = Connection(storages())
+    connection.root["after"] = Item("after", 1)
+    connection.commit()
+    assert Connection(storages()).root["after"].value == 1
 
 
 def test_create_false_on_an_empty_database_says_what_to_do(postgres_dsn, storages) -> None:
