@@ -33,7 +33,12 @@ COMMIT_FUNCTIONS = r"""
 -- client's own commits (``own``) are skipped by range, not read and dropped
 -- (a build's last commit is a thousand rows).
 CREATE OR REPLACE FUNCTION durus_news(snap pg_snapshot, own xid8[], OUT now_snap pg_snapshot, OUT oids int8[])
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    -- STABLE: both statements read the caller's snapshot, so they agree.
+    -- PL/pgSQL, not SQL: its plans are kept (an SQL function's are made
+    -- at every call, which cost more than running them).
+    now_snap := pg_current_snapshot();
     WITH skip AS (
         SELECT DISTINCT s::text::int8 AS t FROM unnest(own) AS s WHERE s >= pg_snapshot_xmin(snap)
     ), ranges AS (
@@ -41,16 +46,16 @@ LANGUAGE sql STABLE AS $$
         UNION ALL
         SELECT coalesce(max(t) + 1, pg_snapshot_xmin(snap)::text::int8), 9223372036854775807 FROM skip
     )
-    SELECT pg_current_snapshot(), coalesce(
-        (SELECT array_agg(oid) FROM (
-            SELECT o.oid FROM ranges AS r, LATERAL (
-                SELECT d.oid, d.txid FROM durus_object AS d
-                 WHERE d.txid >= r.lo::text::xid8 AND d.txid < r.hi::text::xid8) AS o
-             WHERE NOT pg_visible_in_snapshot(o.txid, snap)
-            UNION
-            SELECT unnest(oids) FROM durus_removed
-             WHERE txid >= pg_snapshot_xmin(snap) AND NOT pg_visible_in_snapshot(txid, snap)
-        ) AS news), '{}')
+    SELECT coalesce(array_agg(news.oid), '{}') INTO oids FROM (
+        SELECT o.oid FROM ranges AS r, LATERAL (
+            SELECT d.oid, d.txid FROM durus_object AS d
+             WHERE d.txid >= r.lo::text::xid8 AND d.txid < r.hi::text::xid8) AS o
+         WHERE NOT pg_visible_in_snapshot(o.txid, snap)
+        UNION
+        SELECT unnest(d.oids) FROM durus_removed AS d
+         WHERE d.txid >= pg_snapshot_xmin(snap) AND NOT pg_visible_in_snapshot(d.txid, snap)
+    ) AS news(oid);
+END
 $$;
 
 -- A whole commit in one call.

@@ -60,6 +60,10 @@ BATCH_SIZE = 1000
 #: How many siblings a cold load fetches along with the record asked for.
 DEFAULT_PREFETCH = 100
 
+#: After this many conflicts, a commit's tries keep their rows locked until
+#: the next (the first retry, the common case, stays one round trip).
+HOLD_AFTER_CONFLICTS = 2
+
 
 class CommitInDoubtError(PostgresStorageError):
     """The session broke while a commit was under way: it may have been
@@ -92,8 +96,9 @@ class PostgresStorage(Storage):
     Attributes: ``dsn``, ``readonly``; ``_session`` (the PostgreSQL
     session), ``_view`` (snapshot and records known as of it), ``_oids``,
     ``_packer``; ``_records``, the commit being gathered (None outside
-    one); ``_resolving``, True from a conflict until the commit succeeds or
-    is given up (the conflicting rows stay locked meanwhile).
+    one); ``_conflicts``, how many times the commit under way conflicted
+    (from the second, the rows it locked stay locked until it commits again
+    or is given up).
     """
 
     batched_bulk_load = True
@@ -121,7 +126,7 @@ class PostgresStorage(Storage):
             raise
         self._view = ClientView(self._current_snapshot(), prefetch)
         self._records: dict[bytes, bytes] | None = None
-        self._resolving = False
+        self._conflicts = 0
 
     def __repr__(self) -> str:
         return f"<PostgresStorage {describe_dsn(self.dsn)}>"
@@ -171,7 +176,7 @@ class PostgresStorage(Storage):
         names transactions, not sessions.  Held rows and the root claim
         went with the old one.
         """
-        self._resolving = False
+        self._conflicts = 0
         self._oids.session_lost()
 
     def _check_open(self) -> None:
@@ -318,7 +323,7 @@ class PostgresStorage(Storage):
             # may resolve and commit again), or finds every read unchanged
             # and returns; then only newer commits matter.
             bad = [int_to_oid(number) for number in outcome.bad]
-            self._resolving = True
+            self._conflicts += 1
             if handle_invalidations is None:
                 self._release()
                 raise WriteConflictError(bad)
@@ -326,12 +331,12 @@ class PostgresStorage(Storage):
             handle_invalidations(invalid)
 
     def _call_commit(self, arguments: tuple) -> CommitOutcome:
-        """One call of ``durus_commit``; while resolving a conflict, in the
-        transaction that keeps the conflicting rows locked from the check
-        until the retry (so that it cannot starve), ended here unless it
-        conflicted again.
+        """One call of ``durus_commit``, in one round trip as a rule.  After
+        a commit conflicted twice, in a transaction that keeps the rows it
+        locked from the check until the next try (so that it cannot
+        starve), ended here unless it conflicted again.
         """
-        held = self._resolving
+        held = self._conflicts >= HOLD_AFTER_CONFLICTS
         self._check_open()
         session = self._session
         try:
@@ -352,7 +357,7 @@ class PostgresStorage(Storage):
     def _finish(self, outcome: CommitOutcome, records: dict[bytes, bytes], invalid: list[bytes],
                 handle_invalidations: InvalidationHandler | None) -> None:
         """The end of a commit that did not conflict: written, or refused."""
-        self._resolving = False
+        self._conflicts = 0
         self._deliver(invalid, handle_invalidations)
         if outcome.status == "ok":
             known = self._view.known
@@ -380,7 +385,7 @@ class PostgresStorage(Storage):
         """Give up the row locks a conflict left held (a resolution that
         did not commit again), if any.
         """
-        self._resolving = False
+        self._conflicts = 0
         self._session.rollback_if_open()
 
     @staticmethod
@@ -430,5 +435,5 @@ class PostgresStorage(Storage):
 
     def close(self) -> None:
         self._closed = True
-        self._resolving = False
+        self._conflicts = 0
         self._session.close()

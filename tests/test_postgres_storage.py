@@ -395,6 +395,34 @@ def _retrying_increments(dsn: str, times: int) -> int:
 # -- disjoint writers do not wait for each other ------------------------------------
 
 
+def test_a_merged_conflict_costs_one_more_call_in_autocommit(connect, monkeypatch) -> None:
+    """The first retry after a conflict is one more call of durus_commit,
+    with no transaction opened around it (one round trip, nothing held).
+    """
+    import durus.postgres_storage as module
+
+    first, second = connect(), connect()
+    first.root["hits"] = PersistentCounter()
+    first.commit()
+    second.abort()
+    first.root["hits"].increment(2)
+    second.root["hits"].increment(5)
+    first.commit()
+    calls = []
+    original = module.call_commit
+
+    def counted(conn, *args):
+        calls.append(conn.info.transaction_status)
+        return original(conn, *args)
+
+    monkeypatch.setattr(module, "call_commit", counted)
+    second.commit()
+    assert calls == [psycopg.pq.TransactionStatus.IDLE] * 2
+    assert not second.get_storage().conn.info.transaction_status  # IDLE: nothing left open
+    first.abort()
+    assert first.root["hits"].value == 7
+
+
 def test_disjoint_commits_proceed_while_a_row_of_another_object_is_locked(connect, postgres_dsn) -> None:
     setup = connect()
     commit_items(setup, a=0, b=0, z=0)
