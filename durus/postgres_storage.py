@@ -37,7 +37,7 @@ from typing import NoReturn
 import psycopg
 
 from durus.error import DamagedRecordError, DurusError, DurusKeyError, ReadConflictError, WriteConflictError
-from durus.postgres_commit import CommitOutcome, call_commit, commit_arguments
+from durus.postgres_commit import RULES_BROKEN, CommitOutcome, call_commit, commit_arguments
 from durus.postgres_oids import OidAllocator
 from durus.postgres_pack import PackProgress, Packer
 from durus.postgres_schema import SCHEMA_VERSION, check_not_newer, init_schema, schema_version
@@ -310,10 +310,16 @@ class PostgresStorage(Storage):
         while True:
             try:
                 outcome = self._call_commit(arguments)
-            except psycopg.errors.DeadlockDetected:
-                # Two resolving clients each hold a row the other needs.
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.UniqueViolation):
+                # Two resolving clients each hold a row the other needs; or
+                # a new oid was stored meanwhile (a lost root claim).
                 self._release()
                 raise WriteConflictError(sorted(watched | records.keys())) from None
+            except psycopg.DatabaseError as error:
+                if error.sqlstate != RULES_BROKEN:
+                    raise
+                self._release()
+                raise RequestRefusedError(f"commit refused: {error.diag.message_primary}") from None
             invalid = [int_to_oid(number) for number in outcome.invalid]
             self._view.move_to(outcome.snapshot, invalid)
             if outcome.status != "conflict":
@@ -343,7 +349,7 @@ class PostgresStorage(Storage):
             if held and not session.in_transaction():
                 session.execute("BEGIN")
             outcome = call_commit(session.conn, self._view.snapshot.text, self._view.own_text(), arguments)
-        except psycopg.errors.DeadlockDetected:
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.UniqueViolation):
             raise  # the session is fine: the caller gives up the commit
         except psycopg.OperationalError as error:
             self._lost_during_commit(error, written=False if held else None)
