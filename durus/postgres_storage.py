@@ -12,7 +12,7 @@ conflicts:
   mix states from before and after the other commit);
 - ``sync`` asks for every such row (an index on ``txid`` finds them);
 - a commit is ONE call of the server-side function ``durus_commit``
-  (:mod:`durus.postgres_commit`): it locks the rows of every oid the
+  (``durus/_postgres_commit.py``): it locks the rows of every oid the
   transaction wrote ``FOR UPDATE`` and of every oid it only read ``FOR
   SHARE``, in oid order, and writes only if none of them has a ``txid`` the
   client's snapshot misses.  The row locks keep the checked rows unchanged
@@ -22,10 +22,10 @@ conflicts:
 
 A commit is durable when ``end`` returns (``synchronous_commit`` is on for
 the storage's session).  The parts, each in a module of its own: the
-session (:mod:`durus.postgres_session`), the schema and its migrations
-(:mod:`durus.postgres_schema`), the commit (:mod:`durus.postgres_commit`),
-the snapshot and records fetched ahead (:mod:`durus.postgres_snapshot`),
-oids (:mod:`durus.postgres_oids`) and pack (:mod:`durus.postgres_pack`).
+session (``durus/_postgres_session.py``), the schema and its migrations
+(``durus/_postgres_schema.py``), the commit (``durus/_postgres_commit.py``),
+the snapshot and records fetched ahead (``durus/_postgres_snapshot.py``),
+oids (``durus/_postgres_oids.py``) and pack (``durus/_postgres_pack.py``).
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from typing import NoReturn
 import psycopg
 
 from durus.error import DamagedRecordError, DurusError, DurusKeyError, ReadConflictError, WriteConflictError
-from durus.postgres_commit import RULES_BROKEN, CommitOutcome, call_commit, commit_arguments
-from durus.postgres_oids import OidAllocator
-from durus.postgres_pack import PackProgress, Packer
-from durus.postgres_schema import SCHEMA_VERSION, check_not_newer, init_schema, schema_version
-from durus.postgres_session import PostgresSession, PostgresStorageError, describe_dsn, int_array
-from durus.postgres_snapshot import ClientView, Snapshot
+from durus._postgres_commit import RULES_BROKEN, CommitOutcome, call_commit, commit_arguments
+from durus._postgres_oids import OidAllocator
+from durus._postgres_pack import PackProgress, Packer
+from durus._postgres_schema import CURRENT_VERSION, check_not_newer, init_schema, schema_version
+from durus._postgres_session import PostgresSession, PostgresStorageError, describe_dsn, int_array
+from durus._postgres_snapshot import ClientView, Snapshot
 from durus.record import int_to_oid, oid_to_int
 from durus.shared_storage import RequestRefusedError
 from durus.storage import InvalidationHandler, Storage
@@ -53,6 +53,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("durus.postgres_storage")
+
+#: The version of the database schema this durus makes and reads.
+SCHEMA_VERSION = CURRENT_VERSION
 
 #: How many records one query of ``bulk_load`` or a listing handles.
 BATCH_SIZE = 1000

@@ -29,7 +29,7 @@ from durus.postgres_storage import (
     ReadOnlyStorageError,
     init_schema,
 )
-from durus.postgres_schema import MIGRATIONS
+from durus._postgres_schema import MIGRATIONS
 from durus.record import ROOT_OID, int_to_oid, oid_to_int, pack_record, record_refs, split_oids, unpack_record
 from durus.shared_storage import RequestRefusedError
 from durus.storage import MemoryStorage, gen_reachable_records

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from durus.postgres_session import LOCK_CLASS, PostgresSession
+from durus._postgres_session import LOCK_CLASS, PostgresSession
 
 log = logging.getLogger("durus.postgres_storage")
 

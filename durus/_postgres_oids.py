@@ -4,7 +4,7 @@ grow, never reused; the root's oid 0 to one client at a time.
 
 from __future__ import annotations
 
-from durus.postgres_session import LOCK_CLASS, PostgresSession
+from durus._postgres_session import LOCK_CLASS, PostgresSession
 from durus.record import ROOT_OID, int_to_oid
 
 #: The oid batches fetched from the sequence grow to this size.

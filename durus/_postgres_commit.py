@@ -21,7 +21,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from durus.postgres_session import int_array
+from durus._postgres_session import int_array
 from durus.record import oid_to_int, record_refs
 from durus.shared_storage import RequestRefusedError
 
@@ -56,7 +56,7 @@ _LOCK_RUN = r"""
               FROM (SELECT o.oid, o.txid FROM durus_object AS o
                      WHERE o.oid = ANY (lock_oids[first:lock_runs[i]]) ORDER BY o.oid FOR {mode}) AS w;"""
 
-# Functions of schema version 2 (the migration in durus.postgres_schema runs
+# Functions of schema version 2 (the migration in durus._postgres_schema runs
 # this text; a later change is a new migration, not an edit here).  PL/pgSQL,
 # not SQL: its plans are kept (an SQL function's are made at every call,
 # which cost more than running them).

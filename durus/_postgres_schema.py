@@ -2,14 +2,14 @@
 and its versioned migrations.
 
 ``durus_schema_version`` holds the version; :func:`init_schema` creates the
-schema or brings an older one up to :data:`SCHEMA_VERSION`, one migration
+schema or brings an older one up to ``CURRENT_VERSION`` (``durus.postgres_storage.SCHEMA_VERSION``), one migration
 after the other, in one transaction.  A migration, once released, never
 changes: a database made by an older durus upgrades through the same steps
 as a new one is created by.
 
 Version 1: the tables (records, the oid sequence, what packs removed and are
 removing), ``durus_news`` and the first ``durus_commit``.  Version 2: the
-commit of :mod:`durus.postgres_commit` (rows only read locked FOR SHARE,
+commit of ``durus/_postgres_commit.py`` (rows only read locked FOR SHARE,
 fewer statements) and a ``durus_news`` that skips the client's own rows.
 """
 
@@ -19,12 +19,12 @@ import logging
 
 import psycopg
 
-from durus.postgres_commit import COMMIT_FUNCTIONS
-from durus.postgres_session import PostgresStorageError
+from durus._postgres_commit import COMMIT_FUNCTIONS
+from durus._postgres_session import PostgresStorageError
 
 log = logging.getLogger("durus.postgres_storage")
 
-SCHEMA_VERSION = 2
+CURRENT_VERSION = 2
 
 # The advisory lock that takes schema changes in turn (second half: "sche",
 # mixed with the schema so that two durus schemas in one database differ).
@@ -208,7 +208,7 @@ MIGRATIONS: dict[int, str] = {1: _SCHEMA_1, 2: _SCHEMA_2}
 
 
 def init_schema(conn: psycopg.Connection | str) -> int:
-    """Create the schema, or upgrade it to :data:`SCHEMA_VERSION`, in one
+    """Create the schema, or upgrade it to ``CURRENT_VERSION`` (``durus.postgres_storage.SCHEMA_VERSION``), in one
     transaction; the version it had before (0: none).  ``conn``: a psycopg
     connection (in autocommit mode) or a DSN.  Safe to run from many clients
     at once (an advisory lock takes them in turn).
@@ -223,7 +223,7 @@ def init_schema(conn: psycopg.Connection | str) -> int:
         if found == 0:
             conn.execute("CREATE TABLE durus_schema_version (version int NOT NULL)")
             conn.execute("INSERT INTO durus_schema_version VALUES (0)")
-        for version in range(found + 1, SCHEMA_VERSION + 1):
+        for version in range(found + 1, CURRENT_VERSION + 1):
             conn.execute(MIGRATIONS[version])
             conn.execute("UPDATE durus_schema_version SET version = %s", (version,))
             log.info("durus schema upgraded to version %d", version)
@@ -232,10 +232,10 @@ def init_schema(conn: psycopg.Connection | str) -> int:
 
 def check_not_newer(version: int) -> None:
     """Refuse a schema made by a newer durus than this one."""
-    if version > SCHEMA_VERSION:
+    if version > CURRENT_VERSION:
         raise PostgresStorageError(
             f"the database's durus schema is version {version}; this durus knows up to "
-            f"{SCHEMA_VERSION}: upgrade durus")
+            f"{CURRENT_VERSION}: upgrade durus")
 
 
 def schema_version(conn: psycopg.Connection) -> int:
