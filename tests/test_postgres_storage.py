@@ -450,6 +450,34 @@ def test_disjoint_commits_proceed_while_a_row_of_another_object_is_locked(connec
     assert [setup.root[name].value for name in "abz"] == [1, 1, 1]
 
 
+def test_commits_that_only_read_a_row_do_not_wait_for_each_other_but_a_writer_does(
+    connect, postgres_dsn
+) -> None:
+    """A row only read is locked FOR SHARE: other commits that read it go
+    on, one that writes it waits until the reader's commit is over.
+    """
+    setup = connect()
+    commit_items(setup, a=0)
+    reader, writer = connect(), connect()
+    with psycopg.connect(postgres_dsn) as blocker:
+        # Holds the root's row as a commit that read the root would.
+        blocker.execute("SELECT 1 FROM durus_object WHERE oid = 0 FOR SHARE")
+        reader.root["a"].value = 1  # reads the root, writes a
+        read_done = threading.Event()
+        threading.Thread(target=lambda: (reader.commit(), read_done.set()), daemon=True).start()
+        assert read_done.wait(5), "a commit that only read the root waited for another reader"
+        writer.root["new"] = Item("new", 1)  # writes the root
+        write_done = threading.Event()
+        waiter = threading.Thread(target=lambda: (writer.commit(), write_done.set()))
+        waiter.start()
+        assert not write_done.wait(0.5)
+        blocker.rollback()
+    waiter.join(10)
+    assert write_done.is_set()
+    setup.abort()
+    assert setup.root["a"].value == 1 and setup.root["new"].value == 1
+
+
 # -- oids ---------------------------------------------------------------------------------
 
 
