@@ -163,7 +163,8 @@ BEGIN
                       GROUP BY u.owner) AS f ON f.owner = p.n
     ), changed AS (
         UPDATE durus_object AS o SET txid = durus_commit.txid, record = r.record, refs = r.refs
-          FROM r WHERE o.oid = r.oid
+          FROM r JOIN unnest(found_oids) AS f(oid) ON f.oid = r.oid
+         WHERE o.oid = r.oid
         RETURNING o.oid
     ), added AS (
         INSERT INTO durus_object (oid, txid, record, refs)
