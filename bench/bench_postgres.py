@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
@@ -177,45 +177,83 @@ class Line:
                 f"{self.theirs:>10,.1f} {self.unit:<10} ratio {self.ratio():5.2f}x  {self.note}")
 
 
-def measure(bench: Bench, sizes: Sizes) -> Iterator[Line]:
-    """Each workload on both sides, one line at a time."""
-    for workload, label in (("disjoint", "4 clients, disjoint objects"), ("shared", "4 clients, one shared BTree")):
-        results = {side.name: bench.clients(side, workload, bench.new_database(side, workload), sizes.seconds)
-                   for side in SIDES}
-        ours, theirs = results["ours"], results["relstorage"]
-        note = (f"conflicts: ours {ours['conflict_share']:.0%}, relstorage {theirs['conflict_share']:.0%}"
-                if workload == "shared" else "")
-        yield Line(label, "commits/s", ours["commits_per_s"], theirs["commits_per_s"], note=note)
+def measure_clients(bench: Bench, sizes: Sizes, workload: str) -> Line:
+    """Four clients at once, on disjoint objects or on one shared BTree."""
+    results = {side.name: bench.clients(side, workload, bench.new_database(side, workload), sizes.seconds)
+               for side in SIDES}
+    ours, theirs = results["ours"], results["relstorage"]
+    if workload == "shared":
+        note = f"conflicts: ours {ours['conflict_share']:.1%}, relstorage {theirs['conflict_share']:.1%}"
+        return Line("4 clients, one shared BTree", "commits/s", ours["commits_per_s"], theirs["commits_per_s"],
+                    note=note)
+    return Line(DISJOINT_LABEL, "commits/s", ours["commits_per_s"], theirs["commits_per_s"])
+
+
+def measure_small(bench: Bench, sizes: Sizes) -> Line:
     results = {side.name: bench.run(side, "small_commits", sizes.small_commits,
                                     bench.new_database(side, "small"))
                for side in SIDES}
-    yield Line("1 client, small commits", "commits/s", results["ours"]["commits_per_s"],
-               results["relstorage"]["commits_per_s"])
+    return Line("1 client, small commits", "commits/s", results["ours"]["commits_per_s"],
+                results["relstorage"]["commits_per_s"])
+
+
+def measure_cold(bench: Bench, sizes: Sizes) -> Line:
     results = {}
     for side in SIDES:
         dsn = bench.new_database(side, "cold")
         bench.run(side, "setup_tree", sizes.cold_load, dsn)
         results[side.name] = bench.run(side, "cold_load", sizes.cold_load, dsn)
-    yield Line(f"cold loads of {sizes.cold_load:,} by key", "objects/s",
-               results["ours"]["objects_per_s"], results["relstorage"]["objects_per_s"])
+    return Line(f"cold loads of {sizes.cold_load:,} by key", "objects/s",
+                results["ours"]["objects_per_s"], results["relstorage"]["objects_per_s"])
+
+
+def measure_build(bench: Bench, sizes: Sizes) -> Line:
     results = {side.name: bench.run(side, "build", sizes.build, bench.new_database(side, "build"))
                for side in SIDES}
-    yield Line(f"build of {sizes.build:,} objects", "objects/s",
-               results["ours"]["objects_per_s"], results["relstorage"]["objects_per_s"])
+    return Line(f"build of {sizes.build:,} objects", "objects/s",
+                results["ours"]["objects_per_s"], results["relstorage"]["objects_per_s"])
+
+
+def measure_pack(bench: Bench, sizes: Sizes) -> Line:
     results = {}
     for side in SIDES:
         dsn = bench.new_database(side, "pack")
         bench.run(side, "setup_pack", sizes.pack, dsn)
         results[side.name] = bench.run(side, "pack", sizes.pack, dsn)
-    yield Line(f"pack {sizes.pack:,} live + {sizes.pack:,} dead", "seconds",
-               results["ours"]["seconds"], results["relstorage"]["seconds"], higher_is_better=False)
+    return Line(f"pack {sizes.pack:,} live + {sizes.pack:,} dead", "seconds",
+                results["ours"]["seconds"], results["relstorage"]["seconds"], higher_is_better=False)
+
+
+def measure_round_trips(bench: Bench, sizes: Sizes) -> Line:
     results = {side.name: bench.run(side, "round_trips", sizes.round_trips, bench.new_database(side, "trips"))
                for side in SIDES}
     ours, theirs = results["ours"], results["relstorage"]
-    yield Line("round trips per small commit", "trips", ours["round_trips_per_commit"],
-               theirs["round_trips_per_commit"], higher_is_better=False,
-               note=f"statements: ours {ours['statements_per_commit']:.1f}, "
-                    f"relstorage {theirs['statements_per_commit']:.1f}")
+    return Line("round trips per small commit", "trips", ours["round_trips_per_commit"],
+                theirs["round_trips_per_commit"], higher_is_better=False,
+                note=f"statements: ours {ours['statements_per_commit']:.1f}, "
+                     f"relstorage {theirs['statements_per_commit']:.1f}")
+
+
+DISJOINT_LABEL = "4 clients, disjoint objects"
+
+#: Workload name (for ``--only``) -> how it is measured, in the order run.
+WORKLOADS: dict[str, Callable[[Bench, Sizes], Line]] = {
+    "disjoint": lambda bench, sizes: measure_clients(bench, sizes, "disjoint"),
+    "shared": lambda bench, sizes: measure_clients(bench, sizes, "shared"),
+    "small": measure_small,
+    "cold": measure_cold,
+    "build": measure_build,
+    "pack": measure_pack,
+    "trips": measure_round_trips,
+}
+
+
+def measure(bench: Bench, sizes: Sizes, only: Iterable[str] = WORKLOADS) -> Iterator[Line]:
+    """Each chosen workload on both sides, one line at a time."""
+    chosen = set(only)
+    for name, workload in WORKLOADS.items():
+        if name in chosen:
+            yield workload(bench, sizes)
 
 
 def pgbench_ceiling(bench: Bench, seconds: float) -> float:
@@ -253,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
                         help="run everything N times on the cluster, then print each figure's best "
                              "and range (the machine is shared)")
+    parser.add_argument("--only", type=lambda text: text.split(","), default=list(WORKLOADS),
+                        metavar="W,W", help=f"only these workloads, of {','.join(WORKLOADS)}")
     options = parser.parse_args(argv)
     sizes = QUICK if options.quick else FULL
     seconds = options.seconds or sizes.seconds
@@ -272,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             if options.repeat > 1:
                 print(f"-- round {round + 1} of {options.repeat}", flush=True)
             lines = []
-            for line in measure(bench, sizes):
+            for line in measure(bench, sizes, options.only):
                 print(line.text(), flush=True)
                 lines.append(line)
             rounds.append(lines)
@@ -288,10 +328,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_ceiling(ceiling: float, lines: list[Line], note: str = "") -> None:
-    disjoint = lines[0]
-    print(f"{'pgbench -N, 4 clients (ceiling)':<34} {ceiling:>10,.1f} updates/s{note}; "
-          f"ours 4 clients disjoint = {disjoint.ours / ceiling:.0%} of it, "
-          f"relstorage {disjoint.theirs / ceiling:.0%}", flush=True)
+    text = f"{'pgbench -N, 4 clients (ceiling)':<34} {ceiling:>10,.1f} updates/s{note}"
+    disjoint = next((line for line in lines if line.label == DISJOINT_LABEL), None)
+    if disjoint is not None:
+        text += (f"; ours 4 clients disjoint = {disjoint.ours / ceiling:.0%} of it, "
+                 f"relstorage {disjoint.theirs / ceiling:.0%}")
+    print(text, flush=True)
 
 
 if __name__ == "__main__":

@@ -11,65 +11,61 @@ conflicts:
 - ``load`` of such a row raises ReadConflictError (the transaction would
   mix states from before and after the other commit);
 - ``sync`` asks for every such row (an index on ``txid`` finds them);
-- a commit is ONE call of the server-side function ``durus_commit``: it
-  locks the rows of every oid the transaction read or wrote ``FOR UPDATE``,
-  in oid order, and writes only if none of them has a ``txid`` the client's
-  snapshot misses.  The row locks keep the checked rows unchanged until the
-  write commits, so the transaction is as if it ran at that instant
-  (serializable), and commits of disjoint objects never wait for each other.
+- a commit is ONE call of the server-side function ``durus_commit``
+  (``durus/_postgres_commit.py``): it locks the rows of every oid the
+  transaction wrote ``FOR UPDATE`` and of every oid it only read ``FOR
+  SHARE``, in oid order, and writes only if none of them has a ``txid`` the
+  client's snapshot misses.  The row locks keep the checked rows unchanged
+  until the write commits, so the transaction is as if it ran at that
+  instant (serializable); commits of disjoint objects never wait for each
+  other, and commits that only read a row do not wait for each other either.
 
 A commit is durable when ``end`` returns (``synchronous_commit`` is on for
-the storage's session).  Oids come from a sequence in batches and are never
-reused; the root's oid 0 goes to the one client holding an advisory lock
-while no root is stored.  The schema is created and upgraded by
-:func:`init_schema` (``durus_schema_version`` holds its version).
+the storage's session).  The parts, each in a module of its own: the
+session (``durus/_postgres_session.py``), the schema and its migrations
+(``durus/_postgres_schema.py``), the commit (``durus/_postgres_commit.py``),
+the snapshot and records fetched ahead (``durus/_postgres_snapshot.py``),
+oids (``durus/_postgres_oids.py``) and pack (``durus/_postgres_pack.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import NoReturn
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from durus.error import DamagedRecordError, DurusError, DurusKeyError, ReadConflictError, WriteConflictError
-from durus.record import ROOT_OID, int_to_oid, oid_to_int, record_refs, split_oids
+from durus._postgres_commit import RULES_BROKEN, CommitOutcome, call_commit, commit_arguments
+from durus._postgres_oids import OidAllocator
+from durus._postgres_pack import PackProgress, Packer
+from durus._postgres_schema import CURRENT_VERSION, check_not_newer, init_schema, schema_version
+from durus._postgres_session import PostgresSession, PostgresStorageError, describe_dsn, int_array
+from durus._postgres_snapshot import ClientView, Snapshot
+from durus.record import int_to_oid, oid_to_int
 from durus.shared_storage import RequestRefusedError
 from durus.storage import InvalidationHandler, Storage
 
+__all__ = [
+    "DEFAULT_PREFETCH", "SCHEMA_VERSION", "CommitInDoubtError", "PackProgress", "PostgresStorage",
+    "PostgresStorageError", "ReadOnlyStorageError", "describe_dsn", "init_schema",
+]
+
 log = logging.getLogger("durus.postgres_storage")
 
-SCHEMA_VERSION = 1
+#: The version of the database schema this durus makes and reads.
+SCHEMA_VERSION = CURRENT_VERSION
 
-#: How many records one query of ``bulk_load`` or a pack step handles.
+#: How many records one query of ``bulk_load`` or a listing handles.
 BATCH_SIZE = 1000
 
-#: How long a pack's doom step waits for commits under way before it lets
-#: commits through and tries again (it holds new commits back meanwhile).
-DOOM_LOCK_TIMEOUT_MS = 200
+#: How many siblings a cold load fetches along with the record asked for.
+DEFAULT_PREFETCH = 100
 
-#: At most this many records fetched ahead are kept (then they are dropped).
-MAX_PREFETCHED = 20_000
-
-#: The oid batches fetched from the sequence grow to this size.
-MAX_OID_BATCH = 4096
-
-# Advisory lock keys (first half: "durus" in ASCII; second: the purpose, mixed
-# with the schema so that two databases in one PostgreSQL database differ).
-_LOCK_CLASS = 0x64757275
-_ROOT_LOCK = "root"
-_PACK_LOCK = "pack"
-_SCHEMA_LOCK = 0x73636865
-
-
-class PostgresStorageError(DurusError):
-    """PostgreSQL cannot be reached, or its database is not one this storage
-    can use (no schema and ``create=False``, a schema of a newer version).
-    """
+#: After this many conflicts, a commit's tries keep their rows locked until
+#: the next (the first retry, the common case, stays one round trip).
+HOLD_AFTER_CONFLICTS = 2
 
 
 class CommitInDoubtError(PostgresStorageError):
@@ -80,269 +76,6 @@ class CommitInDoubtError(PostgresStorageError):
 
 class ReadOnlyStorageError(DurusError):
     """A change was asked of a PostgresStorage opened with ``readonly=True``."""
-
-
-# -- the schema and its migrations -----------------------------------------
-
-_SCHEMA_1 = r"""
-CREATE TABLE durus_object (
-    oid int8 PRIMARY KEY,
-    txid xid8 NOT NULL,
-    record bytea NOT NULL,
-    refs int8[] NOT NULL
-);
-CREATE INDEX durus_object_txid ON durus_object (txid);
-CREATE SEQUENCE durus_oid_seq AS int8 MINVALUE 1 START 1;
--- Oids a pack removed, for the invalidations of clients that may hold them.
-CREATE TABLE durus_removed (
-    txid xid8 NOT NULL,
-    oids int8[] NOT NULL,
-    at timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX durus_removed_txid ON durus_removed (txid);
--- A pack's first step: what was unreachable in its snapshot.
-CREATE TABLE durus_pack_candidate (oid int8 PRIMARY KEY);
--- A pack's second step: what it will delete; commits may no longer refer to
--- these or write them.
-CREATE TABLE durus_doomed (oid int8 PRIMARY KEY);
-
--- The oids others committed (or a pack removed) that ``snap`` does not see,
--- and the snapshot that sees them: one statement, so the two agree.
-CREATE FUNCTION durus_news(snap pg_snapshot, own xid8[], OUT now_snap pg_snapshot, OUT oids int8[])
-LANGUAGE sql STABLE AS $$
-    SELECT pg_current_snapshot(), coalesce(
-        (SELECT array_agg(oid) FROM (
-            SELECT oid FROM durus_object
-             WHERE txid >= pg_snapshot_xmin(snap) AND NOT pg_visible_in_snapshot(txid, snap)
-               AND txid <> ALL (own)
-            UNION
-            SELECT unnest(oids) FROM durus_removed
-             WHERE txid >= pg_snapshot_xmin(snap) AND NOT pg_visible_in_snapshot(txid, snap)
-        ) AS news), '{}')
-$$;
-
--- A whole commit in one call.  The records come concatenated in blob, with
--- their lengths (cheaper to send than an array of bytea).  Status 'ok' (written; txid is the writer),
--- 'conflict' (nothing written; bad: the watched oids others committed),
--- 'removed' (nothing written; bad: oids a pack removed that the commit
--- writes or refers to) or 'refused' (nothing written; problem says why).
--- Invalidations and the new snapshot come back in every case.
-CREATE FUNCTION durus_commit(
-    snap pg_snapshot, own xid8[], watched int8[], new_oids int8[],
-    oids int8[], blob bytea, lengths int4[], refs int8[], ref_owners int8[],
-    OUT status text, OUT txid xid8, OUT now_snap pg_snapshot, OUT invalid int8[],
-    OUT bad int8[], OUT bad_records bytea[], OUT problem text)
-LANGUAGE plpgsql AS $$
-DECLARE
-    found_oids int8[];
-    handed_out int8;
-    missing int8[];
-BEGIN
-    -- Lock what the transaction used, in oid order (no deadlocks between
-    -- commits), and find what others committed of it.  This statement also
-    -- takes the table lock a pack's doom step waits for.
-    SELECT coalesce(array_agg(w.oid), '{}'),
-           coalesce(array_agg(w.oid) FILTER (
-               WHERE NOT pg_visible_in_snapshot(w.txid, snap) AND w.txid <> ALL (own)), '{}')
-      INTO found_oids, bad
-      FROM (SELECT o.oid, o.txid FROM durus_object o WHERE o.oid = ANY (watched)
-             ORDER BY o.oid FOR UPDATE) AS w;
-    SELECT n.now_snap, n.oids INTO now_snap, invalid FROM durus_news(snap, own) AS n;
-    IF cardinality(bad) > 0 THEN
-        -- Their records too, as of now_snap: the client merges onto them
-        -- and tries again without another round trip to load them.
-        SELECT array_agg(o.oid ORDER BY o.oid), array_agg(o.record ORDER BY o.oid) INTO bad, bad_records
-          FROM durus_object AS o WHERE o.oid = ANY (bad);
-        status := 'conflict';
-        RETURN;
-    END IF;
-    SELECT CASE WHEN s.is_called THEN s.last_value ELSE 0 END INTO handed_out FROM durus_oid_seq AS s;
-    -- Records for oids with no row: new objects of this client, else never
-    -- handed out (refused) or removed by a pack (the client is stale).
-    SELECT coalesce(array_agg(r.oid), '{}') INTO missing
-      FROM unnest(oids) AS r(oid)
-     WHERE r.oid NOT IN (SELECT unnest(found_oids)) AND r.oid NOT IN (SELECT unnest(new_oids));
-    IF cardinality(missing) > 0 THEN
-        IF (SELECT max(m) FROM unnest(missing) AS m) > handed_out THEN
-            status := 'refused';
-            problem := format('a record for oid %s, which was never handed out', (SELECT max(m) FROM unnest(missing) AS m));
-            RETURN;
-        END IF;
-        status := 'removed';
-        bad := missing;
-        RETURN;
-    END IF;
-    -- Used oids with no row (not written now): removed by a pack.
-    SELECT coalesce(array_agg(w.oid), '{}') INTO missing
-      FROM unnest(watched) AS w(oid)
-     WHERE w.oid NOT IN (SELECT unnest(found_oids)) AND w.oid NOT IN (SELECT unnest(oids));
-    IF cardinality(missing) > 0 THEN
-        status := 'removed';
-        bad := missing;
-        RETURN;
-    END IF;
-    -- References: to a stored object, or to one written now.
-    SELECT coalesce(array_agg(r.oid), '{}') INTO missing
-      FROM (SELECT DISTINCT unnest(refs) AS oid) AS r
-      LEFT JOIN unnest(oids) AS n(oid) ON n.oid = r.oid
-      LEFT JOIN durus_object AS o ON o.oid = r.oid
-     WHERE n.oid IS NULL AND o.oid IS NULL;
-    IF cardinality(missing) > 0 THEN
-        IF (SELECT max(m) FROM unnest(missing) AS m) > handed_out THEN
-            status := 'refused';
-            problem := format('a reference to oid %s, which was never handed out', (SELECT max(m) FROM unnest(missing) AS m));
-            RETURN;
-        END IF;
-        status := 'removed';
-        bad := missing;
-        RETURN;
-    END IF;
-    -- Nothing may write or refer to what a pack is deleting.
-    SELECT coalesce(array_agg(d.oid), '{}') INTO missing
-      FROM durus_doomed AS d
-     WHERE d.oid IN (SELECT unnest(oids) UNION SELECT unnest(refs));
-    IF cardinality(missing) > 0 THEN
-        status := 'removed';
-        bad := missing;
-        RETURN;
-    END IF;
-    txid := pg_current_xact_id();
-    -- Set-based (no subscripting of big arrays, which copies them).
-    INSERT INTO durus_object AS o (oid, txid, record, refs)
-    SELECT r.oid, txid, substr(blob, r.start::int4, r.length), coalesce(f.refs, '{}')
-      FROM (SELECT u.oid, u.length, u.n, sum(u.length) OVER (ORDER BY u.n) - u.length + 1 AS start
-              FROM unnest(oids, lengths) WITH ORDINALITY AS u(oid, length, n)) AS r
-      LEFT JOIN (SELECT u.owner, array_agg(u.ref ORDER BY u.k) AS refs
-                   FROM unnest(ref_owners, refs) WITH ORDINALITY AS u(owner, ref, k)
-                  GROUP BY u.owner) AS f ON f.owner = r.n
-        ON CONFLICT (oid) DO UPDATE
-       SET txid = excluded.txid, record = excluded.record, refs = excluded.refs;
-    status := 'ok';
-END
-$$;
-
--- A pack's doom step: of the candidates, all but those a commit since the
--- pack's snapshot made reachable again.  The table lock waits for commits
--- under way and holds new ones back for the length of this call only.
-CREATE FUNCTION durus_pack_doom(snap pg_snapshot) RETURNS int8
-LANGUAGE plpgsql AS $$
-DECLARE
-    doomed int8;
-BEGIN
-    LOCK TABLE durus_object IN EXCLUSIVE MODE;
-    WITH RECURSIVE rescued(oid) AS (
-        SELECT c.oid FROM durus_pack_candidate AS c
-         WHERE c.oid IN (
-            SELECT unnest(o.refs) FROM durus_object AS o
-             WHERE o.txid >= pg_snapshot_xmin(snap) AND NOT pg_visible_in_snapshot(o.txid, snap)
-               AND o.oid NOT IN (SELECT oid FROM durus_pack_candidate))
-        UNION
-        SELECT c.oid FROM rescued AS r
-          JOIN durus_object AS o ON o.oid = r.oid
-          JOIN durus_pack_candidate AS c ON c.oid = ANY (o.refs)
-    )
-    DELETE FROM durus_pack_candidate AS c USING rescued AS r WHERE c.oid = r.oid;
-    INSERT INTO durus_doomed SELECT oid FROM durus_pack_candidate ON CONFLICT DO NOTHING;
-    GET DIAGNOSTICS doomed = ROW_COUNT;
-    DELETE FROM durus_pack_candidate;
-    RETURN doomed;
-END
-$$;
-"""
-
-#: Version -> the SQL that brings the schema from the version before to it.
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_1}
-
-
-def init_schema(conn: psycopg.Connection | str) -> int:
-    """Create the schema, or upgrade it to :data:`SCHEMA_VERSION`, in one
-    transaction; the version it had before (0: none).  ``conn``: a psycopg
-    connection (in autocommit mode) or a DSN.  Safe to run from many clients
-    at once (an advisory lock takes them in turn).
-    """
-    if isinstance(conn, str):
-        with psycopg.connect(conn, autocommit=True) as connection:
-            return init_schema(connection)
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_schema()))", (_SCHEMA_LOCK,))
-        found = _schema_version(conn)
-        if found > SCHEMA_VERSION:
-            raise PostgresStorageError(
-                f"the database's durus schema is version {found}; this durus knows up to "
-                f"{SCHEMA_VERSION}: upgrade durus")
-        if found == 0:
-            conn.execute("CREATE TABLE durus_schema_version (version int NOT NULL)")
-            conn.execute("INSERT INTO durus_schema_version VALUES (0)")
-        for version in range(found + 1, SCHEMA_VERSION + 1):
-            conn.execute(MIGRATIONS[version])
-            conn.execute("UPDATE durus_schema_version SET version = %s", (version,))
-            log.info("durus schema upgraded to version %d", version)
-    return found
-
-
-def _schema_version(conn: psycopg.Connection) -> int:
-    """The schema version stored in the database; 0 if there is none."""
-    # pg_class, not to_regclass: after waiting for the schema lock, the
-    # latter can still answer from the catalog as it was before the wait.
-    exists = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE relname = 'durus_schema_version'"
-        " AND relnamespace = current_schema()::regnamespace)").fetchone()[0]
-    if not exists:
-        return 0
-    row = conn.execute("SELECT version FROM durus_schema_version").fetchone()
-    return row[0] if row else 0
-
-
-def describe_dsn(dsn: str) -> str:
-    """The DSN without its password, for messages and logs."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "<an unparsable DSN>"
-    params.pop("password", None)
-    return " ".join(f"{key}={value}" for key, value in params.items())
-
-
-def _int_array(numbers: Iterable[int]) -> str:
-    """A PostgreSQL array literal of integers."""
-    return "{" + ",".join(map(str, numbers)) + "}"
-
-
-# -- snapshots -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A PostgreSQL snapshot (``pg_snapshot``): which transactions it sees."""
-
-    xmin: int
-    xmax: int
-    xip: frozenset[int]
-    text: str
-
-    @classmethod
-    def parse(cls, text: str) -> Snapshot:
-        xmin, xmax, xip = text.split(":")
-        return cls(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x), text)
-
-    def sees(self, txid: int) -> bool:
-        """Whether a transaction committed is visible in this snapshot."""
-        return txid < self.xmin or (txid < self.xmax and txid not in self.xip)
-
-
-@dataclass
-class PackProgress:
-    """Where a pack stands: ``phase`` is "mark", "doom", "sweep" or "done";
-    ``removed`` counts the records deleted so far of ``doomed``.
-    """
-
-    phase: str = "mark"
-    doomed: int = 0
-    removed: int = 0
-
-
-#: How many siblings a cold load fetches along with the record asked for.
-DEFAULT_PREFETCH = 100
 
 
 class PostgresStorage(Storage):
@@ -362,6 +95,13 @@ class PostgresStorage(Storage):
     version rather than raising ReadConflictError (the transaction still
     sees one consistent state, and a commit that used it conflicts), as
     ClientStorage's ``prefetch`` does.
+
+    Attributes: ``dsn``, ``readonly``; ``_session`` (the PostgreSQL
+    session), ``_view`` (snapshot and records known as of it), ``_oids``,
+    ``_packer``; ``_records``, the commit being gathered (None outside
+    one); ``_conflicts``, how many times the commit under way conflicted
+    (from the second, the rows it locked stay locked until it commits again
+    or is given up).
     """
 
     batched_bulk_load = True
@@ -379,93 +119,68 @@ class PostgresStorage(Storage):
         self.dsn = dsn
         self.readonly = readonly
         self._closed = False
-        self.conn = self._connect(dsn)
-        self._cursor = self.conn.cursor()  # reused: a cursor per query costs
+        self._session = PostgresSession(dsn, readonly=readonly, on_reconnect=self._session_lost)
+        self._oids = OidAllocator(self._session, oid_batch)
+        self._packer = Packer(self._session)
         try:
             self._check_schema(create)
         except BaseException:
-            self.conn.close()
+            self._session.close()
             raise
-        self._snapshot = self._current_snapshot()
-        self._own: list[int] = []  # txids of this client's commits its snapshot misses
+        self._view = ClientView(self._current_snapshot(), prefetch)
         self._records: dict[bytes, bytes] | None = None
-        self._oid_pool: list[int] = []
-        self._given: set[bytes] = set()  # handed out by new_oid, not yet stored
-        self._oid_batch = max(1, oid_batch)
-        # Records as of the current snapshot, fetched ahead or sent with a
-        # conflict (the committed states to merge onto); served by load
-        # without a query, once.
-        self._known: dict[bytes, bytes] = {}
-        self.prefetch = prefetch
-        self._seen: set[bytes] = set()  # handed out (the caller may hold them)
-        self._groups: dict[bytes, list[bytes]] = {}  # oid -> the refs it came in
-        # True from a conflict until the commit succeeds or is given up.
-        self._resolving = False
-        self._root_stored = False  # once True, oid 0 is never claimed again
-        self.pack_progress = PackProgress(phase="done")
+        self._conflicts = 0
 
     def __repr__(self) -> str:
         return f"<PostgresStorage {describe_dsn(self.dsn)}>"
 
-    # -- connecting ------------------------------------------------------------
+    @property
+    def conn(self) -> psycopg.Connection:
+        """The psycopg connection of the current session."""
+        return self._session.conn
 
-    def _connect(self, dsn: str) -> psycopg.Connection:
-        try:
-            conn = psycopg.connect(dsn, autocommit=True)
-        except psycopg.Error as error:
-            raise PostgresStorageError(
-                f"cannot connect to PostgreSQL ({describe_dsn(dsn)}): {str(error).strip()}") from None
-        # Durable when a commit returns, whatever the server's default.
-        conn.execute("SET synchronous_commit = on")
-        # Rows a conflict's resolution holds come free even if the client
-        # never returns (the session ends; the next call reconnects).
-        conn.execute("SET idle_in_transaction_session_timeout = '10s'")
-        if self.readonly:
-            conn.execute("SET default_transaction_read_only = on")
-        return conn
+    @property
+    def prefetch(self) -> int:
+        return self._view.prefetch
+
+    @prefetch.setter
+    def prefetch(self, count: int) -> None:
+        self._view.prefetch = count
+
+    @property
+    def pack_progress(self) -> PackProgress:
+        """The latest pack's progress (a new object for each pack run)."""
+        return self._packer.progress
+
+    # -- the session -------------------------------------------------------------
 
     def _check_schema(self, create: bool) -> None:
-        version = _schema_version(self.conn)
+        version = schema_version(self._session.conn)
         if version == SCHEMA_VERSION:
             return
-        if version > SCHEMA_VERSION:
-            raise PostgresStorageError(
-                f"the database's durus schema is version {version}; this durus knows up to "
-                f"{SCHEMA_VERSION}: upgrade durus")
+        check_not_newer(version)
         if not create or self.readonly:
             what = "no durus schema" if version == 0 else f"durus schema version {version}"
             raise PostgresStorageError(
                 f"{describe_dsn(self.dsn)} has {what}; open it once with create=True "
                 f"(or call durus.postgres_storage.init_schema) to make version {SCHEMA_VERSION}")
-        init_schema(self.conn)
+        init_schema(self._session.conn)
 
     def _current_snapshot(self) -> Snapshot:
-        return Snapshot.parse(self.conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0])
+        return Snapshot.parse(self._session.query("SELECT pg_current_snapshot()::text").fetchone()[0])
 
     def _query(self, sql: str, params: tuple | None = None, prepare: bool | None = None) -> psycopg.Cursor:
-        """Run one statement that changes nothing, reconnecting once if
-        the session was lost (a server restart, an idle timeout).
-        """
+        """A statement that changes nothing, on a session made anew if lost."""
         self._check_open()
-        try:
-            return self._cursor.execute(sql, params, prepare=prepare)
-        except psycopg.OperationalError as error:
-            if not self.conn.broken and not self.conn.closed:
-                raise
-            log.warning("PostgreSQL session lost (%s); reconnecting", str(error).strip())
-        self._reconnect()
-        return self._cursor.execute(sql, params, prepare=prepare)
+        return self._session.query(sql, params, prepare)
 
-    def _reconnect(self) -> None:
-        """A new session; the snapshot stays, since it names transactions,
-        not sessions.  Held rows and the root claim went with the old one.
+    def _session_lost(self) -> None:
+        """A new session replaced a lost one; the snapshot stays, since it
+        names transactions, not sessions.  Held rows and the root claim
+        went with the old one.
         """
-        self._resolving = False
-        self._given.discard(ROOT_OID)
-        with contextlib.suppress(psycopg.Error):
-            self.conn.close()
-        self.conn = self._connect(self.dsn)
-        self._cursor = self.conn.cursor()
+        self._conflicts = 0
+        self._oids.session_lost()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -481,7 +196,7 @@ class PostgresStorage(Storage):
         """Raise ReadConflictError if the row of ``oid`` was committed by
         another client since this one's last transaction boundary.
         """
-        if not self._snapshot.sees(txid) and txid not in self._own:
+        if not self._view.is_fresh(txid):
             raise ReadConflictError([oid])
 
     def _checked_record(self, oid: bytes, record: bytes) -> bytes:
@@ -491,26 +206,27 @@ class PostgresStorage(Storage):
         return record
 
     def load(self, oid: bytes) -> bytes:
-        record = self._known.pop(oid, None)
+        record = self._view.known.pop(oid, None)
         if record is None:
-            wanted = [oid, *self._siblings(oid)]
+            wanted = [oid, *self._view.siblings(oid)]
             found = self._fetch(wanted)
             if oid not in found:
                 raise DurusKeyError(oid)
             record, txid = found.pop(oid)
             self._fresh(oid, txid)
-            self._keep_fresh(found)
+            self._view.keep(found)
         return self._handed_out(oid, record)
 
     def bulk_load(self, oids: Iterable[bytes]) -> Iterator[bytes]:
         """The records of ``oids``, in order, fetched ``BATCH_SIZE`` at a time."""
         oids = list(oids)
+        known = self._view.known
         for start in range(0, len(oids), BATCH_SIZE):
             batch = oids[start:start + BATCH_SIZE]
-            missing = [oid for oid in batch if oid not in self._known]
+            missing = [oid for oid in batch if oid not in known]
             found = self._fetch(missing) if missing else {}
             for oid in batch:
-                record = self._known.pop(oid, None)
+                record = known.pop(oid, None)
                 if record is None:
                     try:
                         record, txid = found[oid]
@@ -528,52 +244,13 @@ class PostgresStorage(Storage):
         else:
             rows = self._query(
                 "SELECT oid, record, txid::text::int8 FROM durus_object WHERE oid = ANY (%s::int8[])",
-                (_int_array(map(oid_to_int, oids)),), prepare=True).fetchall()
+                (int_array(map(oid_to_int, oids)),), prepare=True).fetchall()
         return {int_to_oid(number): (bytes(record), txid) for number, record, txid in rows}
 
-    def _keep_fresh(self, found: dict[bytes, tuple[bytes, int]]) -> None:
-        """Keep records fetched ahead that the snapshot sees (they are its
-        versions: a newer one would have been fetched instead).
-        """
-        if len(self._known) > MAX_PREFETCHED:
-            self._known.clear()
-        for oid, (record, txid) in found.items():
-            if self._snapshot.sees(txid) or txid in self._own:
-                self._known[oid] = record
-
-    def _siblings(self, oid: bytes) -> list[bytes]:
-        """The oids to fetch along with ``oid``: with ``prefetch``, the
-        others that the record which referred to it refers to, not yet
-        handed out or fetched.  A first look at one child of a B-tree node
-        thereby brings its siblings, in the same round trip.
-        """
-        group = self._groups.pop(oid, None)
-        if not group:
-            return []
-        seen, known, limit = self._seen, self._known, self.prefetch
-        siblings = []
-        for other in group:
-            if other != oid and other not in seen and other not in known:
-                siblings.append(other)
-                if len(siblings) >= limit:
-                    break
-        return siblings
-
     def _handed_out(self, oid: bytes, record: bytes) -> bytes:
-        """Check a record going to the caller, and note its refs as the
-        group each of them is prefetched with.
-        """
+        """Check a record going to the caller, and note it for prefetching."""
         self._checked_record(oid, record)
-        if self.prefetch:
-            if len(self._seen) > MAX_PREFETCHED * 10:
-                self._seen.clear()
-                self._groups.clear()
-            self._seen.add(oid)
-            refs = record_refs(record)
-            if refs:
-                group = split_oids(refs)
-                for ref in group:
-                    self._groups[ref] = group
+        self._view.handed_out(oid, record)
         return record
 
     def __contains__(self, oid: bytes) -> bool:
@@ -588,62 +265,21 @@ class PostgresStorage(Storage):
         self._release()
         snapshot, oids = self._query(
             "SELECT now_snap::text, oids FROM durus_news(%s::pg_snapshot, %s::xid8[])",
-            (self._snapshot.text, self._own_text()), prepare=True).fetchone()
+            (self._view.snapshot.text, self._view.own_text()), prepare=True).fetchone()
         news = [int_to_oid(number) for number in oids]
-        self._new_snapshot(snapshot, news)
+        self._view.move_to(snapshot, news)
         return news
-
-    def _new_snapshot(self, text: str, changed: Iterable[bytes]) -> None:
-        """Move to a new transaction boundary; records fetched ahead of what
-        changed since the last one are no longer the snapshot's.
-        """
-        self._snapshot = Snapshot.parse(text)
-        self._own = []
-        known, seen = self._known, self._seen
-        for oid in changed:
-            known.pop(oid, None)
-            seen.discard(oid)
-
-    def _own_text(self) -> str:
-        return "{" + ",".join(map(str, self._own)) + "}"
 
     # -- oids ------------------------------------------------------------------
 
     def new_oid(self) -> bytes:
-        return self.new_oids(1)[0]
+        self._check_writable("hand out new oids")
+        return self._oids.new_oid()
 
     def new_oids(self, count: int) -> list[bytes]:
         """``count`` oids no one else was or will be given."""
         self._check_writable("hand out new oids")
-        oids = []
-        if not self._root_stored and ROOT_OID not in self._given and self._claim_root():
-            oids.append(ROOT_OID)
-        while len(oids) < count:
-            if not self._oid_pool:
-                self._fill_oid_pool(count - len(oids))
-            oids.append(int_to_oid(self._oid_pool.pop()))
-        self._given.update(oids)
-        return oids
-
-    def _claim_root(self) -> bool:
-        """Whether this client gets oid 0 to create the root: only while no
-        root is stored, and only one client at a time (an advisory lock held
-        for the rest of the session, released by PostgreSQL if it dies).
-        """
-        stored, claimed = self._query(
-            "SELECT EXISTS (SELECT 1 FROM durus_object WHERE oid = 0), "
-            "NOT EXISTS (SELECT 1 FROM durus_object WHERE oid = 0) "
-            "AND pg_try_advisory_lock(%s, hashtext(%s || current_schema()))",
-            (_LOCK_CLASS, _ROOT_LOCK)).fetchone()
-        self._root_stored = stored
-        return claimed
-
-    def _fill_oid_pool(self, wanted: int) -> None:
-        size = max(wanted, self._oid_batch)
-        self._oid_batch = min(self._oid_batch * 2, MAX_OID_BATCH)
-        rows = self._query(
-            "SELECT nextval('durus_oid_seq') FROM generate_series(1, %s)", (size,)).fetchall()
-        self._oid_pool = [number for (number,) in reversed(rows)]
+        return self._oids.new_oids(count)
 
     # -- committing ------------------------------------------------------------
 
@@ -673,106 +309,98 @@ class PostgresStorage(Storage):
             self._deliver(self.sync(), handle_invalidations)
             return
         watched = set(watched)
-        arguments = self._commit_arguments(records, watched)
+        arguments = commit_arguments(records, watched, self._oids.given)
         while True:
-            held = self._resolving
-            self._check_open()
             try:
-                if held and not self._in_transaction():
-                    # Resolving a conflict: keep the conflicting rows locked
-                    # from this check until the retry, so it cannot starve.
-                    self.conn.execute("BEGIN")
-                status, txid, snapshot, invalid, bad, bad_records, problem = self.conn.execute(
-                    "SELECT status, txid::text::int8, now_snap::text, invalid, bad, bad_records, problem "
-                    "FROM durus_commit(%s::pg_snapshot, %s::xid8[], %s::int8[], %s::int8[], %s::int8[], "
-                    "%b, %s::int4[], %s::int8[], %s::int8[])",
-                    (self._snapshot.text, self._own_text(), *arguments), prepare=True).fetchone()
-            except psycopg.errors.DeadlockDetected:
-                # Two resolving clients each hold a row the other needs.
+                outcome = self._call_commit(arguments)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.UniqueViolation):
+                # Two resolving clients each hold a row the other needs; or
+                # a new oid was stored meanwhile (a lost root claim).
                 self._release()
-                raise WriteConflictError(sorted(set(watched) | records.keys())) from None
-            except psycopg.OperationalError as error:
-                self._lost_during_commit(error, written=False if held else None)
-            if status != "conflict" and held:
-                try:
-                    self.conn.execute("COMMIT" if status == "ok" else "ROLLBACK")
-                except psycopg.OperationalError as error:
-                    self._lost_during_commit(error, written=None if status == "ok" else False)
-            invalid_oids = [int_to_oid(number) for number in invalid]
-            self._new_snapshot(snapshot, invalid_oids)
-            if status == "ok":
-                for oid in records:
-                    self._known.pop(oid, None)
-                self._resolving = False
-                self._own = [txid]
-                self._given.difference_update(records)
-                self._deliver(invalid_oids, handle_invalidations)
+                raise WriteConflictError(sorted(watched | records.keys())) from None
+            except psycopg.DatabaseError as error:
+                if error.sqlstate != RULES_BROKEN:
+                    raise
+                self._release()
+                raise RequestRefusedError(f"commit refused: {error.diag.message_primary}") from None
+            invalid = [int_to_oid(number) for number in outcome.invalid]
+            self._view.move_to(outcome.snapshot, invalid)
+            if outcome.status != "conflict":
+                self._finish(outcome, records, invalid, handle_invalidations)
                 return
-            if status == "refused":
-                self._resolving = False
-                self._deliver(invalid_oids, handle_invalidations)
-                raise RequestRefusedError(f"commit refused: {problem}")
-            if status == "removed":
-                self._resolving = False
-                self._deliver(invalid_oids, handle_invalidations)
-                raise WriteConflictError([int_to_oid(number) for number in bad])
             # A conflict: the handler raises ConflictError (the Connection
             # may resolve and commit again), or finds every read unchanged
             # and returns; then only newer commits matter.
-            bad_oids = [int_to_oid(number) for number in bad]
-            self._resolving = True
+            bad = [int_to_oid(number) for number in outcome.bad]
+            self._conflicts += 1
             if handle_invalidations is None:
                 self._release()
-                raise WriteConflictError(bad_oids)
-            self._known.update(zip(bad_oids, map(bytes, bad_records)))
-            handle_invalidations(invalid_oids)
+                raise WriteConflictError(bad)
+            self._view.known.update(zip(bad, outcome.bad_records))
+            handle_invalidations(invalid)
+
+    def _call_commit(self, arguments: tuple) -> CommitOutcome:
+        """One call of ``durus_commit``, in one round trip as a rule.  After
+        a commit conflicted twice, in a transaction that keeps the rows it
+        locked from the check until the next try (so that it cannot
+        starve), ended here unless it conflicted again.
+        """
+        held = self._conflicts >= HOLD_AFTER_CONFLICTS
+        self._check_open()
+        session = self._session
+        try:
+            if held and not session.in_transaction():
+                session.execute("BEGIN")
+            outcome = call_commit(session.conn, self._view.snapshot.text, self._view.own_text(), arguments)
+        except (psycopg.errors.DeadlockDetected, psycopg.errors.UniqueViolation):
+            raise  # the session is fine: the caller gives up the commit
+        except psycopg.OperationalError as error:
+            self._lost_during_commit(error, written=False if held else None)
+        if outcome.status != "conflict" and held:
+            try:
+                session.execute("COMMIT" if outcome.status == "ok" else "ROLLBACK")
+            except psycopg.OperationalError as error:
+                self._lost_during_commit(error, written=None if outcome.status == "ok" else False)
+        return outcome
+
+    def _finish(self, outcome: CommitOutcome, records: dict[bytes, bytes], invalid: list[bytes],
+                handle_invalidations: InvalidationHandler | None) -> None:
+        """The end of a commit that did not conflict: written, or refused."""
+        self._conflicts = 0
+        self._deliver(invalid, handle_invalidations)
+        if outcome.status == "ok":
+            known = self._view.known
+            for oid in records:
+                known.pop(oid, None)
+            self._view.own = [outcome.txid]
+            self._oids.stored(records)
+            return
+        if outcome.status == "refused":
+            raise RequestRefusedError(f"commit refused: {outcome.problem}")
+        raise WriteConflictError([int_to_oid(number) for number in outcome.bad])  # "removed"
 
     def _lost_during_commit(self, error: psycopg.OperationalError, written: bool | None) -> NoReturn:
         """The session broke during a commit: reconnect, and say whether
         the commit may have been written (``written`` None: unknown).
         """
-        self._reconnect()
+        self._session.reconnect()
         if written is False:
             raise WriteConflictError([]) from None
         raise CommitInDoubtError(
             f"the PostgreSQL session broke during a commit ({str(error).strip()}); it may or may "
             "not have been written: abort, then look before doing it again") from None
 
-    def _in_transaction(self) -> bool:
-        return self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
-
     def _release(self) -> None:
         """Give up the row locks a conflict left held (a resolution that
         did not commit again), if any.
         """
-        self._resolving = False
-        if not self.conn.closed and self._in_transaction():
-            with contextlib.suppress(psycopg.OperationalError):  # a lost session: _query reconnects
-                self.conn.execute("ROLLBACK")
+        self._conflicts = 0
+        self._session.rollback_if_open()
 
     @staticmethod
     def _deliver(oids: list[bytes], handle_invalidations: InvalidationHandler | None) -> None:
         if oids and handle_invalidations is not None:
             handle_invalidations(oids)
-
-    def _commit_arguments(self, records: dict[bytes, bytes], watched: Iterable[bytes]) -> tuple:
-        """The parameters of ``durus_commit`` after the snapshot ones."""
-        numbers, lengths, refs, owners = [], [], [], []
-        for position, (oid, record) in enumerate(records.items(), 1):
-            numbers.append(oid_to_int(oid))
-            lengths.append(len(record))
-            try:
-                record_oids = split_oids(record_refs(record))
-            except ValueError:
-                raise RequestRefusedError(
-                    f"commit refused: the refs of the record of oid {oid_to_int(oid)} are not whole oids") from None
-            refs.extend(map(oid_to_int, record_oids))
-            owners.extend([position] * len(record_oids))
-        watched_numbers = sorted({oid_to_int(oid) for oid in watched} | set(numbers))
-        new = [oid_to_int(oid) for oid in records if oid in self._given]
-        # Arrays as literals: psycopg's list adaptation inspects every item.
-        return (_int_array(watched_numbers), _int_array(new), _int_array(numbers),
-                b"".join(records.values()), _int_array(lengths), _int_array(refs), _int_array(owners))
 
     # -- listing -----------------------------------------------------------------
 
@@ -812,102 +440,9 @@ class PostgresStorage(Storage):
         """
         self._check_writable("pack")
         self._release()
-        return self._pack_steps()
-
-    def _pack_steps(self) -> Iterator[None]:
-        conn = self.conn
-        got = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s || current_schema()))",
-                           (_LOCK_CLASS, _PACK_LOCK)).fetchone()[0]
-        if not got:
-            log.info("pack skipped: another client is packing")
-            return
-        progress = self.pack_progress = PackProgress()
-        try:
-            left_over = conn.execute("SELECT count(*) FROM durus_doomed").fetchone()[0]
-            if left_over:
-                log.info("pack: finishing an interrupted pack's %d removals", left_over)
-                progress.doomed = left_over
-            elif not self._query("SELECT EXISTS (SELECT 1 FROM durus_object WHERE oid = 0)").fetchone()[0]:
-                log.info("pack skipped: no root is stored, so nothing is reachable yet")
-                progress.phase = "done"
-                return
-            else:
-                snapshot = self._pack_mark()
-                yield None
-                progress.phase = "doom"
-                while (doomed := self._pack_doom(snapshot)) is None:
-                    yield None  # commits under way held the table: later
-                progress.doomed = doomed
-                log.info("pack: %d unreachable records to remove", progress.doomed)
-                yield None
-            progress.phase = "sweep"
-            while True:
-                removed = self._pack_sweep_batch()
-                if not removed:
-                    break
-                progress.removed += removed
-                log.info("pack: removed %d of %d", progress.removed, progress.doomed)
-                yield None
-            conn.execute("DELETE FROM durus_removed WHERE at < now() - interval '1 day'")
-            progress.phase = "done"
-            log.info("pack finished: %d records removed", progress.removed)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s || current_schema()))",
-                         (_LOCK_CLASS, _PACK_LOCK))
-
-    def _pack_mark(self) -> str:
-        """Note every record unreachable from the root, in one snapshot
-        (which blocks no one); the snapshot, for the doom step.
-        """
-        conn = self.conn
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            snapshot = conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0]
-            conn.execute("DELETE FROM durus_pack_candidate")
-            conn.execute("""
-                WITH RECURSIVE reachable(oid) AS (
-                    SELECT oid FROM durus_object WHERE oid = 0
-                    UNION
-                    SELECT unnest(o.refs) FROM reachable AS r JOIN durus_object AS o ON o.oid = r.oid
-                )
-                INSERT INTO durus_pack_candidate
-                SELECT o.oid FROM durus_object AS o WHERE o.oid NOT IN (SELECT oid FROM reachable)
-            """)
-        return snapshot
-
-    def _pack_doom(self, snapshot: str) -> int | None:
-        """The doom step; None if the table lock it needs was not had
-        within ``DOOM_LOCK_TIMEOUT`` (a client resolving a conflict holds
-        rows, and commits would queue behind the waiting lock meanwhile).
-        """
-        conn = self.conn
-        try:
-            with conn.transaction():
-                conn.execute(f"SET LOCAL lock_timeout = '{DOOM_LOCK_TIMEOUT_MS}ms'")
-                return conn.execute("SELECT durus_pack_doom(%s::pg_snapshot)", (snapshot,)).fetchone()[0]
-        except psycopg.errors.LockNotAvailable:
-            log.info("pack: commits under way; the doom step tries again")
-            return None
-
-    def _pack_sweep_batch(self) -> int:
-        """Delete one batch of doomed records; how many."""
-        row = self.conn.execute("""
-            WITH batch AS (
-                DELETE FROM durus_doomed WHERE oid IN (
-                    SELECT oid FROM durus_doomed ORDER BY oid LIMIT %s)
-                RETURNING oid
-            ), gone AS (
-                DELETE FROM durus_object WHERE oid IN (SELECT oid FROM batch) RETURNING oid
-            ), noted AS (
-                INSERT INTO durus_removed (txid, oids)
-                SELECT pg_current_xact_id(), array_agg(oid) FROM gone HAVING count(*) > 0
-            )
-            SELECT count(*) FROM batch
-        """, (BATCH_SIZE,)).fetchone()
-        return row[0]
+        return self._packer.steps()
 
     def close(self) -> None:
         self._closed = True
-        self._resolving = False
-        if not self.conn.closed:
-            self.conn.close()
+        self._conflicts = 0
+        self._session.close()

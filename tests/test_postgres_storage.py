@@ -29,9 +29,10 @@ from durus.postgres_storage import (
     ReadOnlyStorageError,
     init_schema,
 )
+from durus._postgres_schema import MIGRATIONS
 from durus.record import ROOT_OID, int_to_oid, oid_to_int, pack_record, record_refs, split_oids, unpack_record
 from durus.shared_storage import RequestRefusedError
-from durus.storage import gen_reachable_records
+from durus.storage import MemoryStorage, gen_reachable_records
 from tests.models import Item
 
 # The in-process conflict tests, run here against PostgreSQL through their
@@ -154,6 +155,36 @@ def test_schema_is_versioned_and_created_once(postgres_dsn, storages) -> None:
         conn.execute("UPDATE durus_schema_version SET version = %s", (SCHEMA_VERSION + 1,))
     with pytest.raises(PostgresStorageError, match="upgrade durus"):
         storages()
+
+
+def test_a_version_1_database_upgrades_on_open_and_keeps_its_records(postgres_dsn, storages) -> None:
+    """A database made by the first release (schema 1, its commit function)
+    opens with this one: upgraded in place, its records loaded, commits
+    through the new function, the old one gone.
+    """
+    made = Connection(MemoryStorage())
+    made.root["before"] = "made by version 1"
+    made.commit()
+    record = made.get_storage().load(ROOT_OID)
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        with conn.transaction():  # as the first release's init_schema did
+            conn.execute("CREATE TABLE durus_schema_version (version int NOT NULL)")
+            conn.execute("INSERT INTO durus_schema_version VALUES (1)")
+            conn.execute(MIGRATIONS[1])
+        status = conn.execute(
+            "SELECT status FROM durus_commit(pg_current_snapshot(), '{}', '{0}', '{0}', '{0}', %b, %s::int4[], "
+            "'{}', '{}')", (record, f"{{{len(record)}}}")).fetchone()[0]
+        assert status == "ok"
+    assert Connection(storages()).root["before"] == "made by version 1"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT version FROM durus_schema_version").fetchone()[0] == SCHEMA_VERSION == 2
+        signatures = conn.execute(
+            "SELECT pg_get_function_identity_arguments(oid) FROM pg_proc WHERE proname = 'durus_commit'").fetchall()
+        assert len(signatures) == 1 and "lock_modes" in signatures[0][0]
+    connection = Connection(storages())
+    connection.root["after"] = Item("after", 1)
+    connection.commit()
+    assert Connection(storages()).root["after"].value == 1
 
 
 def test_create_false_on_an_empty_database_says_what_to_do(postgres_dsn, storages) -> None:
@@ -364,6 +395,34 @@ def _retrying_increments(dsn: str, times: int) -> int:
 # -- disjoint writers do not wait for each other ------------------------------------
 
 
+def test_a_merged_conflict_costs_one_more_call_in_autocommit(connect, monkeypatch) -> None:
+    """The first retry after a conflict is one more call of durus_commit,
+    with no transaction opened around it (one round trip, nothing held).
+    """
+    import durus.postgres_storage as module
+
+    first, second = connect(), connect()
+    first.root["hits"] = PersistentCounter()
+    first.commit()
+    second.abort()
+    first.root["hits"].increment(2)
+    second.root["hits"].increment(5)
+    first.commit()
+    calls = []
+    original = module.call_commit
+
+    def counted(conn, *args):
+        calls.append(conn.info.transaction_status)
+        return original(conn, *args)
+
+    monkeypatch.setattr(module, "call_commit", counted)
+    second.commit()
+    assert calls == [psycopg.pq.TransactionStatus.IDLE] * 2
+    assert not second.get_storage().conn.info.transaction_status  # IDLE: nothing left open
+    first.abort()
+    assert first.root["hits"].value == 7
+
+
 def test_disjoint_commits_proceed_while_a_row_of_another_object_is_locked(connect, postgres_dsn) -> None:
     setup = connect()
     commit_items(setup, a=0, b=0, z=0)
@@ -389,6 +448,34 @@ def test_disjoint_commits_proceed_while_a_row_of_another_object_is_locked(connec
     assert finished.is_set()
     setup.abort()
     assert [setup.root[name].value for name in "abz"] == [1, 1, 1]
+
+
+def test_commits_that_only_read_a_row_do_not_wait_for_each_other_but_a_writer_does(
+    connect, postgres_dsn
+) -> None:
+    """A row only read is locked FOR SHARE: other commits that read it go
+    on, one that writes it waits until the reader's commit is over.
+    """
+    setup = connect()
+    commit_items(setup, a=0)
+    reader, writer = connect(), connect()
+    with psycopg.connect(postgres_dsn) as blocker:
+        # Holds the root's row as a commit that read the root would.
+        blocker.execute("SELECT 1 FROM durus_object WHERE oid = 0 FOR SHARE")
+        reader.root["a"].value = 1  # reads the root, writes a
+        read_done = threading.Event()
+        threading.Thread(target=lambda: (reader.commit(), read_done.set()), daemon=True).start()
+        assert read_done.wait(5), "a commit that only read the root waited for another reader"
+        writer.root["new"] = Item("new", 1)  # writes the root
+        write_done = threading.Event()
+        waiter = threading.Thread(target=lambda: (writer.commit(), write_done.set()))
+        waiter.start()
+        assert not write_done.wait(0.5)
+        blocker.rollback()
+    waiter.join(10)
+    assert write_done.is_set()
+    setup.abort()
+    assert setup.root["a"].value == 1 and setup.root["new"].value == 1
 
 
 # -- oids ---------------------------------------------------------------------------------
