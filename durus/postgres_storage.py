@@ -45,7 +45,7 @@ from durus._postgres_session import PostgresSession, PostgresStorageError, descr
 from durus._postgres_snapshot import ClientView, Snapshot
 from durus.record import int_to_oid, oid_to_int
 from durus.shared_storage import RequestRefusedError
-from durus.storage import InvalidationHandler, Storage
+from durus.storage import InvalidationHandler, Storage, deliver_after_commit
 
 __all__ = [
     "DEFAULT_PREFETCH", "SCHEMA_VERSION", "CommitInDoubtError", "PackProgress", "PostgresStorage",
@@ -367,14 +367,15 @@ class PostgresStorage(Storage):
                 handle_invalidations: InvalidationHandler | None) -> None:
         """The end of a commit that did not conflict: written, or refused."""
         self._conflicts = 0
-        self._deliver(invalid, handle_invalidations)
         if outcome.status == "ok":
             known = self._view.known
             for oid in records:
                 known.pop(oid, None)
             self._view.own = [outcome.txid]
             self._oids.stored(records)
+            deliver_after_commit(invalid, handle_invalidations)
             return
+        self._deliver(invalid, handle_invalidations)
         if outcome.status == "refused":
             raise RequestRefusedError(f"commit refused: {outcome.problem}")
         raise WriteConflictError([int_to_oid(number) for number in outcome.bad])  # "removed"

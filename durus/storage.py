@@ -7,13 +7,34 @@ records all together or not at all.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
-from durus.error import DurusKeyError
+from durus.error import ConflictError, DurusKeyError
 from durus.record import ROOT_OID, int_to_oid, record_refs, split_oids
 
 InvalidationHandler = Callable[[list[bytes]], None]
+
+log = logging.getLogger("durus.storage")
+
+
+def deliver_after_commit(invalid: list[bytes], handle_invalidations: InvalidationHandler | None) -> None:
+    """Pass on what others committed, once this commit is stored.
+
+    The storage has already checked that none of it touches what the
+    transaction used, so the handler finds no conflict; should it find one
+    anyway (a storage that checked less), the commit still stands: it is
+    durable, and a ConflictError would make the application do its work a
+    second time (the Flask extension replays the request).  So that is
+    logged, never raised.
+    """
+    if not invalid or handle_invalidations is None:
+        return
+    try:
+        handle_invalidations(invalid)
+    except ConflictError as error:
+        log.error("a commit was stored although objects it used had changed (%s); the commit stands", error)
 
 
 class Storage:
