@@ -55,7 +55,12 @@ class PostgresSession:
     - ``readonly``: the session refuses writes in PostgreSQL too;
     - ``conn``: the psycopg connection (replaced by :meth:`reconnect`);
     - ``on_reconnect``: called after a new session replaced a lost one
-      (what the old session held, row locks and advisory locks, is gone).
+      (what the old session held, row locks and advisory locks, is gone);
+    - ``server_started``: when the PostgreSQL server of the first session
+      started; ``server_restarted``: a later session found it started
+      again since (after a crash, transaction ids that never reached the
+      disk may be handed out again, so snapshots taken before it no longer
+      say which rows are news).
     """
 
     def __init__(self, dsn: str, *, readonly: bool = False,
@@ -65,6 +70,11 @@ class PostgresSession:
         self.on_reconnect = on_reconnect
         self.conn = self._connect()
         self._cursor = self.conn.cursor()  # reused: a cursor per query costs
+        self.server_started = self._server_start_time()
+        self.server_restarted = False
+
+    def _server_start_time(self) -> object:
+        return self.conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
 
     def _connect(self) -> psycopg.Connection:
         try:
@@ -92,7 +102,18 @@ class PostgresSession:
                 raise
             log.warning("PostgreSQL session lost (%s); reconnecting", str(error).strip())
         self.reconnect()
+        self.check_not_restarted()
         return self._cursor.execute(sql, params, prepare=prepare)
+
+    def check_not_restarted(self) -> None:
+        """PostgresStorageError if the server restarted since the first
+        session: a snapshot from before can no longer say which rows are
+        news (see ``server_restarted``), so its client must start afresh.
+        """
+        if self.server_restarted:
+            raise PostgresStorageError(
+                f"the PostgreSQL server ({describe_dsn(self.dsn)}) restarted since this storage's snapshot "
+                "was taken: close it and open a new PostgresStorage and Connection")
 
     def execute(self, sql: str, params: tuple | None = None, prepare: bool | None = None) -> psycopg.Cursor:
         """Run one statement as it is, without reconnecting (a commit must
@@ -106,6 +127,8 @@ class PostgresSession:
             self.conn.close()
         self.conn = self._connect()
         self._cursor = self.conn.cursor()
+        if self._server_start_time() != self.server_started:
+            self.server_restarted = True
         if self.on_reconnect is not None:
             self.on_reconnect()
 

@@ -185,6 +185,12 @@ class PostgresStorage(Storage):
     def _check_open(self) -> None:
         if self._closed:
             raise PostgresStorageError("this PostgresStorage is closed")
+        # After a restart the snapshot's transaction ids may have been
+        # handed out again (those that never reached the disk before a
+        # crash): it can no longer tell which rows are news, so the states
+        # this client holds cannot be trusted.  The Flask pool replaces
+        # such a connection unseen.
+        self._session.check_not_restarted()
 
     def _check_writable(self, action: str) -> None:
         if self.readonly:
