@@ -225,8 +225,13 @@ def commit_watched_request(records: Iterable[tuple[bytes, bytes]], watched: Iter
     """``W`` (version 2): the commit data and the oids the transaction used,
     in one request.
     """
+    return commit_watched_frame(commit_data(records), watched)
+
+
+def commit_watched_frame(commit_frame: bytes, watched: Iterable[bytes]) -> bytes:
+    """``W`` around a :func:`commit_data` frame already built (to measure it)."""
     watched = list(watched)
-    return COMMIT_WATCHED + commit_data(records) + int4(len(watched)) + b"".join(watched)
+    return COMMIT_WATCHED + commit_frame + int4(len(watched)) + b"".join(watched)
 
 
 def split_commit_data(tdata: bytes) -> dict[bytes, bytes]:

@@ -147,7 +147,7 @@ def test_prefetched_records_never_outlive_an_invalidation(server):
     assert len(items) == 50  # loading the list fetches its items ahead
     storage = reader.get_storage()
     storage.load(writer.get_root()["items"]._p_oid)  # drain what is in flight
-    assert len(storage._prefetched) > 40
+    assert len(storage.prefetched.records) > 40
     for item in writer.get_root()["items"]:
         item["n"] += 1000
     writer.commit()
@@ -162,7 +162,7 @@ def test_cold_loads_take_few_round_trips(server):
     reader = connect(server, prefetch=True)
     storage = reader.get_storage()
     sent = []
-    storage._sock = CountingSocket(storage._sock, sent)
+    storage._channel.sock = CountingSocket(storage._channel.sock, sent)
     assert sum(item["n"] for item in reader.get_root()["items"]) == sum(range(2000))
     assert len(sent) < 50  # bulk loads ahead, not one load per object
 
@@ -194,7 +194,7 @@ def test_iterating_a_container_loads_its_objects_in_batches(server, container):
     writer.commit()
     reader = connect(server, prefetch=False)  # batches come from iterating
     sent = []
-    reader.get_storage()._sock = CountingSocket(reader.get_storage()._sock, sent)
+    reader.get_storage()._channel.sock = CountingSocket(reader.get_storage()._channel.sock, sent)
     found = reader.get_root()["items"]
     values = found if container == "list" else found.values()
     assert sum(item["n"] for item in values) == sum(range(2000))
