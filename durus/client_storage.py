@@ -53,8 +53,8 @@ from durus.error import (
 from durus.prefetch_buffer import PREFETCH_BYTES, PREFETCH_RECORDS, PrefetchBuffer
 from durus.protocol import DEFAULT_HOST, DEFAULT_MAX_TRANSACTION_SIZE, DEFAULT_PORT
 from durus.record import int4, record_refs
-from durus.server_channel import (
-    AuthenticationError,
+from durus.server_channel import (  # the errors, where they always were for callers
+    AuthenticationError,  # noqa: F401
     ServerChannel,
     ServerUnavailableError,
     current_pid,
@@ -62,11 +62,6 @@ from durus.server_channel import (
 )
 from durus.storage import InvalidationHandler, Storage
 from durus.transport import SocketAddress
-
-__all__ = [
-    "AuthenticationError", "ClientStorage", "CommitInDoubtError", "DisconnectedError", "PREFETCH_BYTES",
-    "PREFETCH_RECORDS", "ServerUnavailableError", "TransactionTooLargeError", "stop_server",
-]
 
 log = logging.getLogger("durus.client_storage")
 
