@@ -32,8 +32,6 @@ from typing import Generic, TypeVar
 log = logging.getLogger("durus.storage_server")
 
 DEFAULT_COMMIT_TURN_TIMEOUT = 0.5
-# The longest a written commit waits for others to share its disk sync.
-_MOST_GATHERING = 0.002
 
 Waiter = TypeVar("Waiter")
 
@@ -155,19 +153,6 @@ class Acknowledgements(Generic[Waiter]):
         self.group = group
         self._on_failure = on_failure
         self._waiting: list[tuple[int, Waiter]] = []
-        # How many commits the last sync covered, and how long it took.
-        self._last_group = 0
-        self._last_sync_seconds = 0.0
-
-    def seconds_to_gather(self) -> float:
-        """How long to wait for more commits before syncing: while fewer are
-        written than the last sync covered (their clients are busy with their
-        next commit), up to half the last sync's time, so that they share the
-        next sync.  Zero for a lone committer, which never waits.
-        """
-        if len(self._waiting) >= self._last_group or not self.group.deferred:
-            return 0.0
-        return min(_MOST_GATHERING, self._last_sync_seconds / 2)
 
     def add(self, serial: int, waiter: Waiter) -> None:
         """Acknowledge ``waiter`` once commit ``serial`` is durable."""
@@ -188,12 +173,8 @@ class Acknowledgements(Generic[Waiter]):
         if not waiting:
             return []
         newest = max(serial for serial, _ in waiting)
-        if self.group.synced < newest:
-            started = time.monotonic()
-            if not self.make_durable(newest):
-                return []
-            self._last_sync_seconds = time.monotonic() - started
-            self._last_group = len(waiting)
+        if self.group.synced < newest and not self.make_durable(newest):
+            return []
         synced = self.group.synced
         if newest <= synced:
             self._waiting = []

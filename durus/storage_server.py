@@ -16,7 +16,6 @@ import os
 import secrets
 import signal
 import socket
-import time
 from collections.abc import Callable
 
 from durus import protocol
@@ -245,31 +244,13 @@ class StorageServer:
         shared, sockets, turns, acks = self.shared, self._sockets, self._turns, self._acks
         while not self._stopping:
             sockets.poll(0 if shared.is_packing() or acks.pending() else turns.seconds_left())
-            if acks.pending():
-                self._gather_commits()
-                # One disk sync for every commit written in this turn.
-                self._acknowledge(acks.sync())
+            # One disk sync for every commit written in this turn.
+            self._acknowledge(acks.sync())
             overdue = turns.overdue()
             if overdue is not None:
                 sockets.drop(overdue, f"held the commit turn over {turns.timeout}s while others waited")
             if shared.is_packing():
                 shared.pack_step()
-
-    def _gather_commits(self) -> None:
-        """Handle the commits that arrive while the clients that shared the
-        last disk sync send their next ones, for a short while (see
-        :meth:`Acknowledgements.seconds_to_gather`).
-        """
-        acks, sockets = self._acks, self._sockets
-        wait = acks.seconds_to_gather()
-        if not wait:
-            return
-        deadline = time.monotonic() + wait
-        while not self._stopping:
-            sockets.poll(wait)
-            wait = deadline - time.monotonic()
-            if wait <= 0 or not acks.seconds_to_gather():
-                return
 
     def _shut_down(self) -> None:
         try:
