@@ -12,12 +12,8 @@ Three rules, each one class:
   covers it has returned, and commits written while one sync runs share the
   next (group commit).
 - :class:`Acknowledgements`: the written commits whose clients wait for
-  their disk sync.  The server's loop syncs once per turn, after handling
-  every request that arrived, so commits that arrive together share one
-  sync and a lone commit waits for no other.  (A sync thread would let the
-  loop serve reads during the sync, but each hand-over cost more CPU
-  than the sync's wait costs the readers on a disk that syncs in a tenth
-  of a millisecond: requests that arrive meanwhile wait one sync at most.)
+  their disk sync, and a thread that runs the syncs so the server's loop
+  never blocks on the disk while others wait.
 """
 
 from __future__ import annotations
@@ -142,45 +138,54 @@ class CommitTurns(Generic[Waiter]):
 class Acknowledgements(Generic[Waiter]):
     """Written commits waiting for their disk sync; see the module docstring.
 
-    The server's loop calls :meth:`sync` once per turn, after it has handled
-    every request that arrived: one disk sync then covers every commit
-    written in that turn, however many clients sent one, and a lone
-    committer waits for nobody.  ``on_failure`` is called when the disk
-    cannot sync: nothing may be acknowledged after that.
+    ``on_failure`` is called (from the sync thread) when the disk cannot
+    sync: nothing may be acknowledged after that.  ``wake`` tells the
+    server's loop that commits became durable.
     """
 
-    def __init__(self, group: GroupSync, on_failure: Callable[[BaseException], None]) -> None:
+    def __init__(self, group: GroupSync, wake: Callable[[], None],
+                 on_failure: Callable[[BaseException], None]) -> None:
         self.group = group
+        self._wake = wake
         self._on_failure = on_failure
         self._waiting: list[tuple[int, Waiter]] = []
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
 
-    def add(self, serial: int, waiter: Waiter) -> None:
-        """Acknowledge ``waiter`` once commit ``serial`` is durable."""
+    def start(self) -> None:
+        if self.group.deferred:
+            self._thread = threading.Thread(target=self._run, name="durus-disk-sync", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wanted.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def add(self, serial: int, waiter: Waiter, sync_here: bool) -> None:
+        """Wait for ``serial`` to be durable; with ``sync_here`` (no other
+        commit to overlap the sync with) sync in this thread at once.
+        """
         self._waiting.append((serial, waiter))
-
-    def pending(self) -> bool:
-        return bool(self._waiting)
+        if sync_here:
+            self.make_durable(serial)
+        else:
+            self._wanted.set()
 
     def discard(self, waiter: Waiter) -> None:
-        if self._waiting:
-            self._waiting = [item for item in self._waiting if item[1] is not waiter]
+        self._waiting = [item for item in self._waiting if item[1] is not waiter]
 
-    def sync(self) -> list[Waiter]:
-        """Make every commit written so far durable (one disk sync); the
-        waiters whose commits are durable now, removed.
-        """
-        waiting = self._waiting
-        if not waiting:
-            return []
-        newest = max(serial for serial, _ in waiting)
-        if self.group.synced < newest and not self.make_durable(newest):
+    def durable(self) -> list[Waiter]:
+        """Remove and return the waiters whose commits are on disk now."""
+        if not self._waiting:
             return []
         synced = self.group.synced
-        if newest <= synced:
-            self._waiting = []
-            return [waiter for _, waiter in waiting]
-        self._waiting = [item for item in waiting if item[0] > synced]
-        return [waiter for serial, waiter in waiting if serial <= synced]
+        done = [waiter for serial, waiter in self._waiting if serial <= synced]
+        if done:
+            self._waiting = [item for item in self._waiting if item[0] > synced]
+        return done
 
     def make_durable(self, serial: int) -> bool:
         """Wait until commit ``serial`` is on disk; False (and the failure
@@ -194,3 +199,14 @@ class Acknowledgements(Generic[Waiter]):
             self._on_failure(error)
             return False
         return True
+
+    def _run(self) -> None:
+        """One sync per batch of handed-over commits, then wake the loop."""
+        wanted = self._wanted
+        while not self._stopping:
+            if not wanted.wait(timeout=1.0):
+                continue
+            wanted.clear()
+            if self._stopping or not self.make_durable(self.group.written):
+                return
+            self._wake()

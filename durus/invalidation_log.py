@@ -17,13 +17,14 @@ it must forget everything.
 from __future__ import annotations
 
 from collections import deque
-from typing import NamedTuple
+from dataclasses import dataclass
 
 #: How many oids the log keeps by default: about 15 MB of memory.
 DEFAULT_MAX_LOGGED_OIDS = 100_000
 
 
-class LogEntry(NamedTuple):
+@dataclass(frozen=True)
+class LogEntry:
     """One commit, or one pack's removals (``removed`` True).
 
     Attributes: ``serial``; ``author`` (an id of the session that committed,

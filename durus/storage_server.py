@@ -219,9 +219,10 @@ class StorageServer:
         self._sockets = Sockets(
             listener, max_connections=self.max_connections,
             auth_timeout=self.auth_timeout if self.secret is not None else None,
-            on_input=self._process, produce=self._produce_loads, may_read=self._may_receive,
+            on_input=self._process, produce=self._produce_loads, may_read=self._may_parse,
             on_close=self._closed)
-        self._acks = Acknowledgements(self.shared.group_sync, self._disk_failed)
+        self._acks = Acknowledgements(self.shared.group_sync, self._sockets.wake, self._disk_failed)
+        self._acks.start()
         log.info("Ready on %s, serving %s", self.listening_address, self.storage)
         try:
             self._loop()
@@ -241,11 +242,10 @@ class StorageServer:
         self.stop()
 
     def _loop(self) -> None:
-        shared, sockets, turns, acks = self.shared, self._sockets, self._turns, self._acks
+        shared, sockets, turns = self.shared, self._sockets, self._turns
         while not self._stopping:
-            sockets.poll(0 if shared.is_packing() or acks.pending() else turns.seconds_left())
-            # One disk sync for every commit written in this turn.
-            self._acknowledge(acks.sync())
+            sockets.poll(0 if shared.is_packing() else turns.seconds_left())
+            self._acknowledge_durable()
             overdue = turns.overdue()
             if overdue is not None:
                 sockets.drop(overdue, f"held the commit turn over {turns.timeout}s while others waited")
@@ -255,9 +255,12 @@ class StorageServer:
     def _shut_down(self) -> None:
         try:
             if not self._failure:
-                self._acknowledge(self._acks.sync())
+                group = self.shared.group_sync
+                group.wait(group.written)
+                self._acknowledge_durable()
             self._sockets.close_all()
         finally:
+            self._acks.stop()
             if self._owns_socket_file:
                 self.listening_address.remove_socket_file()
             self.shared.close()
@@ -282,16 +285,6 @@ class StorageServer:
         state: ClientState = client.protocol
         return (state is None or state.state in (_READY, _WAIT_DATA, _WAIT_PROOF)) and not client.closing \
             and len(client.outbuf) < OUTPUT_HIGH_WATER and not client.loads_pending
-
-    def _may_receive(self, client: ClientConnection) -> bool:
-        """Whether to read the client's socket: as :meth:`_may_parse`, and
-        also while its commit waits for the disk sync, which ends this turn
-        of the loop (so the socket's registration need not change twice).
-        """
-        state: ClientState = client.protocol
-        if state is not None and state.state == _WAIT_DURABLE:
-            return not client.closing and len(client.outbuf) < OUTPUT_HIGH_WATER
-        return self._may_parse(client)
 
     def _process(self, client: ClientConnection) -> None:
         """Handle the whole requests buffered, as far as the state allows,
@@ -484,15 +477,17 @@ class StorageServer:
         self._await_disk(client, state, serial, protocol.commit_watched_reply(protocol.STATUS_OKAY, invalid))
 
     def _await_disk(self, client: ClientConnection, state: ClientState, serial: int, reply: bytes) -> None:
-        """Send ``reply`` once commit ``serial`` is durable (at the end of
-        this turn of the loop).
-        """
+        """Send ``reply`` once commit ``serial`` is durable."""
         state.state = _WAIT_DURABLE
         state.acknowledgement = reply
-        self._acks.add(serial, client)
+        # Alone, sync here and spare the hand-over; else let the sync thread
+        # do it, so commits arriving meanwhile are written and share the next.
+        alone = len(self._sockets.clients) == 1
+        self._acks.add(serial, client, sync_here=alone)
+        self._acknowledge_durable()
 
-    def _acknowledge(self, durable: list[ClientConnection]) -> None:
-        for client in durable:
+    def _acknowledge_durable(self) -> None:
+        for client in self._acks.durable():
             state: ClientState = client.protocol
             state.state = _READY
             client.outbuf += state.acknowledgement
