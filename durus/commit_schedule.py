@@ -171,7 +171,7 @@ class Acknowledgements(Generic[Waiter]):
         self._waiting.append((serial, waiter))
         if sync_here:
             self.make_durable(serial)
-        else:
+        elif not self._wanted.is_set():  # set() takes a lock and notifies
             self._wanted.set()
 
     def discard(self, waiter: Waiter) -> None:
