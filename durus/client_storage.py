@@ -38,13 +38,8 @@ knows whether the commit happened: :class:`CommitInDoubtError` says so.
 from __future__ import annotations
 
 import logging
-import os
-import secrets
-import socket
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 
 from durus import protocol
 from durus.error import (
@@ -55,8 +50,16 @@ from durus.error import (
     ProtocolError,
     WriteConflictError,
 )
+from durus.prefetch_buffer import PREFETCH_BYTES, PREFETCH_RECORDS, PrefetchBuffer
 from durus.protocol import DEFAULT_HOST, DEFAULT_MAX_TRANSACTION_SIZE, DEFAULT_PORT
-from durus.record import int4, record_refs, split_oids
+from durus.record import int4, record_refs
+from durus.server_channel import (  # the errors, where they always were for callers
+    AuthenticationError,  # noqa: F401
+    ServerChannel,
+    ServerUnavailableError,
+    current_pid,
+    forked_since,
+)
 from durus.storage import InvalidationHandler, Storage
 from durus.transport import SocketAddress
 
@@ -64,21 +67,8 @@ log = logging.getLogger("durus.client_storage")
 
 DEFAULT_TIMEOUT = 30.0
 _OID_BATCH = 32
-#: At most this many records fetched ahead wait in a client's buffer.
-PREFETCH_RECORDS = 16384
-#: At most this many bytes of records fetched ahead wait in a client's buffer.
-PREFETCH_BYTES = 4 << 20
-# Records asked for in one bulk load sent ahead.
-_PREFETCH_BATCH = 250
 # Beyond this many, loaded oids are forgotten (see _note_known).
 _MAX_KNOWN_OIDS = 4_000_000
-
-
-class ServerUnavailableError(DurusError):
-    """No storage server answers at the address, or it stopped answering.
-
-    Nothing is lost on this side; the next transaction tries again.
-    """
 
 
 class CommitInDoubtError(ServerUnavailableError):
@@ -99,10 +89,6 @@ class DisconnectedError(ConflictError):
 
     def __str__(self) -> str:
         return self.message
-
-
-class AuthenticationError(DurusError):
-    """The server and this client do not share the same key."""
 
 
 class TransactionTooLargeError(DurusError):
@@ -131,21 +117,27 @@ class ClientStorage(Storage):
     """A Storage served by a storage server.  Not thread-safe: give each
     thread its own Connection and ClientStorage.
 
-    Instance attributes:
-
-    - ``address``: the server's :class:`~durus.transport.SocketAddress`.
-    - ``timeout``: seconds any socket operation may take.
-    - ``prefetch``: whether records referred to by loaded ones are fetched
-      ahead (see the module docstring).
-    - ``max_transaction_size``: the largest commit, in bytes, this client sends
-      (the server's limit; by default the server's default).
-    - ``records``: the commit being collected by ``store``.
-    - ``version``: the protocol version the server speaks with this client
-      (2, or 1 for a Durus 4.3 server); ``watches_reads`` is True with 2.
+    Its socket is a :class:`~durus.server_channel.ServerChannel`, the
+    records fetched ahead a :class:`~durus.prefetch_buffer.PrefetchBuffer`;
+    this class says what a load, a commit and a broken connection mean.
     """
 
     batched_bulk_load = True
     watches_reads = False
+    #: The server's address.
+    address: SocketAddress
+    #: Seconds any socket operation may take (None: no limit).
+    timeout: float | None
+    #: Whether records referred to by loaded ones are fetched ahead.
+    prefetch: bool
+    #: The largest commit, in bytes, this client sends (the server's limit).
+    max_transaction_size: int
+    #: The commit being collected by ``store``.
+    records: dict[bytes, bytes]
+    #: The protocol the server speaks with this client: 2, or 1 for Durus 4.3.
+    version: int
+    #: The records fetched ahead.
+    prefetched: PrefetchBuffer
 
     def __init__(
         self,
@@ -164,10 +156,9 @@ class ClientStorage(Storage):
         self._secret = protocol.read_secret(keyfile) if keyfile is not None else secret
         self.prefetch = prefetch
         self.max_transaction_size = max_transaction_size
-        self.records: dict[bytes, bytes] = {}
-        self._pid = os.getpid()
-        self._sock = None
-        self._reader = None
+        self.records = {}
+        self._pid = current_pid()
+        self._channel: ServerChannel | None = None
         self._oid_pool: list[bytes] = []
         self._unused_oids: set[bytes] = set()
         # Oids whose state the application may hold: reported invalid after
@@ -175,15 +166,7 @@ class ClientStorage(Storage):
         self._known: set[bytes] = set()
         self._known_overflowed = False
         self._lost = False
-        # Records fetched ahead, oldest first; their total size.
-        self._prefetched: dict[bytes, bytes] = {}
-        self._prefetched_bytes = 0
-        self._inflight: list[bytes] = []
-        self._inflight_set: set[bytes] = set()
-        self._wanted: deque[bytes] = deque()
-        # Records fetched ahead, and of them used, lately.
-        self._fetched_ahead = 0
-        self._used_ahead = 0
+        self.prefetched = PrefetchBuffer(PREFETCH_RECORDS, PREFETCH_BYTES)
         self.version = protocol.LATEST_VERSION
         self._connect()
 
@@ -193,90 +176,18 @@ class ClientStorage(Storage):
     # -- the connection --------------------------------------------------------
 
     def _connect(self) -> None:
-        """Connect and agree on a version: 2 if the server speaks it; a
-        Durus 4.3 server answers 1 and closes, and is asked again for 1.
-        """
-        version = self._open(self.version)
-        if version != self.version and version == protocol.PROTOCOL_VERSION:
-            self._disconnect()
-            version = self._open(protocol.PROTOCOL_VERSION)
-        if version not in (protocol.PROTOCOL_VERSION, protocol.PROTOCOL_VERSION_2):
-            self._disconnect()
-            raise ProtocolError(
-                f"the server at {self.address} speaks protocol {version}, this client 1 or 2")
-        self.version = version
-        self.watches_reads = version >= protocol.PROTOCOL_VERSION_2
-        if self._secret is not None:
-            with self._handshake():
-                self._authenticate()
-
-    def _open(self, version: int) -> int:
-        """A new socket, asking for ``version``; the version the server answers."""
-        try:
-            sock = self.address.connect(self.timeout)
-        except OSError as error:
-            raise ServerUnavailableError(
-                f"no storage server answers at {self.address} ({error.strerror or error}); "
-                "start one with: durus -s (or flask durus serve)") from None
-        self._sock = sock
-        self._reader = sock.makefile("rb", buffering=1 << 16)
-        with self._handshake():
-            sock.sendall(protocol.version_request(version))
-            return protocol.read_version(self._read)
-
-    @contextmanager
-    def _handshake(self) -> Iterator[None]:
-        """Close the socket if the handshake fails; a broken connection is
-        a ServerUnavailableError.
-        """
-        try:
-            yield
-        except BaseException as error:
-            self._disconnect()
-            if isinstance(error, OSError):
-                raise ServerUnavailableError(
-                    f"the storage server at {self.address} broke off the handshake ({error})") from None
-            raise
-
-    def _authenticate(self) -> None:
-        client_nonce = secrets.token_bytes(protocol.NONCE_SIZE)
-        self._sock.sendall(protocol.AUTHENTICATE + client_nonce)
-        if self._read(1) != protocol.STATUS_OKAY:
-            raise AuthenticationError(
-                f"a key was given, but the server at {self.address} has none configured; "
-                "start it with --keyfile, or connect without a key")
-        server_nonce = self._read(protocol.NONCE_SIZE)
-        self._sock.sendall(protocol.authentication_proof(self._secret, False, server_nonce, client_nonce))
-        try:
-            status = self._read(1)
-        except ConnectionError:
-            status = b""
-        if status != protocol.STATUS_OKAY:
-            raise AuthenticationError(
-                f"the server at {self.address} rejected this client's key: "
-                "both must use the same key file")
-        expected = protocol.authentication_proof(self._secret, True, server_nonce, client_nonce)
-        if not protocol.proofs_match(expected, self._read(protocol.PROOF_SIZE)):
-            raise AuthenticationError(
-                f"the server at {self.address} could not prove it holds the key: "
-                "it is not the server you meant to reach")
+        self._channel = ServerChannel(self.address, self.timeout, self._secret, self.version)
+        self.version = self._channel.version
+        self.watches_reads = self.version >= protocol.PROTOCOL_VERSION_2
 
     def _disconnect(self) -> None:
-        reader, sock = self._reader, self._sock
-        self._reader = self._sock = None
-        if reader is not None:
-            reader.close()
-        if sock is not None:
-            sock.close()
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
 
-    def _read(self, size: int) -> bytes:
-        data = self._reader.read(size)
-        if len(data) != size:
-            raise ConnectionResetError("the storage server closed the connection")
-        return data
-
-    def _check_usable(self) -> None:
-        if os.getpid() != self._pid:
+    def _check_usable(self) -> ServerChannel:
+        """The channel, if this storage may use it now."""
+        if forked_since(self._pid):
             raise DurusError(
                 "this ClientStorage was opened before a fork: open a new one in "
                 "each process (a shared socket would mix their sessions)")
@@ -284,8 +195,9 @@ class ClientStorage(Storage):
             raise DisconnectedError(
                 f"the connection to the storage server at {self.address} was lost "
                 "during this transaction: call abort() and retry")
-        if self._sock is None:
+        if self._channel is None:
             raise DurusError(f"{self} is closed")
+        return self._channel
 
     def _lose(self, error: Exception, commit_sent: bool = False) -> DurusError:
         """Forget the broken connection; the error to raise for ``error``."""
@@ -293,7 +205,7 @@ class ClientStorage(Storage):
         self._lost = True
         self._oid_pool.clear()
         self._unused_oids.clear()
-        self._clear_prefetch()
+        self.prefetched.clear()
         self.records = {}
         if commit_sent:
             return CommitInDoubtError(
@@ -319,7 +231,7 @@ class ClientStorage(Storage):
         """
         invalid = list(self._known)
         self._known.clear()
-        self._clear_prefetch()
+        self.prefetched.clear()
         if self._known_overflowed:
             self._known_overflowed = False
             raise DisconnectedError(
@@ -333,21 +245,28 @@ class ClientStorage(Storage):
         self._forget(oids)
         return oids
 
+    def _request(self, channel: ServerChannel, request: bytes) -> None:
+        """Send ``request``, then read the replies to the bulk load sent
+        ahead, which come first.
+        """
+        channel.send(request)
+        self._receive_prefetched()
+
     # -- loading -----------------------------------------------------------------
 
     def load(self, oid: bytes) -> bytes:
-        self._check_usable()
-        record = self._use_prefetched(oid)
+        channel = self._check_usable()
+        prefetched = self.prefetched
+        record = prefetched.use(oid)
         try:
-            if record is None and oid in self._inflight_set:
+            if record is None and prefetched.is_inflight(oid):
                 self._receive_prefetched()
-                record = self._use_prefetched(oid)
+                record = prefetched.use(oid)
             if record is None:
-                self._sock.sendall(protocol.load_request(oid))
-                self._receive_prefetched()
-                record = protocol.read_load_reply(self._read, oid)
+                self._request(channel, protocol.load_request(oid))
+                record = protocol.read_load_reply(channel.read, oid)
             self._note_loaded(oid, record)
-            self._send_prefetch()
+            self._send_prefetch(channel)
         except (OSError, ProtocolError) as error:
             raise self._lose(error) from None
         return record
@@ -356,24 +275,24 @@ class ClientStorage(Storage):
         """The records of ``oids``, in order: a generator, as in every
         storage, so a missing or invalid oid raises while it is iterated.
         """
-        self._check_usable()
+        channel = self._check_usable()
         oids = list(oids)
         records: dict[bytes, bytes] = {}
         missing = []
         try:
             self._receive_prefetched()
             for oid in oids:
-                record = self._use_prefetched(oid)
+                record = self.prefetched.use(oid)
                 if record is None:
                     missing.append(oid)
                 else:
                     records[oid] = record
             if missing:
-                self._sock.sendall(protocol.bulk_load_request(missing))
+                channel.send(protocol.bulk_load_request(missing))
                 error = None
                 for oid in missing:
                     try:
-                        records[oid] = protocol.read_load_reply(self._read, oid)
+                        records[oid] = protocol.read_load_reply(channel.read, oid)
                     except (ConflictError, DurusKeyError) as problem:
                         error = error or problem  # read every reply first
                 if error is not None:
@@ -396,121 +315,33 @@ class ClientStorage(Storage):
     def _note_loaded(self, oid: bytes, record: bytes) -> None:
         self._note_known(oid)
         if self.prefetch:
-            self._want(record_refs(record), urgent=True)
+            self.prefetched.want(record_refs(record), self._known, urgent=True)
 
-    def _want(self, refs: bytes, urgent: bool) -> None:
-        """Queue the records ``refs`` names that are not here yet: those of a
-        record just used go first, in order (the next step of a lookup is
-        among them); those of a record fetched ahead go last.
-        """
-        if not refs:
-            return
-        known, prefetched, inflight = self._known, self._prefetched, self._inflight_set
-        new = [ref for ref in split_oids(refs) if ref not in known and ref not in prefetched and ref not in inflight]
-        wanted = self._wanted
-        if urgent:
-            wanted.extendleft(reversed(new))
-        else:
-            wanted.extend(new)
-        while len(wanted) > 4 * PREFETCH_RECORDS:
-            wanted.pop()
-
-    def _reading_ahead_pays(self) -> bool:
-        """Whether most records fetched ahead lately were used: a scan, or
-        many lookups, is under way, and it is worth fetching the records that
-        records fetched ahead refer to as well.  A few lookups in a large
-        tree use one record in dozens, and go one level ahead only.
-        """
-        return self._fetched_ahead >= _PREFETCH_BATCH and 2 * self._used_ahead >= self._fetched_ahead
-
-    def _send_prefetch(self) -> None:
+    def _send_prefetch(self, channel: ServerChannel) -> None:
         """Ask ahead for wanted records, one bulk load at a time."""
-        if self._inflight or not self._wanted:
-            return
-        batch = []
-        chosen = set()
-        wanted = self._wanted
-        while wanted and len(batch) < _PREFETCH_BATCH:
-            oid = wanted.popleft()
-            if oid not in self._known and oid not in self._prefetched and oid not in chosen:
-                chosen.add(oid)
-                batch.append(oid)
+        batch = self.prefetched.next_batch(self._known)
         if batch:
-            self._sock.sendall(protocol.bulk_load_request(batch))
-            self._inflight = batch
-            self._inflight_set = chosen
+            channel.send(protocol.bulk_load_request(batch))
 
     def _receive_prefetched(self) -> None:
         """Read the replies to the bulk load sent ahead, if any."""
-        if not self._inflight:
-            return
-        inflight, self._inflight, self._inflight_set = self._inflight, [], set()
-        deeper = self._reading_ahead_pays()
-        for oid in inflight:
-            try:
-                record = protocol.read_load_reply(self._read, oid)
-            except (ConflictError, DurusKeyError):
-                continue  # a load of it will get the same answer, then
-            self._keep_prefetched(oid, record)
-            if deeper:
-                self._want(record_refs(record), urgent=False)
-        self._fetched_ahead += len(inflight)
-        if self._fetched_ahead > 8 * PREFETCH_RECORDS:
-            # The recent past counts most.
-            self._fetched_ahead //= 2
-            self._used_ahead //= 2
-
-    def _keep_prefetched(self, oid: bytes, record: bytes) -> None:
-        """Buffer a record fetched ahead, dropping the oldest ones beyond
-        the bounds: records nobody asked for must not pile up in a
-        long-lived connection.
-        """
-        prefetched = self._prefetched
-        self._take_prefetched(oid)
-        prefetched[oid] = record
-        self._prefetched_bytes += len(record)
-        while len(prefetched) > PREFETCH_RECORDS or self._prefetched_bytes > PREFETCH_BYTES:
-            self._take_prefetched(next(iter(prefetched)))
-
-    def _take_prefetched(self, oid: bytes) -> bytes | None:
-        """The buffered record of ``oid`` (taken out of the buffer), or None."""
-        record = self._prefetched.pop(oid, None)
-        if record is not None:
-            self._prefetched_bytes -= len(record)
-        return record
-
-    def _use_prefetched(self, oid: bytes) -> bytes | None:
-        """The buffered record of ``oid``, for the Connection, or None."""
-        record = self._take_prefetched(oid)
-        if record is not None:
-            self._used_ahead += 1
-        return record
+        self.prefetched.receive(self._channel.read, self._known)
 
     def _forget(self, oids: Iterable[bytes]) -> None:
         """Drop buffered records of oids that changed (others' or our commits):
         what the Connection is handed is never older than its last sync.
         """
-        known = self._known
-        for oid in oids:
-            self._take_prefetched(oid)
-            known.discard(oid)
-
-    def _clear_prefetch(self) -> None:
-        self._prefetched.clear()
-        self._prefetched_bytes = 0
-        self._inflight = []
-        self._inflight_set = set()
-        self._wanted.clear()
+        self.prefetched.forget(oids)
+        self._known.difference_update(oids)
 
     # -- oids --------------------------------------------------------------------
 
     def new_oid(self) -> bytes:
-        self._check_usable()
+        channel = self._check_usable()
         if not self._oid_pool:
             try:
-                self._sock.sendall(protocol.new_oids_request(_OID_BATCH))
-                self._receive_prefetched()
-                oids = protocol.split_oids(self._read(8 * _OID_BATCH))
+                self._request(channel, protocol.new_oids_request(_OID_BATCH))
+                oids = protocol.split_oids(channel.read(8 * _OID_BATCH))
             except (OSError, ProtocolError) as error:
                 raise self._lose(error) from None
             self._unused_oids.update(oids)
@@ -538,7 +369,7 @@ class ClientStorage(Storage):
         ConflictError to abandon), then sends the records.  Raises
         CommitRefusedError when the server stored nothing (a full disk).
         """
-        self._check_usable()
+        channel = self._check_usable()
         records, self.records = self.records, {}
         frame = protocol.commit_data(records.items())
         if len(frame) - 4 > self.max_transaction_size:
@@ -547,30 +378,32 @@ class ClientStorage(Storage):
                 f"{self.max_transaction_size} bytes (the server's --max-transaction-size): "
                 "commit in smaller steps, or raise the limit on both sides")
         if watched is not None and self.watches_reads:
-            self._commit_watched(records, set(watched), handle_invalidations)
+            self._commit_watched(channel, records, protocol.commit_watched_frame(frame, watched),
+                                 handle_invalidations)
         else:
-            self._commit_in_turn(records, frame, handle_invalidations)
+            self._commit_in_turn(channel, records, frame, handle_invalidations)
         self._unused_oids.difference_update(records)
         self._forget(records)
         for oid in records:
             self._note_known(oid)
 
-    def _commit_watched(self, records: dict[bytes, bytes], watched: set[bytes],
+    def _commit_watched(self, channel: ServerChannel, records: dict[bytes, bytes], request: bytes,
                         handle_invalidations: InvalidationHandler | None) -> None:
         """Protocol 2: records and watched oids in one request; on a
         conflict the handler decides (it raises, or finds every read
         unchanged and the commit is tried again against newer commits).
         """
-        request = protocol.commit_watched_request(records.items(), watched)
         try:
-            self._check_not_closed_by_server()
+            if not self.prefetched.inflight:  # else replies are on their way anyway
+                # Found closed now (a restart), the commit is known not to
+                # have happened, rather than in doubt.
+                channel.check_not_closed_by_server()
         except OSError as error:
             raise self._lose(error) from None
         while True:
             try:
-                self._sock.sendall(request)
-                self._receive_prefetched()
-                status, invalid, refusal = protocol.read_commit_watched_reply(self._read)
+                self._request(channel, request)
+                status, invalid, refusal = protocol.read_commit_watched_reply(channel.read)
             except (OSError, ProtocolError) as error:
                 raise self._lose(error, commit_sent=bool(records)) from None
             if refusal is not None:
@@ -589,31 +422,12 @@ class ClientStorage(Storage):
                 self._recycle_oids(records)
                 raise
 
-    def _check_not_closed_by_server(self) -> None:
-        """ConnectionResetError if the server has closed this connection (a
-        restart): found before the records go out, the commit is then known
-        not to have happened, rather than in doubt.
-        """
-        sock = self._sock
-        if self._inflight:
-            return  # replies are on their way: the socket is readable anyway
-        sock.setblocking(False)
-        try:
-            data = sock.recv(1, socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
-            return
-        finally:
-            sock.settimeout(self.timeout)
-        if not data:
-            raise ConnectionResetError("the storage server closed the connection")
-
-    def _commit_in_turn(self, records: dict[bytes, bytes], frame: bytes,
+    def _commit_in_turn(self, channel: ServerChannel, records: dict[bytes, bytes], frame: bytes,
                         handle_invalidations: InvalidationHandler | None) -> None:
         """Protocol 1: ``C``, the invalidations, then the records."""
         try:
-            self._sock.sendall(protocol.COMMIT)
-            self._receive_prefetched()
-            invalid = self._invalidations(protocol.read_oids(self._read))
+            self._request(channel, protocol.COMMIT)
+            invalid = self._invalidations(protocol.read_oids(channel.read))
         except (OSError, ProtocolError) as error:
             raise self._lose(error) from None
         try:
@@ -622,18 +436,18 @@ class ClientStorage(Storage):
         except BaseException:
             self._recycle_oids(records)
             try:
-                self._sock.sendall(int4(0))  # abandon the commit
+                channel.send(int4(0))  # abandon the commit
             except (OSError, ProtocolError) as error:
                 raise self._lose(error) from None
             raise
         try:
-            self._sock.sendall(frame)
+            channel.send(frame)
         except (OSError, ProtocolError) as error:
             raise self._lose(error, commit_sent=bool(records)) from None
         if not records:
             return
         try:
-            status = protocol.read_status(self._read, protocol.COMMIT)
+            status = protocol.read_status(channel.read, protocol.COMMIT)
         except (OSError, ProtocolError) as error:
             raise self._lose(error, commit_sent=True) from None
         if status != protocol.STATUS_OKAY:
@@ -648,13 +462,12 @@ class ClientStorage(Storage):
         """Oids others committed since the last sync; after a lost
         connection, reconnect and report every oid loaded before.
         """
-        if self._lost and os.getpid() == self._pid:
+        if self._lost and not forked_since(self._pid):
             return self._reconnect()
-        self._check_usable()
+        channel = self._check_usable()
         try:
-            self._sock.sendall(protocol.SYNC)
-            self._receive_prefetched()
-            invalid = protocol.read_oids(self._read)
+            self._request(channel, protocol.SYNC)
+            invalid = protocol.read_oids(channel.read)
         except (OSError, ProtocolError) as error:
             # A sync is a transaction boundary: reconnect right away.
             self._lose(error)
@@ -663,11 +476,10 @@ class ClientStorage(Storage):
 
     def pack(self) -> None:
         """Ask the server to pack; it answers at once and packs in the background."""
-        self._check_usable()
+        channel = self._check_usable()
         try:
-            self._sock.sendall(protocol.PACK)
-            self._receive_prefetched()
-            status = protocol.read_status(self._read, protocol.PACK)
+            self._request(channel, protocol.PACK)
+            status = protocol.read_status(channel.read, protocol.PACK)
         except (OSError, ProtocolError) as error:
             raise self._lose(error) from None
         if status != protocol.STATUS_OKAY:
@@ -680,10 +492,10 @@ class ClientStorage(Storage):
         client that has not authenticated: DurusError); a Durus 4.3 server
         just closes the connection.
         """
-        self._check_usable()
+        channel = self._check_usable()
         try:
-            self._sock.sendall(protocol.QUIT)
-            answer = self._reader.read(1)
+            channel.send(protocol.QUIT)
+            answer = channel.read_final_byte()
         except OSError:
             answer = b""
         self._disconnect()
@@ -694,9 +506,9 @@ class ClientStorage(Storage):
         """Say goodbye and close the socket (in a forked child, close only
         this process's copy: the parent's session goes on).
         """
-        if self._sock is not None and os.getpid() == self._pid:
+        if self._channel is not None and not forked_since(self._pid):
             try:
-                self._sock.sendall(protocol.CLOSE)
+                self._channel.send(protocol.CLOSE)
             except OSError:
                 pass
         self._disconnect()

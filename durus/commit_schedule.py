@@ -49,6 +49,7 @@ class GroupSync:
         self.deferred = sync_to_disk is not None
         self._condition = threading.Condition(threading.Lock())
         self._syncing = False
+        self._waiters = 0  # threads waiting for another's sync
         self.written = 0
         self.synced = 0
 
@@ -62,11 +63,17 @@ class GroupSync:
 
     def wait(self, serial: int) -> None:
         """Return once commit ``serial`` is on disk, syncing if no one is."""
+        if self.synced >= serial:
+            return  # read without the lock: it only grows
         condition = self._condition
         with condition:
             while self.synced < serial:
                 if self._syncing:
-                    condition.wait()
+                    self._waiters += 1
+                    try:
+                        condition.wait()
+                    finally:
+                        self._waiters -= 1
                     continue
                 self._syncing = True
                 target = self.written
@@ -76,7 +83,8 @@ class GroupSync:
                 finally:
                     condition.acquire()
                     self._syncing = False
-                    condition.notify_all()
+                    if self._waiters:
+                        condition.notify_all()
                 self.synced = max(self.synced, target)
 
 
@@ -163,7 +171,7 @@ class Acknowledgements(Generic[Waiter]):
         self._waiting.append((serial, waiter))
         if sync_here:
             self.make_durable(serial)
-        else:
+        elif not self._wanted.is_set():  # set() takes a lock and notifies
             self._wanted.set()
 
     def discard(self, waiter: Waiter) -> None:

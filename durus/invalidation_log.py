@@ -17,14 +17,13 @@ it must forget everything.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 #: How many oids the log keeps by default: about 15 MB of memory.
 DEFAULT_MAX_LOGGED_OIDS = 100_000
 
 
-@dataclass(frozen=True)
-class LogEntry:
+class LogEntry(NamedTuple):
     """One commit, or one pack's removals (``removed`` True).
 
     Attributes: ``serial``; ``author`` (an id of the session that committed,

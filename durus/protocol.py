@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from durus.error import DurusKeyError, ProtocolError, ReadConflictError
 from durus.record import int4, oid_to_int, read_int4, split_oids
@@ -81,8 +81,7 @@ _ARGUMENT_SIZES = {
 }
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """One parsed client command.
 
     Attributes: ``command`` (the command byte) and ``argument``: the version
@@ -90,7 +89,7 @@ class Request:
     for ``B`` (``8 * n`` bytes, split as they are answered, so a large bulk
     load costs no more than its bytes), the client's nonce for ``A``,
     ``(tdata, watched)`` for ``W`` (``watched`` as ``8 * n`` bytes), else
-    None.
+    None.  (A named tuple: one is made per request, so it must be cheap.)
     """
 
     command: bytes
@@ -225,8 +224,13 @@ def commit_watched_request(records: Iterable[tuple[bytes, bytes]], watched: Iter
     """``W`` (version 2): the commit data and the oids the transaction used,
     in one request.
     """
+    return commit_watched_frame(commit_data(records), watched)
+
+
+def commit_watched_frame(commit_frame: bytes, watched: Iterable[bytes]) -> bytes:
+    """``W`` around a :func:`commit_data` frame already built (to measure it)."""
     watched = list(watched)
-    return COMMIT_WATCHED + commit_data(records) + int4(len(watched)) + b"".join(watched)
+    return COMMIT_WATCHED + commit_frame + int4(len(watched)) + b"".join(watched)
 
 
 def split_commit_data(tdata: bytes) -> dict[bytes, bytes]:

@@ -169,8 +169,8 @@ class Sockets:
 
     def _drain_wake(self) -> None:
         try:
-            while os.read(self._wake_read, 4096):
-                pass
+            while len(os.read(self._wake_read, 4096)) == 4096:
+                pass  # a short read emptied the pipe: no second call to find out
         except BlockingIOError:
             pass
 

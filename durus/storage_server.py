@@ -54,6 +54,8 @@ log = logging.getLogger("durus.storage_server")
 DEFAULT_GCBYTES = 0
 # Bulk-load replies produced per client per turn of the loop.
 _LOAD_SLICE = 16
+# Input read from a client while its commit waits for the disk sync.
+_INPUT_WHILE_SYNCING = 64 << 10
 
 __all__ = [
     "ClientState", "DEFAULT_GCBYTES", "DEFAULT_HOST", "DEFAULT_PORT", "SocketAddress",
@@ -219,7 +221,7 @@ class StorageServer:
         self._sockets = Sockets(
             listener, max_connections=self.max_connections,
             auth_timeout=self.auth_timeout if self.secret is not None else None,
-            on_input=self._process, produce=self._produce_loads, may_read=self._may_parse,
+            on_input=self._process, produce=self._produce_loads, may_read=self._may_receive,
             on_close=self._closed)
         self._acks = Acknowledgements(self.shared.group_sync, self._sockets.wake, self._disk_failed)
         self._acks.start()
@@ -285,6 +287,16 @@ class StorageServer:
         state: ClientState = client.protocol
         return (state is None or state.state in (_READY, _WAIT_DATA, _WAIT_PROOF)) and not client.closing \
             and len(client.outbuf) < OUTPUT_HIGH_WATER and not client.loads_pending
+
+    def _may_receive(self, client: ClientConnection) -> bool:
+        """Whether to read the client's socket: as :meth:`_may_parse`, and
+        also while its commit waits for the disk sync, up to a little input,
+        so that its registration need not change twice a commit.
+        """
+        state: ClientState = client.protocol
+        if state is not None and state.state == _WAIT_DURABLE:
+            return not client.closing and len(client.inbuf) < _INPUT_WHILE_SYNCING
+        return self._may_parse(client)
 
     def _process(self, client: ClientConnection) -> None:
         """Handle the whole requests buffered, as far as the state allows,

@@ -60,7 +60,7 @@ class CountingSocket:
 
 def counting(connection: Connection) -> CountingSocket:
     storage = connection.get_storage()
-    storage._sock = counter = CountingSocket(storage._sock)
+    storage._channel.sock = counter = CountingSocket(storage._channel.sock)
     return counter
 
 
@@ -91,8 +91,8 @@ def test_a_few_lookups_in_a_large_tree_read_one_level_ahead_only(server):
         assert tree[key].value == 0
     storage._receive_prefetched()
     # Five paths of four nodes, each node's children and values: no more.
-    assert storage._fetched_ahead <= 5 * 4 * 64
-    assert not storage._reading_ahead_pays()
+    assert storage.prefetched.fetched_ahead <= 5 * 4 * 64
+    assert not storage.prefetched.reading_ahead_pays()
 
 
 def test_a_buffered_record_is_never_older_than_the_last_sync(server):
@@ -103,7 +103,7 @@ def test_a_buffered_record_is_never_older_than_the_last_sync(server):
     assert tree[0].value == 0  # brings nodes and cells ahead
     storage = reader.get_storage()
     storage.load(reader.get_root()._p_oid)  # drain what is in flight
-    assert len(storage._prefetched) > 20
+    assert len(storage.prefetched.records) > 20
     wtree = writer.get_root()["fresh"]
     for key in range(0, 400, 3):
         wtree[key].value = 7
@@ -142,8 +142,8 @@ def test_the_buffer_stays_bounded(server, monkeypatch):
     tree = reader.get_root()["bounded"]
     for key in range(0, 2000, 7):
         assert tree[key].value == 0
-        assert len(storage._prefetched) <= 50
-        assert sum(map(len, storage._prefetched.values())) == storage._prefetched_bytes <= 4000
+        assert len(storage.prefetched.records) <= 50
+        assert sum(map(len, storage.prefetched.records.values())) == storage.prefetched.size <= 4000
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -196,7 +196,7 @@ def check_buffer(storage: ClientStorage, checker: ClientStorage) -> None:
     """Every buffered record is the committed one (just after a sync)."""
     storage._receive_prefetched()
     checker.sync()
-    for oid, record in storage._prefetched.items():
+    for oid, record in storage.prefetched.records.items():
         assert record == checker.load(oid), "a buffered record outlived a commit"
 
 

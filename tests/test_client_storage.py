@@ -30,6 +30,7 @@ from durus.connection import Connection
 from durus.error import ConflictError, ReadConflictError, WriteConflictError
 from durus.persistent_dict import PersistentDict
 from durus.persistent_list import PersistentList
+from durus.record import int4, int_to_oid
 from durus.storage_server import wait_for_server
 
 TESTS = Path(__file__).resolve().parent
@@ -147,7 +148,7 @@ def test_prefetched_records_never_outlive_an_invalidation(server):
     assert len(items) == 50  # loading the list fetches its items ahead
     storage = reader.get_storage()
     storage.load(writer.get_root()["items"]._p_oid)  # drain what is in flight
-    assert len(storage._prefetched) > 40
+    assert len(storage.prefetched.records) > 40
     for item in writer.get_root()["items"]:
         item["n"] += 1000
     writer.commit()
@@ -162,7 +163,7 @@ def test_cold_loads_take_few_round_trips(server):
     reader = connect(server, prefetch=True)
     storage = reader.get_storage()
     sent = []
-    storage._sock = CountingSocket(storage._sock, sent)
+    storage._channel.sock = CountingSocket(storage._channel.sock, sent)
     assert sum(item["n"] for item in reader.get_root()["items"]) == sum(range(2000))
     assert len(sent) < 50  # bulk loads ahead, not one load per object
 
@@ -194,7 +195,7 @@ def test_iterating_a_container_loads_its_objects_in_batches(server, container):
     writer.commit()
     reader = connect(server, prefetch=False)  # batches come from iterating
     sent = []
-    reader.get_storage()._sock = CountingSocket(reader.get_storage()._sock, sent)
+    reader.get_storage()._channel.sock = CountingSocket(reader.get_storage()._channel.sock, sent)
     found = reader.get_root()["items"]
     values = found if container == "list" else found.values()
     assert sum(item["n"] for item in values) == sum(range(2000))
@@ -233,6 +234,36 @@ def test_socket_operations_time_out():
             ClientStorage(address=listener.getsockname(), timeout=0.5)
         assert time.monotonic() - start < 3
     finally:
+        listener.close()
+
+
+def test_a_server_that_goes_silent_after_the_handshake_times_out():
+    """The timeout is the kernel's (SO_RCVTIMEO) on a blocking socket: a
+    load that gets no answer fails after it, as ServerUnavailableError."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted = []
+
+    def answer_the_version_only():
+        conn, _ = listener.accept()
+        accepted.append(conn)
+        assert conn.recv(5)[:1] == b"V"
+        conn.sendall(int4(2))
+
+    thread = threading.Thread(target=answer_the_version_only)
+    thread.start()
+    try:
+        storage = ClientStorage(address=listener.getsockname(), timeout=0.3)
+        thread.join(5)
+        assert storage.version == 2
+        start = time.monotonic()
+        with pytest.raises(ServerUnavailableError, match="did not answer within 0.3s"):
+            storage.load(int_to_oid(1))
+        assert 0.25 < time.monotonic() - start < 3
+    finally:
+        for conn in accepted:
+            conn.close()
         listener.close()
 
 
