@@ -37,7 +37,6 @@ knows whether the commit happened: :class:`CommitInDoubtError` says so.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Iterator
 
@@ -60,10 +59,9 @@ from durus.server_channel import (  # the errors, where they always were for cal
     current_pid,
     forked_since,
 )
-from durus.storage import InvalidationHandler, Storage
+from durus.storage import InvalidationHandler, Storage, deliver_after_commit
 from durus.transport import SocketAddress
 
-log = logging.getLogger("durus.client_storage")
 
 DEFAULT_TIMEOUT = 30.0
 _OID_BATCH = 32
@@ -93,24 +91,6 @@ class DisconnectedError(ConflictError):
 
 class TransactionTooLargeError(DurusError):
     """A commit is larger than the server accepts; nothing was sent."""
-
-
-def _note_after_commit(invalid: list[bytes], handle_invalidations: InvalidationHandler | None) -> None:
-    """Pass on what others committed, after the server stored this commit.
-
-    The server has already checked that none of it touches what the
-    transaction used, so the handler finds no conflict; should it find one
-    anyway (a server that checked less), the commit still stands: it is on
-    disk, and raising a conflict would make the application do its work a
-    second time.  That is logged, not raised.
-    """
-    if not invalid or handle_invalidations is None:
-        return
-    try:
-        handle_invalidations(invalid)
-    except ConflictError as error:
-        log.error("the storage server stored a commit although objects it used had changed (%s); "
-                  "the commit stands", error)
 
 
 class ClientStorage(Storage):
@@ -411,7 +391,7 @@ class ClientStorage(Storage):
                 raise CommitRefusedError(refusal)
             invalid = self._invalidations(invalid)
             if status == protocol.STATUS_OKAY:
-                _note_after_commit(invalid, handle_invalidations)
+                deliver_after_commit(invalid, handle_invalidations)
                 return
             try:
                 if invalid and handle_invalidations is not None:

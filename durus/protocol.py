@@ -185,12 +185,13 @@ def version_request(version: int = PROTOCOL_VERSION) -> bytes:
 def version_reply(asked: int) -> tuple[bytes, bool]:
     """The server's answer to ``V int4(asked)``, and whether to keep the
     connection: a client gets the version it asks for if this server speaks
-    it (so a Durus 4.3 client gets exactly version 1), else the latest, and
-    the connection then closes.
+    it (so a Durus 4.3 client gets exactly version 1); any other version
+    gets ``int4(1)``, as Durus 4.3's server answers (SPEC §3: the version
+    every client speaks), and the connection then closes.
     """
     if asked in (PROTOCOL_VERSION, PROTOCOL_VERSION_2):
         return int4(asked), True
-    return int4(LATEST_VERSION), False
+    return int4(PROTOCOL_VERSION), False
 
 
 def new_oids_request(count: int) -> bytes:

@@ -3,9 +3,11 @@
 One thread runs an event loop over non-blocking sockets (:class:`Sockets`);
 what the bytes mean is :mod:`durus.storage_server`'s business.  The bounds:
 
-- At most ``max_connections`` clients.  At the cap the listener is not
-  polled at all (new connections wait in the kernel's backlog, and beyond
-  it are refused by the kernel), with one log line (at most one a minute).
+- At most ``max_connections`` clients.  At the cap a new connection is
+  refused: accepted only to be closed at once with a reset, before any
+  state is made for it, so its client sees a broken connection rather than
+  a wait with no end.  One log line when refusing starts, one with the
+  count when the server is below the cap again.
 - Out of file descriptors (EMFILE, ENFILE), accepting pauses for a growing
   while, with one log line per episode, instead of spinning.
 - A client that must authenticate holds nothing but its socket, a few
@@ -24,6 +26,7 @@ import logging
 import os
 import selectors
 import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,7 +40,8 @@ OUTPUT_HIGH_WATER = 256 << 10
 _RECV_SIZE = 1 << 18
 _ACCEPT_PAUSE_FIRST = 0.05
 _ACCEPT_PAUSE_MOST = 2.0
-_CAP_LOG_INTERVAL = 60.0
+#: SO_LINGER on, zero seconds: close() resets the connection.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -117,7 +121,7 @@ class Sockets:
         listener.setblocking(False)
         self._listening = False
         self._at_cap = False
-        self._cap_logged_at = -_CAP_LOG_INTERVAL
+        self._refused = 0
         self._accept_pause = 0.0
         self._accept_resume = 0.0
         self._awaiting_auth: deque[ClientConnection] = deque()
@@ -199,15 +203,6 @@ class Sockets:
 
     def _accept(self) -> None:
         for _ in range(64):
-            if len(self.clients) >= self.max_connections:
-                self._at_cap = True
-                now = time.monotonic()
-                if now - self._cap_logged_at >= _CAP_LOG_INTERVAL:
-                    log.warning("%d connections, the most allowed (--max-connections): new ones wait "
-                                "until one closes (said at most once a minute)", len(self.clients))
-                    self._cap_logged_at = now
-                self._listen(False)
-                return
             try:
                 sock, peer = self.listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -218,7 +213,26 @@ class Sockets:
             if self._accept_pause:
                 log.warning("accepting connections again")
                 self._accept_pause = 0.0
-            self._add(sock, peer)
+            if len(self.clients) >= self.max_connections:
+                self._refuse(sock)
+            else:
+                self._add(sock, peer)
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Close a connection over the cap at once, with a reset (no
+        lingering, no state kept), saying so once per episode.
+        """
+        if not self._at_cap:
+            self._at_cap = True
+            self._refused = 0
+            log.warning("%d connections, the most allowed (--max-connections): refusing new ones "
+                        "until one closes", len(self.clients))
+        self._refused += 1
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass  # a unix socket: closing it is refusal enough
+        sock.close()
 
     def _pause_accepting(self, error: OSError) -> None:
         """Stop polling the listener for a while that grows while the cause
@@ -274,7 +288,8 @@ class Sockets:
         if self._accept_resume or len(self.clients) >= self.max_connections:
             return
         if self._at_cap:
-            log.debug("below --max-connections again: accepting connections")
+            log.warning("below --max-connections again: accepting connections (%d refused meanwhile)",
+                        self._refused)
             self._at_cap = False
         self._listen(True)
 

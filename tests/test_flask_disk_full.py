@@ -11,7 +11,7 @@ from flask import Flask
 
 from flask_durus import Durus
 from tests.server_process import ServerProcess
-from tests.support.small_disk import small_disk  # noqa: F401  (the fixture)
+from support.small_disk import small_disk  # noqa: F401  (the fixture)
 
 
 def wiki_like_app(address: tuple[str, int]) -> tuple[Flask, Durus]:

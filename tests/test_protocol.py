@@ -157,7 +157,7 @@ def test_version_2_layouts():
     assert protocol.version_request(2) == b"V\x00\x00\x00\x02"
     assert protocol.version_reply(1) == (int4(1), True)  # a Durus 4.3 client gets exactly 1
     assert protocol.version_reply(2) == (int4(2), True)
-    assert protocol.version_reply(7) == (int4(2), False)
+    assert protocol.version_reply(7) == (int4(1), False)  # as Durus 4.3 answers any other version
     record = pack_record(OID1, b"data", b"")
     assert protocol.commit_watched_request([(OID1, record)], [OID1, OID2]) == (
         b"W" + int4(4 + 8 + len(record)) + int4(8 + len(record)) + OID1 + record + int4(2) + OID1 + OID2)
