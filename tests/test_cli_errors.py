@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import threading
 import sys
 from pathlib import Path
 
@@ -180,12 +181,48 @@ def test_serve_on_a_port_in_use_keeps_an_existing_file(tmp_path, listener):
     assert path.read_bytes() == before
 
 
-def test_client_of_something_that_is_not_a_durus_server(listener):
+@pytest.mark.slow
+def test_client_of_something_that_never_answers(listener):
     # It accepts (the kernel's backlog) but never answers: the handshake
-    # breaks off when the fixture closes it, or times out.
+    # times out (the client's 30 s).
     result = subprocess.run([sys.executable, "-m", "durus", "-p", "--port", str(listener)], input="",
                             capture_output=True, text=True, timeout=90, check=False)
     failed(result, 2, "durus -p:", str(listener))
+
+
+def test_client_of_something_that_is_not_a_durus_server():
+    """A web server where the Durus server was expected: it answers the
+    handshake with HTTP, and the client says so at once.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+
+    sock.settimeout(0.1)
+    done = threading.Event()
+
+    def answer_like_a_web_server() -> None:
+        while not done.is_set():  # every connection (the client may look before it talks)
+            try:
+                peer, _ = sock.accept()
+            except OSError:  # a timeout: look at done again
+                continue
+            peer.settimeout(10)
+            with peer:
+                if peer.recv(5):
+                    peer.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=answer_like_a_web_server, daemon=True)
+    thread.start()
+    try:
+        result = subprocess.run([sys.executable, "-m", "durus", "-p", "--port", str(port)], input="",
+                                capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        done.set()
+        thread.join(5)
+        sock.close()
+    failed(result, 2, "durus -p:", str(port))
 
 
 # -- pack reports sizes and time ----------------------------------------------------
