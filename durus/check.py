@@ -1,7 +1,7 @@
 """Check a whole SHELF-1 file: every transaction, record and reference.
 
 :func:`check_file` reads the file from start to end, read-only, and returns
-a :class:`CheckReport` listing each problem with its byte offset and oid:
+a :class:`~durus.check_report.CheckReport` listing each problem with its byte offset and oid:
 
 - *framing*: a transaction, entry or record whose lengths do not fit, an
   entry whose record starts with another oid, an offset map that does not
@@ -28,7 +28,7 @@ Memory: about 150 bytes per current object (its offset and refs).  A file
 that a process is committing to may show the commit being written as torn.
 ``durus --check PATH`` runs it from the command line; :func:`check_named`
 also checks SQLite and PostgreSQL databases (:mod:`durus.sql_check`), with
-the same record rules (:func:`record_problem`).
+the same record rules (:func:`~durus.check_report.record_problem`).
 """
 
 from __future__ import annotations
@@ -37,108 +37,35 @@ import mmap
 import os
 import stat
 import time
-from collections import Counter
-from collections.abc import Callable, Container, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from struct import Struct
 
-from durus.error import DamagedRecordError, DurusError
-from durus.record import ROOT_OID, oid_to_int
-from durus.serialize import inspect_data
+from durus.check_report import (  # noqa: F401  (CheckReport and the rest, importable from here as before)
+    DAMAGED,
+    DANGLING,
+    FRAMING,
+    PROGRESS_INTERVAL,
+    TORN,
+    CheckReport,
+    Problem,
+    UncheckableFileError,
+    count_reachable,
+    dangling_references,
+    describe_oids,
+    record_problem,
+)
+from durus.error import DamagedRecordError
 from durus.file_storage import FileStorage
+from durus.record import oid_to_int
+from durus.serialize import inspect_data
 from durus.shelf import (PREFIX, ShelfError, TornTransactionError, empty_shelf, entry_bounds, parse_entries,
                          zeros_to_end)
 
-__all__ = ["CheckReport", "Problem", "UncheckableFileError", "check_file", "check_named", "count_reachable",
-           "dangling_references", "record_problem"]
+__all__ = ["check_file", "check_named"]
 
 _int8 = Struct(">Q")
-# How often (seconds) ``progress`` is called, and how many entries go
-# between looks at the clock.
-PROGRESS_INTERVAL = 1.0
 _ENTRIES_PER_CLOCK_LOOK = 512
-
-FRAMING = "framing"
-TORN = "torn"
-DAMAGED = "damaged"
-DANGLING = "dangling"
-
-
-class UncheckableFileError(DurusError):
-    """The file cannot be checked at all: it is missing, unreadable, or not
-    a SHELF-1 file.
-    """
-
-
-@dataclass
-class Problem:
-    """One thing wrong with the file.
-
-    ``kind`` is FRAMING, TORN, DAMAGED or DANGLING; ``offset`` the byte
-    offset of the entry (or transaction, or map word) concerned, None in a
-    database kept in SQL (:mod:`durus.sql_check`), whose rows have none; ``oid``
-    the record's oid where there is one; ``message`` what is wrong;
-    ``superseded`` True for a damaged record that a later record of the same
-    oid replaces (no load reads it; a pack drops it).
-    """
-
-    kind: str
-    offset: int | None
-    oid: bytes | None
-    message: str
-    superseded: bool = False
-
-    def __str__(self) -> str:
-        oid = "" if self.oid is None else f", oid {oid_to_int(self.oid)}"
-        old = " (an old version of the object, superseded by a later record)" if self.superseded else ""
-        where = "" if self.offset is None else f" at byte {self.offset}"
-        return f"{self.kind}{where}{oid}: {self.message}{old}"
-
-
-@dataclass
-class CheckReport:
-    """What :func:`check_file` (or :mod:`durus.sql_check`) found.
-
-    Attributes: ``path``; ``size`` (bytes, or rows in SQL); ``transactions``
-    (read, the initial one included; 0 in SQL, which keeps none); ``records`` (every record read, old versions
-    included); ``objects`` (oids with a current record); ``references``
-    (refs of the current records); ``unreachable`` (objects the root does
-    not reach: garbage, not damage); ``problems`` (a list of
-    :class:`Problem`).
-    """
-
-    path: str
-    size: int = 0
-    transactions: int = 0
-    records: int = 0
-    objects: int = 0
-    references: int = 0
-    unreachable: int = 0
-    problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def clean(self) -> bool:
-        return not self.problems
-
-    def summary(self) -> str:
-        """One line of counts."""
-        garbage = (f"; {self.unreachable} unreachable from the root (garbage a pack removes)"
-                   if self.unreachable else "")
-        transactions = f"{self.transactions} transactions, " if self.transactions else ""
-        return (f"{transactions}{self.records} records, {self.objects} objects, "
-                f"{self.references} references{garbage}")
-
-    def format(self) -> str:
-        """The report as text: a verdict, each problem, the counts."""
-        if self.clean:
-            return f"{self.path}: clean: {self.summary()}\n"
-        counts = Counter(problem.kind for problem in self.problems)
-        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items()))
-        lines = [f"{self.path}: PROBLEMS FOUND ({kinds})"]
-        lines.extend(f"  {problem}" for problem in self.problems)
-        lines.append(f"{self.path}: {self.summary()}")
-        return "\n".join(lines) + "\n"
-
 
 # -- the file ---------------------------------------------------------------------
 
@@ -288,7 +215,7 @@ class _FileChecker:
                 inspect_data(self.buffer[entry.record_start + 12:entry.data_end], self.stand_ins)
             except DamagedRecordError as error:
                 unread.append(f"oid {oid_to_int(entry.oid)} at byte {entry.offset}: {error.problem}")
-        oids = _oid_list({entry.oid for entry in entries}) if entries else "no whole record"
+        oids = describe_oids({entry.oid for entry in entries}) if entries else "no whole record"
         detail = f"; it holds {oids}" + (f", and its record of {unread[-1]}" if unread else "")
         self.problem(TORN, position, None, (
             f"the last transaction is incomplete{detail}: a crash during a commit, or damage "
@@ -415,64 +342,6 @@ class _FileChecker:
         report.objects = len(current)
         report.references = sum(len(listed) for listed in refs.values()) // 8
         report.unreachable = len(current) - count_reachable(current, refs)
-
-
-# -- rules every kind of database shares --------------------------------------------
-
-
-def record_problem(oid: bytes, data: bytes, refs: bytes, stand_ins: dict[tuple[str, str], type]) -> str | None:
-    """What is wrong with the record of ``oid`` (its ``data``, class and state
-    pickles, and its ``refs``), or None: the data cannot be read as
-    ObjectReader reads it, the refs are not sorted, or they differ from the
-    persistent ids in the state.  Shared by the file and SQL checks.
-    """
-    try:
-        _, referred = inspect_data(data, stand_ins)
-    except DamagedRecordError as error:
-        return error.problem
-    oids = [refs[start:start + 8] for start in range(0, len(refs), 8)]
-    parts = []
-    if any(first >= second for first, second in zip(oids, oids[1:])):
-        parts.append("its refs are not sorted, or list an oid twice")
-    referred.discard(oid)  # a state may refer to its own object; refs never list it
-    listed = set(oids)
-    if referred - listed:
-        parts.append(f"the state refers to {_oid_list(referred - listed)}, which its refs omit")
-    if listed - referred:
-        parts.append(f"its refs list {_oid_list(listed - referred)}, which the state does not refer to")
-    return "; ".join(parts) or None
-
-
-def dangling_references(current: Container[bytes], refs: dict[bytes, bytes]) -> Iterator[tuple[bytes, bytes]]:
-    """``(oid, ref)`` for each ref of a current record to an oid with no record."""
-    for oid, listed in refs.items():
-        for start in range(0, len(listed), 8):
-            ref = listed[start:start + 8]
-            if ref not in current:
-                yield oid, ref
-
-
-def count_reachable(current: Container[bytes], refs: dict[bytes, bytes]) -> int:
-    """How many of the ``current`` oids the root reaches through ``refs``."""
-    if ROOT_OID not in current:
-        return 0
-    seen = {ROOT_OID}
-    todo = [ROOT_OID]
-    while todo:
-        listed = refs.get(todo.pop(), b"")
-        for start in range(0, len(listed), 8):
-            ref = listed[start:start + 8]
-            if ref not in seen and ref in current:
-                seen.add(ref)
-                todo.append(ref)
-    return len(seen)
-
-
-def _oid_list(oids: set[bytes]) -> str:
-    numbers = sorted(oid_to_int(oid) for oid in oids)
-    shown = ", ".join(str(number) for number in numbers[:5])
-    more = f" and {len(numbers) - 5} more" if len(numbers) > 5 else ""
-    return f"oid{'s' if len(numbers) > 1 else ''} {shown}{more}"
 
 
 @dataclass

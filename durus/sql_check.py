@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 
-from durus.check import (DAMAGED, DANGLING, PROGRESS_INTERVAL, CheckReport, Problem, UncheckableFileError,
-                         count_reachable, dangling_references, record_problem)
+from durus.check_report import (DAMAGED, DANGLING, PROGRESS_INTERVAL, CheckReport, Problem, UncheckableFileError,
+                                count_reachable, dangling_references, record_problem)
 from durus.record import int_to_oid, oid_to_int
 
 __all__ = ["check_sqlite", "check_postgres"]
