@@ -1,5 +1,5 @@
 """What a check of a database finds, and the rules every kind of database
-shares: :class:`CheckReport` and its :class:`Problem`\ s, and the checks of
+shares: :class:`CheckReport` and its :class:`Problem` items, and the checks of
 one record (:func:`record_problem`) and of the references between records
 (:func:`dangling_references`, :func:`count_reachable`).
 
