@@ -353,6 +353,7 @@ class Connection:
         self.transaction_serial = serial + 1
         if len(loaded) > self._cache_size:
             self.shrink_cache()
+        self._invalidations.fetch_ahead()
 
 
 def gen_matching_oids(

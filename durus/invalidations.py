@@ -19,6 +19,8 @@ from durus.transaction import Transaction
 
 # How many times a load catches up with other clients' commits of its object.
 MAX_LOAD_ATTEMPTS = 10
+# At most this many of the loaded objects others changed are fetched ahead.
+FETCH_AHEAD = 256
 
 
 class Invalidations:
@@ -29,6 +31,9 @@ class Invalidations:
         self.cache = cache
         self.transaction = transaction
         self.loader = loader
+        #: Oids of loaded objects just made ghosts because others changed
+        #: them: the storage is asked for them ahead (:meth:`fetch_ahead`).
+        self.dropped: list[bytes] = []
 
     def load_record(self, oid: bytes) -> bytes:
         """The committed record of ``oid``, catching up with other clients'
@@ -46,6 +51,7 @@ class Invalidations:
                 # stale.  Under load it may have committed oid again by the
                 # time we ask once more.
                 self.handle(self.storage.sync(), read_oid=oid)
+                self.fetch_ahead()
         raise ReadConflictError([oid])
 
     def note(self, oids: list[bytes], read_oid: bytes | None = None) -> list[bytes]:
@@ -65,6 +71,7 @@ class Invalidations:
                 invalid.add(oid)
             elif obj._p_status != GHOST:
                 self.loader.ghost(obj)
+                self.dropped.append(oid)
         return conflicts
 
     def handle(self, oids: list[bytes], read_oid: bytes | None = None) -> None:
@@ -90,4 +97,19 @@ class Invalidations:
             obj = self.cache.get(oid)
             if obj is not None and obj._p_status != GHOST:
                 self.loader.ghost(obj)
+                self.dropped.append(oid)
         invalid.clear()
+
+    def fetch_ahead(self) -> None:
+        """Tell the storage which loaded objects others just changed.
+
+        They were in use lately, so they will likely be used again soon;
+        a storage that pays a round trip per load fetches them in one, as
+        of this connection's view.  That also keeps loads in the middle of
+        the next transaction from meeting commits made meanwhile
+        (ReadConflictError) for the objects an application uses most.
+        """
+        dropped = self.dropped
+        if dropped:
+            self.storage.fetch_ahead(dropped[:FETCH_AHEAD])
+            dropped.clear()

@@ -112,6 +112,15 @@ class Storage:
         for oid in oids:
             yield self.load(oid)
 
+    def fetch_ahead(self, oids: list[bytes]) -> None:
+        """A hint: the records of ``oids`` will likely be loaded soon.
+
+        A storage whose loads cost a round trip may ask for them now,
+        without waiting, as of the client's current view; a later load
+        must still never return a state older than the transaction's view.
+        By default nothing is done.
+        """
+
     def gen_oid_record(
         self, start_oid: bytes | None = None, batch_size: int = 100
     ) -> Iterator[tuple[bytes, bytes]]:

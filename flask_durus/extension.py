@@ -39,7 +39,8 @@ from typing import Any
 from durus.connection import Connection
 from durus.error import CommitRefusedError, ConflictError
 from durus.persistent import PersistentObject
-from flask import Flask, Request, Response, current_app, g, has_app_context, has_request_context, request
+from flask import Flask, Request, Response, current_app, g, has_app_context, has_request_context, request, session
+from flask.globals import request_ctx
 from werkzeug.exceptions import Conflict
 
 from flask_durus import signals
@@ -292,12 +293,12 @@ class Durus:
         will_retry = bool(environ.get(REPLAYABLE))
         signals.conflict_detected.send(app, error=error, attempt=attempt, will_retry=will_retry)
         if will_retry:
-            log.info("%s %s: conflict on run %d (%s); replaying the request",
-                     request.method, request.path, attempt, error)
+            log.info("%s %s: %s on run %d (%s); replaying the request",
+                     request.method, request.path, type(error).__name__, attempt, error)
             environ[REPLAY] = True
             return response
-        log.warning("%s %s: conflict on run %d (%s); giving up with 409",
-                    request.method, request.path, attempt, error)
+        log.warning("%s %s: %s on run %d (%s); giving up with 409",
+                    request.method, request.path, type(error).__name__, attempt, error)
         return _error_response(app, Conflict(
             "The data changed while this request ran, again and again; please try again."))
 
@@ -453,7 +454,26 @@ def _current_app() -> Flask:
 
 
 def _error_response(app: Flask, error: Any) -> Response:
-    """The response the app's own error handlers give for an HTTP error."""
+    """The response the app's own error handlers give for an HTTP error, in
+    place of the one the app made.
+
+    That run stored nothing, so what it put in the session goes too: a
+    flashed "Created ..." must not show on the 409 page, and a cookie must
+    not name an account whose sign-up was never stored.
+    """
     if has_request_context():
+        _drop_session_changes(app)
         return app.make_response(app.handle_http_exception(error))
     return app.make_response(error)
+
+
+def _drop_session_changes(app: Flask) -> None:
+    """Put the request's session back as its cookie brought it in."""
+    request_ctx.flashes = None
+    interface = app.session_interface
+    if interface.is_null_session(session):
+        return
+    original = interface.open_session(app, request)
+    session.clear()
+    session.update(original or {})
+    session.modified = False  # the browser keeps the cookie it has

@@ -215,3 +215,65 @@ def total(connection: Connection, name: str, size: int) -> int:
     connection.abort()
     tree = connection.get_root()[name]
     return sum(tree[key].value for key in range(size))
+
+
+def test_objects_others_changed_are_fetched_again_in_one_round_trip(server):
+    """The reader had loaded the cells; the writer changes 40 of them.  At
+    the reader's next boundary they come back in one bulk load sent ahead,
+    not one round trip each."""
+    writer, reader = connect(server), connect(server)
+    make_tree(writer, "again", 200)
+    reader.abort()
+    tree = reader.get_root()["again"]
+    assert sum(tree[key].value for key in range(200)) == 0
+    wtree = writer.get_root()["again"]
+    for key in range(0, 200, 5):
+        wtree[key].value = 1
+    writer.commit()
+    reader.abort()
+    counter = counting(reader)
+    assert sum(tree[key].value for key in range(200)) == 40
+    assert counter.sent <= 2, counter.sent
+
+
+def test_a_record_fetched_again_is_the_view_s_so_a_later_commit_is_no_read_conflict(server):
+    """Cells a and b are fetched again at the reader's boundary.  The writer
+    moves 30 from a to b after the reader read a: reading b gives the
+    version of the reader's view (no ReadConflictError, no mix), and a commit
+    that depends on both conflicts."""
+    writer, reader = connect(server), connect(server)
+    make_tree(writer, "moved", 3, value=50)
+    reader.abort()
+    tree = reader.get_root()["moved"]
+    assert tree[1].value + tree[2].value == 100
+    wtree = writer.get_root()["moved"]
+    wtree[1].value += 1
+    wtree[2].value -= 1
+    writer.commit()
+    reader.abort()  # fetches cells 1 and 2 again, as of now
+    assert tree[1].value == 51
+    wtree[1].value -= 30
+    wtree[2].value += 30
+    writer.commit()
+    assert tree[2].value == 49  # the view's version: 51 + 49 == 100
+    tree[0].value = tree[1].value + tree[2].value
+    with pytest.raises(WriteConflictError):
+        reader.commit()
+    reader.abort()
+    assert (tree[1].value, tree[2].value) == (21, 79)
+
+
+def test_without_prefetch_nothing_is_fetched_again(server):
+    writer, reader = connect(server), connect(server, prefetch=False)
+    make_tree(writer, "plain", 50)
+    reader.abort()
+    tree = reader.get_root()["plain"]
+    assert sum(tree[key].value for key in range(50)) == 0
+    wtree = writer.get_root()["plain"]
+    for key in range(50):
+        wtree[key].value = 2
+    writer.commit()
+    reader.abort()
+    counter = counting(reader)
+    assert sum(tree[key].value for key in range(50)) == 100
+    assert counter.sent >= 50  # one round trip per record, as in Durus 4.3

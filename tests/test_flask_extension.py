@@ -739,3 +739,33 @@ def test_resolution_rounds_reach_every_pooled_connection(tmp_path):
     default_app, default_durus = make_app(tmp_path / "default")
     with default_app.app_context():
         assert default_durus.connection.resolution_rounds == 10
+
+
+def test_a_request_given_up_with_409_leaves_the_session_as_it_came(tmp_path):
+    """The run stored nothing: its flashed message and session changes go too."""
+    from flask import flash, get_flashed_messages, render_template_string, session
+
+    app, durus = make_app(tmp_path, DURUS_RETRY_ATTEMPTS=1, SECRET_KEY="test")
+
+    @app.errorhandler(409)
+    def conflict_page(error):
+        return render_template_string("{{ get_flashed_messages() }} conflict"), 409
+
+    @app.post("/sign-up")
+    def sign_up():
+        session["user"] = "new"
+        flash("Welcome")
+        raise ConflictError([b"\0" * 8])
+
+    @app.get("/who")
+    def who():
+        return {"user": session.get("user"), "flashes": get_flashed_messages()}
+
+    client = app.test_client()
+    client.get("/who")
+    response = client.post("/sign-up")
+    assert response.status_code == 409
+    assert "Welcome" not in response.text
+    assert "Set-Cookie" not in response.headers
+    assert client.get("/who").json == {"user": None, "flashes": []}
+    durus.close(app)

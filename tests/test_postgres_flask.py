@@ -404,7 +404,10 @@ def test_the_wiki_with_two_gunicorn_workers_on_postgresql_loses_no_edit(postgres
         wait_for_http(port, process, log, timeout=60)
         count, rounds = 6, 5
         clients = [Client(port) for _ in range(count)]
-        run_clients(count, lambda i: clients[i].signup(f"editor{i}"))
+        password = "long password"
+        signed_up = run_clients(count, lambda i: clients[i].post_form_again_after_409(
+            "/signup", {"name": f"editor{i}", "password": password, "confirm": password}).status)
+        assert signed_up == [302] * count
         assert clients[0].post_form("/new", {"title": "shared", "text": "v0"}).status == 302
 
         def edit_loop(i: int) -> tuple[list[str], int]:

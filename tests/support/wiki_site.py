@@ -127,6 +127,17 @@ class Client:
         assert found, f"no form at {form_path} ({page.status}): {page.text[:300]}"
         return self.request("POST", path or form_path, {"csrf_token": found.group(1), **data})
 
+    def post_form_again_after_409(self, form_path: str, data: dict[str, str], attempts: int = 5) -> Response:
+        """Send the form; after a 409 page (the extension gave up replaying
+        under contention: nothing was stored) send it again, as a person
+        would, up to ``attempts`` times.  The last answer.
+        """
+        for _ in range(attempts):
+            response = self.post_form(form_path, data)
+            if response.status != 409:
+                break
+        return response
+
     def signup(self, name: str, password: str = "long password") -> Response:
         return self.post_form("/signup", {"name": name, "password": password, "confirm": password})
 
