@@ -71,10 +71,15 @@ class CommitExchange:
         # The records are committed: their objects are saved and used.
         transaction, loader = self.transaction, self.loader
         loaded, base_data, used = loader.loaded, loader.base_data, transaction.used
+        keeps: dict[type, bool] = {}  # by class: a build commits thousands of one class
         for oid, (obj, data, _) in records.items():
             _setattribute(obj, "_p_status", SAVED)
             loaded[oid] = obj
-            if keeps_base_state(obj.__class__):
+            cls = obj.__class__
+            keep = keeps.get(cls)
+            if keep is None:
+                keep = keeps[cls] = keeps_base_state(cls)
+            if keep:
                 base_data[oid] = data
             used.append(obj)
         transaction.changed.clear()
@@ -89,18 +94,39 @@ class CommitExchange:
         reach, into ``records``.
         """
         writer = self.writer
+        get_state, new_objects, add_to_cache = writer.get_state, writer.new_objects, self.cache.add
+        named: list[PersistentObject] = []  # the new objects given an oid here
         todo = list(objects)
-        while todo:
-            obj = todo.pop()
-            oid = obj._p_oid
-            writer.new_objects.clear()
-            data, refs = writer.get_state(obj)
-            records[oid] = (obj, data, pack_record(oid, data, refs))
-            for new in writer.new_objects:
-                settle_instance_dict(new)
-                self.cache.add(new)
-                todo.append(new)
-        writer.new_objects.clear()
+        new_objects.clear()
+        try:
+            while todo:
+                obj = todo.pop()
+                oid = obj._p_oid
+                data, refs = get_state(obj)
+                records[oid] = (obj, data, pack_record(oid, data, refs))
+                if new_objects:
+                    for new in new_objects:
+                        settle_instance_dict(new)
+                        add_to_cache(new)
+                    todo.extend(new_objects)
+                    named.extend(new_objects)
+                    new_objects.clear()
+        except BaseException:
+            # A state that would not pickle: the new objects named but not
+            # pickled lose their oids again (those in ``records`` are the
+            # caller's to forget), or the next commit would take them for
+            # stored ones and store references to records that don't exist.
+            named.extend(new_objects)
+            new_objects.clear()
+            self._unname([new for new in named if new._p_oid not in records])
+            raise
+
+    def _unname(self, objects: list[PersistentObject]) -> None:
+        """Make new objects new again: no oid, no connection, not cached."""
+        for obj in objects:
+            self.cache.discard(obj._p_oid)
+            _setattribute(obj, "_p_oid", None)
+            _setattribute(obj, "_p_connection", None)
 
     def pickle_changes(self, records: Records) -> None:
         """Put into ``records`` those of the changed objects it lacks, and of
@@ -114,11 +140,7 @@ class CommitExchange:
         """
         changed = self.transaction.changed
         new = {oid for oid in records if oid not in changed}
-        for oid in new:
-            obj = records.pop(oid)[0]
-            self.cache.discard(oid)
-            _setattribute(obj, "_p_oid", None)
-            _setattribute(obj, "_p_connection", None)
+        self._unname([records.pop(oid)[0] for oid in new])
         if not new:
             return []
         return [obj for obj, _, record in records.values() if not new.isdisjoint(split_oids(record_refs(record)))]

@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 PICKLE_PROTOCOL = 2
+_dumps = pickle.dumps
 COMPRESS_THRESHOLD = 1024
 _CLASS_PICKLE_TAIL = b"q\x00."  # BINPUT 0, STOP: how a protocol-2 class pickle ends
 
@@ -285,6 +286,9 @@ def holds_no_objects(value: Any, depth: int = 4) -> bool:
     if depth == 0:
         return False
     if kind is dict:
+        # Most states are an instance dict of atoms: two C loops decide.
+        if _ATOMS.issuperset(map(type, value.values())) and _ATOMS.issuperset(map(type, value)):
+            return True
         return _all_hold_no_objects(value, depth) and _all_hold_no_objects(value.values(), depth)
     if kind in _COLLECTIONS:
         return _all_hold_no_objects(value, depth)
@@ -345,7 +349,6 @@ class ObjectWriter:
         self.refs: set[bytes] = set()
         self._buffer = BytesIO()
         self._pickler = _StatePickler(self._buffer, self)
-        self._plain_pickler = pickle.Pickler(self._buffer, PICKLE_PROTOCOL)
 
     def reference(self, obj: PersistentObject) -> tuple[bytes, type]:
         """The persistent id of ``obj``, giving it an oid if it is new."""
@@ -365,14 +368,17 @@ class ObjectWriter:
 
     def get_state(self, obj: PersistentObject) -> tuple[bytes, bytes]:
         """``(data, refs)`` of the record for ``obj``."""
+        cls = real_class(type(obj))
+        state = cls.__getstate__(obj)
+        if holds_no_objects(state):
+            # No references to find: the C pickler in one call, no hook.
+            return class_pickle(cls) + compress_state(_dumps(state, PICKLE_PROTOCOL)), b""
         buffer = self._buffer
         buffer.seek(0)
         buffer.truncate()
         refs = self.refs
         refs.clear()
-        cls = real_class(type(obj))
-        state = cls.__getstate__(obj)
-        pickler = self._plain_pickler if holds_no_objects(state) else self._pickler
+        pickler = self._pickler
         pickler.clear_memo()
         pickler.dump(state)
         data = class_pickle(cls) + compress_state(buffer.getvalue())
