@@ -24,8 +24,10 @@ the objects a transaction reads form a consistent snapshot.  What changes
 is when a conflict shows: a record another client commits after the
 transaction's view was taken is found stale at commit time
 (WriteConflictError, since the Connection watches every object it used)
-rather than when it is loaded (ReadConflictError).  ``prefetch=False``
-loads exactly as Durus 4.3 does.
+rather than when it is loaded (ReadConflictError).  At every transaction
+boundary the Connection also names the objects it had loaded that others
+just changed (``fetch_ahead``); they are asked for the same way.
+``prefetch=False`` loads exactly as Durus 4.3 does.
 
 When the connection breaks (the server restarted), the transaction underway
 fails with :class:`DisconnectedError`, a ConflictError: abort and retry.
