@@ -12,13 +12,6 @@ Stored state (the same names as Durus 4.3, plus ``_count``):
   ``items[i - 1]`` and ``items[i]``.  ``_count`` is the number of items in the
   node's subtree; it makes ``len(tree)`` O(1).
 
-The root keeps no count: ``len()`` adds the root's items to its
-children's counts.  Were the root to keep one, every insert or delete
-anywhere would rewrite the root, and concurrent writers of one tree would
-all conflict on it (resolvable, but a round of resolution each, and one hot
-row in a SQL storage).  A root written with a count by an earlier version
-is not trusted: its count is worked out again when a split makes it a child.
-
 Nodes written by Durus 4.3 have no ``_count``.  An absent ``_count`` means
 "unknown": ``len()`` computes it (loading that subtree once) and keeps it in
 memory without marking the node changed, since the stored state is still
@@ -26,9 +19,9 @@ valid.  Changes keep a known count exact and leave an unknown one unknown, so
 a first insert into a large Durus 4.3 tree loads one path, not the tree.  A
 leaf's count is always known (it is ``len(items)``), so leaves and the nodes
 above them gain a stored ``_count`` as they change.  Every insert or delete
-marks every node below the root on its path changed, count known or not, so
-a count that another connection keeps in memory is invalidated whenever its
-subtree changes.  (A Durus 4.3 client writing the same tree at the same time would
+marks every node on its path changed, count known or not, so a count that
+another connection keeps in memory is invalidated whenever its subtree
+changes.  (A Durus 4.3 client writing the same tree at the same time would
 not do that; it cannot read nodes that have a ``_count`` anyway.)
 
 Durus 4.3 cannot load a node that has a ``_count`` (its nodes have slots
@@ -236,16 +229,6 @@ def _known_count(node: BNode) -> int | None:
         return len(node.items) if node.nodes is None else None
 
 
-def _root_count(root: BNode) -> int:
-    """How many items a tree holds: its root's items and its children's
-    counts (the root keeps none; see the module docstring).
-    """
-    count = len(root.items)
-    if root.nodes is not None:
-        count += sum(child.get_count() for child in root.nodes)
-    return count
-
-
 def _summed_count(node: BNode) -> int | None:
     """The count from the node's own items and its children's known counts."""
     count = len(node.items)
@@ -338,7 +321,7 @@ def _merge_children(parent: BNode, i: int, is_root: bool) -> BNode:
     if is_root and len(parent.items) == 1:
         parent.items = left.items + parent.items + right.items
         parent.nodes = None if left.nodes is None else left.nodes + right.nodes
-        _set_count(parent, None)  # the root keeps no count
+        _set_count(parent, count)
         return parent
     left._p_note_change()
     left.items.append(parent.items.pop(i))
@@ -441,7 +424,7 @@ def _delete(root: BNode, key: Any) -> tuple[Any, Any]:
             key = items[i][0]
         else:
             child = _merge_children(node, i, node is root)
-        if child is not node and node is not root:
+        if child is not node:
             _add_counts((node,), -1)
         node = child
 
@@ -684,7 +667,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
 
     @_restartable
     def __len__(self) -> int:
-        count = _root_count(self.root)
+        count = self.root.get_count()
         self._log().record((replay_len, count))
         return count
 
@@ -805,9 +788,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
             # Grow at the top: the old root becomes the first child of a new one.
             new_root = root.__class__()
             new_root.nodes = [root]
-            _set_count(new_root, None)
-            # The old root becomes a child: a count it carries is not trusted.
-            _set_count(root, _summed_count(root))
+            _set_count(new_root, _known_count(root))
             _split_child(new_root, 0, root)
             self.root = root = new_root
         item = (key, value)
@@ -841,7 +822,7 @@ class BTree(PersistentObject, Durus43MappingNames, MutableMapping):
             node._p_note_change()
         items.insert(i, item)
         _setattribute(node, "_count", len(items))
-        _add_counts(path[1:], 1)  # path[0] is the root, which keeps no count
+        _add_counts(path, 1)
 
     __setitem__ = add
 

@@ -7,13 +7,10 @@ from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from durus.btree import BNode, BNode2, BNode4, BNode8, BNode16, BNode32, BNode512, BTree
 from durus.connection import Connection
 from durus.file_storage import FileStorage
-from durus.shared_storage import SharedStorage
 from durus.storage import MemoryStorage
 
 DEGREE_CLASSES = [BNode, BNode2, BNode4, BNode16]
@@ -52,9 +49,8 @@ def check_invariants(tree: BTree, counts_required: bool = True) -> None:
         try:
             stored = node._count
         except AttributeError:
-            assert not counts_required or (is_root and node.nodes is not None), "a node lacks _count"
+            assert not counts_required, "a node lacks _count"
         else:
-            assert not (is_root and node.nodes is not None), "an inner root keeps a _count"
             assert stored == count
         return count
 
@@ -316,84 +312,12 @@ def test_a_change_marks_one_path() -> None:
     assert sum(node._p_is_unsaved() for node in all_nodes(tree.root)) == 1
 
 
-def _drop_count(node) -> None:
-    """Make ``node`` look as Durus 4.3 wrote it: no ``_count`` (an inner root has none anyway)."""
-    if hasattr(node, "_count"):
-        object.__delattr__(node, "_count")
-
-
-@given(st.lists(st.integers(0, 1499), min_size=1, max_size=60), st.sampled_from(["insert", "delete"]))
-@settings(max_examples=40, deadline=None)
-def test_an_insert_or_delete_below_the_root_leaves_the_root_alone(keys, operation) -> None:
-    """The root keeps no count, so a change that leaves its items and
-    children as they were leaves it unchanged: concurrent writers of one
-    tree then meet only where their paths do, below the root.
-    """
-    _, tree = committed_tree(3000)
-    untouched = 0
-    for key in keys:
-        root = tree.root
-        shape = (list(root.items), list(root.nodes or ()))
-        if operation == "insert":
-            tree[key * 2 + 3001] = "new"  # never there yet
-        else:
-            tree.pop(key * 2, None)
-        if tree.root is root and (list(root.items), list(root.nodes or ())) == shape:
-            assert not root._p_is_unsaved(), "the root was rewritten though only a subtree changed"
-            untouched += 1
-        tree._p_connection.commit()
-    check_invariants(tree)
-    assert untouched > 0 or len(keys) < 5
-
-
-def test_writers_of_different_subtrees_commit_without_conflict() -> None:
-    """Two connections insert into different leaves of one tree: no object
-    is changed by both, so the second commits with conflict resolution off."""
-    shared = SharedStorage(MemoryStorage())
-    first = Connection(shared.session())
-    tree = first.root["tree"] = BTree(BNode4)
-    for key in range(0, 3000, 3):
-        tree[key] = key
-    first.commit()
-    # Keys whose paths have no full node: no split reaches the root.
-    roomy = [key for key in range(1, 3000, 3) if _path_has_room(tree, key)]
-    low, high = roomy[0], roomy[-1]
-    assert _leaf_of(tree, low) is not _leaf_of(tree, high)
-    second = Connection(shared.session())
-    second.resolution_rounds = 0  # any conflict would raise
-    other = second.root["tree"]  # (no len(): that reads every child of the root)
-    tree[low] = "low"
-    other[high] = "high"
-    first.commit()
-    second.commit()
-    third = Connection(shared.session()).root["tree"]
-    assert (third[low], third[high], len(third)) == ("low", "high", 1002)
-    check_invariants(third)
-
-
-def _path_nodes(tree: BTree, key: int) -> list[BNode]:
-    node, path = tree.root, []
-    while True:
-        path.append(node)
-        if node.nodes is None:
-            return path
-        node = node.nodes[sum(1 for k, _ in node.items if k < key)]
-
-
-def _path_has_room(tree: BTree, key: int) -> bool:
-    return not any(node.is_full() for node in _path_nodes(tree, key))
-
-
-def _leaf_of(tree: BTree, key: int) -> BNode:
-    return _path_nodes(tree, key)[-1]
-
-
 def test_nodes_without_counts_from_durus43() -> None:
     """Durus 4.3 writes nodes as {'items', 'nodes'}: len() must still be right."""
     storage, tree = committed_tree(2000)
     for node in all_nodes(tree.root):
         node._p_note_change()
-        _drop_count(node)
+        object.__delattr__(node, "_count")
     tree._p_connection.commit()
     node_count = tree.get_node_count()
     assert any(
@@ -425,7 +349,7 @@ def test_len_of_untouched_durus43_nodes_marks_nothing_changed() -> None:
     storage, tree = committed_tree(500)
     for node in all_nodes(tree.root):
         node._p_note_change()
-        _drop_count(node)
+        object.__delattr__(node, "_count")
     tree._p_connection.commit()
     connection = Connection(storage)
     tree = connection.root["tree"]
@@ -576,7 +500,7 @@ def test_counts_cached_from_durus43_nodes_follow_other_clients_changes() -> None
     for key in range(0, 3000, 3):
         tree[key] = key
     for node in all_nodes(tree.root):
-        _drop_count(node)
+        object.__delattr__(node, "_count")
     first.commit()
     second = Connection(shared.session())  # never asks for len()
     assert len(first.root["tree"]) == 1000
