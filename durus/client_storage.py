@@ -391,16 +391,19 @@ class ClientStorage(Storage):
         conflict the handler decides (it raises, or finds every read
         unchanged and the commit is tried again against newer commits).
         """
-        try:
-            if not self.prefetched.inflight:  # else replies are on their way anyway
-                # Found closed now (a restart), the commit is known not to
-                # have happened, rather than in doubt.
-                channel.check_not_closed_by_server()
-        except OSError as error:
-            raise self._lose(error) from None
         while True:
             try:
-                self._request(channel, request)
+                # The replies to a bulk load sent ahead first: a large commit
+                # sent before them could wait on the server while the server
+                # waits for them to be read.  Then a connection found closed
+                # now (a restart) means the commit is known not to have
+                # happened, rather than in doubt.
+                self._receive_prefetched()
+                channel.check_not_closed_by_server()
+            except (OSError, ProtocolError) as error:
+                raise self._lose(error) from None
+            try:
+                channel.send(request)
                 status, invalid, refusal = protocol.read_commit_watched_reply(channel.read)
             except (OSError, ProtocolError) as error:
                 raise self._lose(error, commit_sent=bool(records)) from None

@@ -5,6 +5,7 @@ another client committing concurrently (real server process).
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -277,3 +278,57 @@ def test_without_prefetch_nothing_is_fetched_again(server):
     counter = counting(reader)
     assert sum(tree[key].value for key in range(50)) == 100
     assert counter.sent >= 50  # one round trip per record, as in Durus 4.3
+
+
+class Blob(Persistent):
+    """Bytes large enough to fill socket buffers."""
+
+    def __init__(self, size: int) -> None:
+        self.data = os.urandom(size)
+
+
+def test_a_restart_while_records_fetched_ahead_are_unread_leaves_the_commit_replayable(tmp_path):
+    """The boundary sent a bulk load ahead that the transaction never read;
+    the server restarts; the commit must fail as nothing stored
+    (DisconnectedError, a ConflictError the Flask extension replays), not
+    as a commit in doubt."""
+    with ServerProcess(tmp_path / "data.durus") as server:
+        writer = connect(server)
+        root = writer.get_root()
+        root["x"], root["y"] = Cell(0), Cell(0)
+        writer.commit()
+        reader = connect(server)
+        mine = reader.get_root()
+        assert mine["x"].value + mine["y"].value == 0
+        reader.abort()
+        root["x"].value = 1
+        writer.commit()
+        reader.abort()  # x is fetched again ahead; nobody reads it
+        server.stop()
+        server.start()
+        mine["y"].value = 5
+        with pytest.raises(client_storage.DisconnectedError):
+            reader.commit()
+        reader.abort()
+        assert (mine["x"].value, mine["y"].value) == (1, 0)
+
+
+def test_a_large_commit_after_large_records_fetched_ahead_does_not_wait_on_the_server(tmp_path):
+    """Records fetched ahead fill the socket toward the client while a large
+    commit fills it toward the server: the client must read them first, or
+    each side waits for the other until the timeout."""
+    with ServerProcess(tmp_path / "data.durus") as server:
+        writer = connect(server)
+        writer.get_root()["blobs"] = [Blob(60_000) for _ in range(120)]
+        writer.get_root()["mine"] = Blob(10)
+        writer.commit()
+        reader = connect(server, timeout=5)
+        assert sum(len(blob.data) for blob in reader.get_root()["blobs"]) == 120 * 60_000
+        reader.abort()
+        for blob in writer.get_root()["blobs"]:
+            blob.data = os.urandom(60_000)
+        writer.commit()
+        reader.abort()  # 7 MB fetched again ahead
+        reader.get_root()["mine"].data = os.urandom(12_000_000)
+        reader.commit()
+        assert len(connect(server).get_root()["mine"].data) == 12_000_000
