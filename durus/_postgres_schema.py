@@ -11,6 +11,8 @@ Version 1: the tables (records, the oid sequence, what packs removed and are
 removing), ``durus_news`` and the first ``durus_commit``.  Version 2: the
 commit of ``durus/_postgres_commit.py`` (rows only read locked FOR SHARE,
 fewer statements) and a ``durus_news`` that skips the client's own rows.
+Version 3: the same functions, reading what others committed through the
+index on ``txid`` (version 2's statement scanned the whole table).
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import logging
 
 import psycopg
 
-from durus._postgres_commit import COMMIT_FUNCTIONS
+from durus._postgres_commit import COMMIT_FUNCTIONS, COMMIT_FUNCTIONS_3
 from durus._postgres_session import PostgresStorageError
 
 log = logging.getLogger("durus.postgres_storage")
 
-CURRENT_VERSION = 2
+CURRENT_VERSION = 3
 
 # The advisory lock that takes schema changes in turn (second half: "sche",
 # mixed with the schema so that two durus schemas in one database differ).
@@ -204,7 +206,7 @@ _SCHEMA_2 = "DROP FUNCTION durus_commit(pg_snapshot, xid8[], int8[], int8[], int
     + COMMIT_FUNCTIONS
 
 #: Version -> the SQL that brings the schema from the version before to it.
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_1, 2: _SCHEMA_2}
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_1, 2: _SCHEMA_2, 3: COMMIT_FUNCTIONS_3}
 
 
 def init_schema(conn: psycopg.Connection | str) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -177,7 +178,7 @@ def test_a_version_1_database_upgrades_on_open_and_keeps_its_records(postgres_ds
         assert status == "ok"
     assert Connection(storages()).root["before"] == "made by version 1"
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        assert conn.execute("SELECT version FROM durus_schema_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("SELECT version FROM durus_schema_version").fetchone()[0] == SCHEMA_VERSION == 3
         signatures = conn.execute(
             "SELECT pg_get_function_identity_arguments(oid) FROM pg_proc WHERE proname = 'durus_commit'").fetchall()
         assert len(signatures) == 1 and "lock_modes" in signatures[0][0]
@@ -185,6 +186,50 @@ def test_a_version_1_database_upgrades_on_open_and_keeps_its_records(postgres_ds
     connection.root["after"] = Item("after", 1)
     connection.commit()
     assert Connection(storages()).root["after"].value == 1
+
+
+def test_version_3_news_reports_what_version_2_did(postgres_dsn, storages) -> None:
+    """Version 3 reads what others committed through the txid index, range
+    by range; over generated histories (commits by several clients, packs'
+    removals, snapshots taken between them, each client's own commits
+    skipped) it reports the same oids as version 2's one statement.
+    """
+    from durus._postgres_commit import COMMIT_FUNCTIONS
+
+    start = COMMIT_FUNCTIONS.index("CREATE OR REPLACE FUNCTION durus_news(")
+    version_2 = COMMIT_FUNCTIONS[start:COMMIT_FUNCTIONS.index("$$;", start) + 3]
+    rng = random.Random(3)
+    writers = [Connection(storages()) for _ in range(3)]
+    root = writers[0].root
+    for key in range(60):
+        root[key] = Item(str(key), 0)
+    writers[0].commit()
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(version_2.replace("FUNCTION durus_news(", "FUNCTION durus_news_2(", 1))
+        snapshots, txids = [], []
+        for step in range(40):
+            writer = rng.choice(writers)
+            writer.abort()
+            for key in rng.sample(range(60), rng.randint(1, 6)):
+                writer.root[key].value += 1
+            writer.commit()
+            txids.append(conn.execute("SELECT max(txid)::text FROM durus_object").fetchone()[0])
+            if rng.random() < 0.2:
+                conn.execute("INSERT INTO durus_removed (txid, oids) VALUES (pg_current_xact_id(), %s)",
+                             ([rng.randrange(1000, 2000) for _ in range(3)],))
+            if rng.random() < 0.4:
+                snapshots.append(conn.execute("SELECT pg_current_snapshot()::text").fetchone()[0])
+        compared = 0
+        for snapshot in snapshots:
+            own = "{" + ",".join(rng.sample(txids, rng.randint(0, 8))) + "}"
+            answers = [
+                sorted(set(conn.execute(f"SELECT oids FROM {name}(%s::pg_snapshot, %s::xid8[])",
+                                        (snapshot, own)).fetchone()[0]))
+                for name in ("durus_news_2", "durus_news")
+            ]
+            assert answers[0] == answers[1], (snapshot, own)
+            compared += bool(answers[0])
+        assert compared >= 5
 
 
 def test_create_false_on_an_empty_database_says_what_to_do(postgres_dsn, storages) -> None:
