@@ -18,7 +18,7 @@ one).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from durus._postgres_session import int_array
@@ -261,33 +261,50 @@ class CommitOutcome:
     problem: str | None
 
 
-def commit_arguments(records: dict[bytes, bytes], watched: Iterable[bytes], new: set[bytes]) -> tuple:
+def commit_arguments(records: dict[bytes, bytes], watched: Iterable[bytes], new: set[bytes],
+                     streamed: Collection[bytes] = (), streamed_refs: Iterable[int] = ()) -> tuple:
     """The parameters of ``durus_commit`` after the snapshot ones: the
     records, the oids ``watched`` (read) besides them, and ``new``, the oids
-    handed out to this client (not yet stored).  Refused if a record's refs
-    are not whole oids.
+    handed out to this client (not yet stored).  The records of
+    ``streamed`` oids are already written (in the transaction the call
+    runs in): only their oids go as new, for the check that they were
+    handed out, and of their refs, ``streamed_refs``, those to objects
+    outside the commit, for the checks that those exist and are not being
+    removed (with owner 0: no record sent).  Refused if a record's refs are not whole oids.
     """
-    keys = b"".join(records)
-    numbers = struct.unpack(f">{len(records)}Q", keys)
+    sent = {oid: record for oid, record in records.items() if oid not in streamed} if streamed else records
+    keys = b"".join(sent)
+    numbers = struct.unpack(f">{len(sent)}Q", keys)
     lengths, owners, ref_parts = [], [], []
-    for position, (oid, record) in enumerate(records.items(), 1):
+    for position, (oid, record) in enumerate(sent.items(), 1):
         lengths.append(len(record))
-        refs = record_refs(record)
+        refs = _whole_refs(oid, record)
         if refs:
-            if len(refs) % 8:
-                raise RequestRefusedError(
-                    f"commit refused: the refs of the record of oid {oid_to_int(oid)} are not whole oids")
             ref_parts.append(refs)
             owners.append(f"{position},".encode() * (len(refs) // 8))
     all_refs = b"".join(ref_parts)
     ref_numbers = struct.unpack(f">{len(all_refs) // 8}Q", all_refs)
+    if streamed:
+        outside = set(streamed_refs).difference(struct.unpack(f">{len(records)}Q", b"".join(records)))
+        ref_numbers += tuple(outside)
+        owners.append(b"0," * len(outside))
     written = set(numbers)
-    new_numbers = {oid_to_int(oid) for oid in records if oid in new}
+    new_keys = [oid for oid in records if oid in new]
+    new_numbers = set(struct.unpack(f">{len(new_keys)}Q", b"".join(new_keys)))
     used = sorted(({oid_to_int(oid) for oid in watched} | written) - new_numbers)
     run_ends, modes = lock_runs(used, written)
     owner_text = "{" + b"".join(owners).decode()[:-1] + "}" if owners else "{}"
     return (int_array(used), int_array(run_ends), modes, int_array(sorted(new_numbers)), int_array(numbers),
-            b"".join(records.values()), int_array(lengths), int_array(ref_numbers), owner_text)
+            b"".join(sent.values()), int_array(lengths), int_array(ref_numbers), owner_text)
+
+
+def _whole_refs(oid: bytes, record: bytes) -> bytes:
+    """The refs of ``record``; refused if they are not whole oids."""
+    refs = record_refs(record)
+    if len(refs) % 8:
+        raise RequestRefusedError(
+            f"commit refused: the refs of the record of oid {oid_to_int(oid)} are not whole oids")
+    return refs
 
 
 def lock_runs(used: list[int], written: set[int]) -> tuple[list[int], str]:

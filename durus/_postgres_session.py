@@ -70,6 +70,8 @@ class PostgresSession:
         self.on_reconnect = on_reconnect
         self.conn = self._connect()
         self._cursor = self.conn.cursor()  # reused: a cursor per query costs
+        self._copy: contextlib.ExitStack | None = None  # a COPY ... FROM STDIN under way
+        self._copy_writer: psycopg.Copy | None = None
         self.server_started = self._server_start_time()
         self.server_restarted = False
 
@@ -95,6 +97,7 @@ class PostgresSession:
         """Run one statement that changes nothing, reconnecting once if
         the session was lost (a server restart, an idle timeout).
         """
+        self._leave_copy()
         try:
             return self._cursor.execute(sql, params, prepare=prepare)
         except psycopg.OperationalError as error:
@@ -119,10 +122,58 @@ class PostgresSession:
         """Run one statement as it is, without reconnecting (a commit must
         know whether it was sent on the session that broke).
         """
+        self._leave_copy()
         return self.conn.execute(sql, params, prepare=prepare)
+
+    def copy_in(self, sql: str) -> psycopg.Copy:
+        """Start ``sql``, a ``COPY ... FROM STDIN``, and return what to
+        write its rows to.  It stays under way across calls until
+        :meth:`end_copy`, which every other statement of the session calls
+        first (a session does one thing at a time).
+        """
+        self.end_copy()
+        stack = contextlib.ExitStack()
+        copy = stack.enter_context(self.conn.cursor().copy(sql))
+        self._copy, self._copy_writer = stack, copy
+        return copy
+
+    def copy_under_way(self) -> psycopg.Copy | None:
+        """What to write the rows of the COPY under way to; None if none is."""
+        return self._copy_writer if self._copy is not None else None
+
+    def _leave_copy(self) -> None:
+        """Before another statement: finish the COPY under way; if its rows
+        failed, end the transaction they were in, so that the statement
+        runs (their writer finds them gone when it looks).
+        """
+        if self._copy is not None:
+            try:
+                self.end_copy()
+            except psycopg.OperationalError:
+                pass  # the statement meets the lost session too, and deals with it
+            except psycopg.Error:
+                self.rollback_if_open()
+
+    def end_copy(self) -> None:
+        """Finish the COPY under way, if any; the server's error about its
+        rows (a unique violation, say) is raised here.
+        """
+        stack, self._copy = self._copy, None
+        if stack is not None:
+            stack.close()
+
+    def fail_copy(self) -> None:
+        """Give up the COPY under way, if any, without raising: the
+        server drops its rows (and fails the transaction it was in).
+        """
+        stack, self._copy = self._copy, None
+        if stack is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                stack.__exit__(RuntimeError, RuntimeError("copy given up"), None)
 
     def reconnect(self) -> None:
         """A new session in place of the old one."""
+        self._copy = None  # went with the old session
         with contextlib.suppress(psycopg.Error):
             self.conn.close()
         self.conn = self._connect()
@@ -139,6 +190,7 @@ class PostgresSession:
         """End an explicit transaction left open, giving up its row locks;
         a lost session is left for the next query to replace.
         """
+        self.fail_copy()
         if not self.conn.closed and self.in_transaction():
             with contextlib.suppress(psycopg.OperationalError):
                 self.conn.execute("ROLLBACK")
@@ -148,5 +200,6 @@ class PostgresSession:
         return self.conn.closed
 
     def close(self) -> None:
+        self.fail_copy()
         if not self.conn.closed:
             self.conn.close()

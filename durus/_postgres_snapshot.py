@@ -62,9 +62,9 @@ class ClientView:
         """Whether a row written by ``txid`` is of this view (not news)."""
         return self.snapshot.sees(txid) or txid in self.own
 
-    def own_text(self) -> str:
-        """``own`` as a PostgreSQL array literal."""
-        return "{" + ",".join(map(str, self.own)) + "}"
+    def own_text(self, *more: int) -> str:
+        """``own`` and ``more`` as a PostgreSQL array literal."""
+        return "{" + ",".join(map(str, [*self.own, *more])) + "}"
 
     def move_to(self, text: str, changed: Iterable[bytes]) -> None:
         """Move to a new transaction boundary; records fetched ahead of what

@@ -10,6 +10,8 @@ oid -> (object, record data, record).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from durus.error import WriteConflictError
 from durus.ghost_loading import GhostLoader, keeps_base_state
 from durus.invalidations import Invalidations
@@ -56,16 +58,28 @@ class CommitExchange:
         whatever the transaction's ``invalid_oids`` holds then.
         """
         records: Records = {}
+        storage = self.storage
+        # A storage that streams takes each record as it is pickled (it
+        # writes while the rest is pickled); the first try then only ends.
+        begun = storage.streams_records
         try:
-            self.pickle(list(self.transaction.changed.values()), records)
+            if begun:
+                storage.begin()
+            self.pickle(list(self.transaction.changed.values()), records, storage.store if begun else None)
             rounds = 0
             while True:
                 try:
-                    self.send(records)
+                    if begun:
+                        begun = False
+                        self.end(records)
+                    else:
+                        self.send(records)
                     break
                 except WriteConflictError as conflict:
                     rounds = self.resolver.resolve_round(rounds, conflict, records)
         except BaseException:
+            if begun:
+                storage.cancel()
             self.forget_new_objects(records)
             raise
         # The records are committed: their objects are saved and used.
@@ -89,9 +103,11 @@ class CommitExchange:
             loader.ghost(self.cache.get(oid))
         transaction.invalid_oids.clear()
 
-    def pickle(self, objects: list[PersistentObject], records: Records) -> None:
+    def pickle(self, objects: list[PersistentObject], records: Records,
+               store: Callable[[bytes, bytes], None] | None = None) -> None:
         """Put the records of ``objects``, and of every new object they
-        reach, into ``records``.
+        reach, into ``records``; and give each to ``store``, if given, as
+        soon as it is made.
         """
         writer = self.writer
         get_state, new_objects, add_to_cache = writer.get_state, writer.new_objects, self.cache.add
@@ -103,7 +119,10 @@ class CommitExchange:
                 obj = todo.pop()
                 oid = obj._p_oid
                 data, refs = get_state(obj)
-                records[oid] = (obj, data, pack_record(oid, data, refs))
+                record = pack_record(oid, data, refs)
+                records[oid] = (obj, data, record)
+                if store is not None:
+                    store(oid, record)
                 if new_objects:
                     for new in new_objects:
                         settle_instance_dict(new)
@@ -153,6 +172,11 @@ class CommitExchange:
         storage.begin()
         for oid, (_, _, record) in records.items():
             storage.store(oid, record)
+        self.end(records)
+
+    def end(self, records: Records) -> None:
+        """End the commit whose ``records`` the storage was given."""
+        storage = self.storage
         if storage.watches_reads:
             storage.end(self.invalidations.handle, watched=self.transaction.watched_oids(records))
         else:

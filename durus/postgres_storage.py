@@ -43,6 +43,7 @@ from durus._postgres_pack import PackProgress, Packer
 from durus._postgres_schema import CURRENT_VERSION, check_not_newer, init_schema, schema_version
 from durus._postgres_session import PostgresSession, PostgresStorageError, describe_dsn, int_array
 from durus._postgres_snapshot import ClientView, Snapshot
+from durus._postgres_stream import STREAM_AFTER, RecordStream, Streamed
 from durus.record import int_to_oid, oid_to_int
 from durus.shared_storage import RequestRefusedError
 from durus.storage import InvalidationHandler, Storage, deliver_after_commit
@@ -94,7 +95,10 @@ class PostgresStorage(Storage):
     commits that object before it is used, the load gives the snapshot's
     version rather than raising ReadConflictError (the transaction still
     sees one consistent state, and a commit that used it conflicts), as
-    ClientStorage's ``prefetch`` does.
+    ClientStorage's ``prefetch`` does.  ``stream_after``: once a commit
+    has this many records of new objects, they are written while the rest
+    is still being pickled, in the transaction that commits them (see
+    ``durus/_postgres_stream.py``); 0 never.
 
     Attributes: ``dsn``, ``readonly``; ``_session`` (the PostgreSQL
     session), ``_view`` (snapshot and records known as of it), ``_oids``,
@@ -106,6 +110,7 @@ class PostgresStorage(Storage):
 
     batched_bulk_load = True
     watches_reads = True
+    streams_records = True
 
     def __init__(
         self,
@@ -115,6 +120,7 @@ class PostgresStorage(Storage):
         create: bool = True,
         oid_batch: int = 32,
         prefetch: int = DEFAULT_PREFETCH,
+        stream_after: int = STREAM_AFTER,
     ) -> None:
         self.dsn = dsn
         self.readonly = readonly
@@ -129,6 +135,7 @@ class PostgresStorage(Storage):
             raise
         self._view = ClientView(self._current_snapshot(), prefetch)
         self._records: dict[bytes, bytes] | None = None
+        self._stream = RecordStream(self._session, stream_after)
         self._conflicts = 0
 
     def __repr__(self) -> str:
@@ -292,14 +299,28 @@ class PostgresStorage(Storage):
     def begin(self) -> None:
         self._check_open()
         self._check_writable("commit")
+        self._stream.abandon()  # what a commit begun and never ended left
         self._records = {}
 
     def store(self, oid: bytes, record: bytes) -> None:
-        if self._records is None:
+        """Add a record to the commit; a new object's may be written ahead
+        (see ``durus/_postgres_stream.py``).
+        """
+        records = self._records
+        if records is None:
             raise RuntimeError("store() outside a commit: call begin() first")
         if len(oid) != 8 or record[:8] != oid:
             raise ValueError(f"a record for oid {oid!r} must start with that 8-byte oid")
-        self._records[oid] = record
+        if oid in records:
+            self._stream.restored(oid)
+        elif oid in self._oids.given and not self._conflicts:
+            self._stream.add(oid, record)
+        records[oid] = record
+
+    def cancel(self) -> None:
+        """Give up the commit begun: what was written ahead is rolled back."""
+        self._records = None
+        self._stream.abandon()
 
     def end(
         self, handle_invalidations: InvalidationHandler | None = None, *, watched: Iterable[bytes] = ()
@@ -311,14 +332,25 @@ class PostgresStorage(Storage):
         records, self._records = self._records, None
         if records is None:
             raise RuntimeError("end() outside a commit: call begin() first")
+        streamed = self._stream.finish()
         if not records:
             self._deliver(self.sync(), handle_invalidations)
             return
-        watched = set(watched)
-        arguments = commit_arguments(records, watched, self._oids.given)
+        try:
+            self._commit(records, set(watched), streamed, handle_invalidations)
+        except BaseException:
+            if streamed is not None and not self._conflicts:
+                self._session.rollback_if_open()  # what was written ahead, if still open
+            raise
+
+    def _commit(self, records: dict[bytes, bytes], watched: set[bytes], streamed: Streamed | None,
+                handle_invalidations: InvalidationHandler | None) -> None:
+        """``end``'s tries, until written, refused or given up."""
+        arguments = (commit_arguments(records, watched, self._oids.given, streamed.oids, streamed.refs) if streamed
+                     else commit_arguments(records, watched, self._oids.given))
         while True:
             try:
-                outcome = self._call_commit(arguments)
+                outcome = self._call_commit(arguments, streamed)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.UniqueViolation):
                 # Two resolving clients each hold a row the other needs; or
                 # a new oid was stored meanwhile (a lost root claim).
@@ -334,6 +366,10 @@ class PostgresStorage(Storage):
             if outcome.status != "conflict":
                 self._finish(outcome, records, invalid, handle_invalidations)
                 return
+            if streamed:
+                # Rolled back: every try from here sends the commit whole.
+                streamed = None
+                arguments = commit_arguments(records, watched, self._oids.given)
             # A conflict: the handler raises ConflictError (the Connection
             # may resolve and commit again), or finds every read unchanged
             # and returns; then only newer commits matter.
@@ -345,24 +381,28 @@ class PostgresStorage(Storage):
             self._view.known.update(zip(bad, outcome.bad_records))
             handle_invalidations(invalid)
 
-    def _call_commit(self, arguments: tuple) -> CommitOutcome:
+    def _call_commit(self, arguments: tuple, streamed: Streamed | None = None) -> CommitOutcome:
         """One call of ``durus_commit``, in one round trip as a rule.  After
         a commit conflicted twice, in a transaction that keeps the rows it
         locked from the check until the next try (so that it cannot
-        starve), ended here unless it conflicted again.
+        starve), ended here unless it conflicted again.  With records
+        ``streamed`` (written ahead), in their transaction, ended here in
+        every case (a conflict rolls them back).
         """
         held = self._conflicts >= HOLD_AFTER_CONFLICTS
+        in_transaction = held or streamed is not None
         self._check_open()
         session = self._session
+        own = self._view.own_text(streamed.txid) if streamed else self._view.own_text()
         try:
             if held and not session.in_transaction():
                 session.execute("BEGIN")
-            outcome = call_commit(session.conn, self._view.snapshot.text, self._view.own_text(), arguments)
+            outcome = call_commit(session.conn, self._view.snapshot.text, own, arguments)
         except (psycopg.errors.DeadlockDetected, psycopg.errors.UniqueViolation):
             raise  # the session is fine: the caller gives up the commit
         except psycopg.OperationalError as error:
-            self._lost_during_commit(error, written=False if held else None)
-        if outcome.status != "conflict" and held:
+            self._lost_during_commit(error, written=False if in_transaction else None)
+        if in_transaction and (outcome.status != "conflict" or not held):
             try:
                 session.execute("COMMIT" if outcome.status == "ok" else "ROLLBACK")
             except psycopg.OperationalError as error:
@@ -452,4 +492,5 @@ class PostgresStorage(Storage):
     def close(self) -> None:
         self._closed = True
         self._conflicts = 0
+        self._stream.reset()
         self._session.close()

@@ -52,6 +52,12 @@ class Storage:
     #: the same step as the write (a commit in one round trip); see ``end``.
     watches_reads = False
 
+    #: True where ``store()`` may send records on as they come (a large
+    #: commit's new objects written while the rest is still pickled): the
+    #: Connection then stores each record as soon as it has pickled it, and
+    #: calls ``cancel()`` if the commit stops before ``end()``.
+    streams_records = False
+
     def load(self, oid: bytes) -> bytes:
         """The record stored for ``oid``; DurusKeyError if there is none.
 
@@ -66,6 +72,11 @@ class Storage:
     def store(self, oid: bytes, record: bytes) -> None:
         """Add a record to the commit underway."""
         raise NotImplementedError
+
+    def cancel(self) -> None:
+        """Give up the commit begun, without ending it (by default the
+        next ``begin()`` forgets its records anyway).
+        """
 
     def end(self, handle_invalidations: InvalidationHandler | None = None) -> None:
         """Make the commit durable, all of it or none.
