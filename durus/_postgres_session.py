@@ -108,6 +108,15 @@ class PostgresSession:
         self.check_not_restarted()
         return self._cursor.execute(sql, params, prepare=prepare)
 
+    def reconnect_if_lost(self) -> None:
+        """Reconnect now if the session is known to be lost (a statement
+        already failed on it), so that the next one is not sent into it.
+        """
+        if self.conn.broken or self.conn.closed:
+            log.warning("PostgreSQL session lost; reconnecting")
+            self.reconnect()
+            self.check_not_restarted()
+
     def check_not_restarted(self) -> None:
         """PostgresStorageError if the server restarted since the first
         session: a snapshot from before can no longer say which rows are

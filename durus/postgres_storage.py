@@ -346,6 +346,10 @@ class PostgresStorage(Storage):
     def _commit(self, records: dict[bytes, bytes], watched: set[bytes], streamed: Streamed | None,
                 handle_invalidations: InvalidationHandler | None) -> None:
         """``end``'s tries, until written, refused or given up."""
+        if streamed is None:
+            # Not one statement of the commit was sent: a session already
+            # known lost (a stream's COPY met it) is replaced, not sent into.
+            self._session.reconnect_if_lost()
         arguments = (commit_arguments(records, watched, self._oids.given, streamed.oids, streamed.refs) if streamed
                      else commit_arguments(records, watched, self._oids.given))
         while True:

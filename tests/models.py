@@ -11,6 +11,22 @@ class Item(Persistent):
         self.value = value
 
 
+class Hooked(Persistent):
+    """An Item that calls ``Hooked.hook(self)``, when set, each time its
+    state is taken for pickling: a test's way into the middle of a commit.
+    """
+
+    hook = None
+
+    def __init__(self, value: object = None) -> None:
+        self.value = value
+
+    def __getstate__(self) -> dict:
+        if Hooked.hook is not None:
+            Hooked.hook(self)
+        return super().__getstate__()
+
+
 class Slotted(PersistentObject):
     __slots__ = ("a", "b", "__hidden")
 

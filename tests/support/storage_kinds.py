@@ -178,6 +178,20 @@ class PostgresKind(StorageKind):
         return PostgresStorage(self.dsn)
 
 
+class PostgresStreamingKind(PostgresKind):
+    """PostgreSQL with every commit's new records written ahead as they are
+    pickled (``stream_after=1``; see durus/_postgres_stream.py), for the
+    clients a test opens itself; worker processes open the default.
+    """
+
+    name = "postgresql-streaming"
+
+    def _open(self) -> Storage:
+        from durus.postgres_storage import PostgresStorage
+
+        return PostgresStorage(self.dsn, stream_after=1)
+
+
 #: Every kind by name; the contract tests run once per entry.
 KINDS: dict[str, type[StorageKind]] = {
-    kind.name: kind for kind in (FileKind, ServerKind, SqliteKind, PostgresKind)}
+    kind.name: kind for kind in (FileKind, ServerKind, SqliteKind, PostgresKind, PostgresStreamingKind)}
