@@ -267,8 +267,8 @@ def commit_arguments(records: dict[bytes, bytes], watched: Iterable[bytes], new:
     records, the oids ``watched`` (read) besides them, and ``new``, the oids
     handed out to this client (not yet stored).  The records of
     ``streamed`` oids are already written (in the transaction the call
-    runs in): only their oids go as new, for the check that they were
-    handed out, and of their refs, ``streamed_refs``, those to objects
+    runs in): only the highest of their oids goes as new, for the check
+    that they were handed out, and of their refs, ``streamed_refs``, those to objects
     outside the commit, for the checks that those exist and are not being
     removed (with owner 0: no record sent).  Refused if a record's refs are not whole oids.
     """
@@ -291,10 +291,16 @@ def commit_arguments(records: dict[bytes, bytes], watched: Iterable[bytes], new:
     written = set(numbers)
     new_keys = [oid for oid in records if oid in new]
     new_numbers = set(struct.unpack(f">{len(new_keys)}Q", b"".join(new_keys)))
+    checked_new = new_numbers
+    if streamed:
+        # Of the streamed oids only the highest matters to the check that
+        # they were handed out (the sequence hands them out in order).
+        checked_new = {number for number in new_numbers if number in written}
+        checked_new.add(max(struct.unpack(f">{len(streamed)}Q", b"".join(streamed))))
     used = sorted(({oid_to_int(oid) for oid in watched} | written) - new_numbers)
     run_ends, modes = lock_runs(used, written)
     owner_text = "{" + b"".join(owners).decode()[:-1] + "}" if owners else "{}"
-    return (int_array(used), int_array(run_ends), modes, int_array(sorted(new_numbers)), int_array(numbers),
+    return (int_array(used), int_array(run_ends), modes, int_array(sorted(checked_new)), int_array(numbers),
             b"".join(sent.values()), int_array(lengths), int_array(ref_numbers), owner_text)
 
 

@@ -38,12 +38,15 @@ STREAM_AFTER = 256
 CHUNK = 64
 
 _COPY = "COPY durus_object (oid, txid, record, refs) FROM STDIN"
+_NEVER = float("inf")
 
 
 class RecordStream:
     """The new records of one commit, written ahead into an open transaction.
 
     ``_after``: how many new records open the stream (0: never);
+    ``_due``: how many pending records are written (``_after``, then
+    :data:`CHUNK` once the stream is open);
     ``_txid``: that transaction's id (None before one is open);
     ``_written``: the oids whose rows it holds; ``_pending``: new records
     not written yet; ``_conn``: the psycopg connection the transaction is
@@ -59,22 +62,23 @@ class RecordStream:
         self._written: set[bytes] = set()
         self._refs: set[int] = set()
         self._pending: list[tuple[bytes, bytes]] = []
+        self._due = after or _NEVER  # how many pending records are written
         self._conn: psycopg.Connection | None = None
         self._spoiled = False
 
     def add(self, oid: bytes, record: bytes) -> None:
         """A new object's record for the commit under way."""
-        if not self._after:
-            return
         pending = self._pending
         pending.append((oid, record))
-        if len(pending) >= (min(CHUNK, self._after) if self._txid is not None else self._after):
+        if len(pending) >= self._due:
             self._write()
 
     def restored(self, oid: bytes) -> None:
-        """``oid``'s record was stored again: a row written ahead may be stale."""
-        if oid in self._written:
-            self._spoiled = True
+        """``oid``'s record was stored again: what was written ahead or is
+        pending may be stale, so the commit is sent whole (rare: the
+        Connection stores each record once).
+        """
+        self._spoiled = True
 
     def _write(self) -> None:
         """Write the pending records, opening the transaction and the COPY
@@ -91,31 +95,54 @@ class RecordStream:
                 session.execute("BEGIN")
                 self._conn = session.conn
                 self._txid = session.execute("SELECT pg_current_xact_id()::text::int8").fetchone()[0]
+                self._due = min(CHUNK, self._after)
+            elif not self._still_open():
+                # Ended under the stream (a sync's rollback, a reconnect):
+                # a COPY now would commit on its own, in autocommit.
+                self._spoiled = True
+                return
             copy = session.copy_under_way() or session.copy_in(_COPY)
-            copy.write("".join(map(self._row, self._pending)))
+            copy.write(self._lines())
         except psycopg.Error:
             self._spoiled = True  # finish() rolls back what there is
             return
-        self._written.update(oid for oid, _ in self._pending)
+        self._written.update([oid for oid, _ in self._pending])
         self._pending.clear()
 
-    def _row(self, item: tuple[bytes, bytes]) -> str:
-        """One line of COPY's text format: oid, txid, record, refs (their
-        numbers kept in ``_refs`` too).  Text, not binary: PostgreSQL
-        reads these lines faster (measured), and so keeps up.
+    def _still_open(self) -> bool:
+        """Whether the transaction the rows went to is still open, on the
+        same connection, and has not failed.
         """
-        oid, record = item
+        session = self._session
+        if session.conn is not self._conn:
+            return False
+        if session.copy_under_way() is not None:
+            return True  # a COPY is under way in it
+        return _open_and_fine(session)
+
+    def _lines(self) -> str:
+        """The pending records as lines of COPY's text format: oid, txid,
+        record, refs.  Text, not binary: PostgreSQL reads these lines
+        faster (measured), and so keeps up.  Most new records refer to
+        nothing, and take the short way.
+        """
+        txid, lines = self._txid, []
+        for oid, record in self._pending:
+            if len(record) == 12 + int.from_bytes(record[8:12], "big"):
+                lines.append(f"{int.from_bytes(oid, 'big')}\t{txid}\t\\\\x{record.hex()}\t{{}}\n")
+            else:
+                lines.append(self._row(oid, record))
+        return "".join(lines)
+
+    def _row(self, oid: bytes, record: bytes) -> str:
+        """One line for a record with refs (their numbers kept in ``_refs`` too)."""
         refs = record_refs(record)
-        if refs:
-            count = len(refs) // 8
-            if len(refs) % 8:
-                self._spoiled = True  # sent whole, the commit is refused
-            numbers = struct.unpack(f">{count}Q", refs[:count * 8])
-            self._refs.update(numbers)
-            text = ",".join(map(str, numbers))
-        else:
-            text = ""
-        return f"{int.from_bytes(oid, 'big')}\t{self._txid}\t\\\\x{record.hex()}\t{{{text}}}\n"
+        count = len(refs) // 8
+        if len(refs) % 8:
+            self._spoiled = True  # sent whole, the commit is refused
+        numbers = struct.unpack(f">{count}Q", refs[:count * 8])
+        self._refs.update(numbers)
+        return f"{int.from_bytes(oid, 'big')}\t{self._txid}\t\\\\x{record.hex()}\t{{{','.join(map(str, numbers))}}}\n"
 
     def finish(self) -> Streamed | None:
         """End the COPY: what the open transaction holds, for
@@ -132,7 +159,7 @@ class RecordStream:
             session.end_copy()
         except psycopg.Error:
             self._spoiled = True
-        if self._spoiled or session.conn is not self._conn or not _open_and_fine(session):
+        if self._spoiled or not self._still_open():
             self.abandon()
             return None
         self.reset()
@@ -150,6 +177,7 @@ class RecordStream:
         self._written = set()
         self._refs = set()
         self._pending = []
+        self._due = self._after or _NEVER
         self._spoiled = False
 
 

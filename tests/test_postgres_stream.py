@@ -25,7 +25,7 @@ from durus.persistent import GHOST
 from durus.persistent_dict import PersistentDict
 from durus.postgres_storage import CommitInDoubtError, PostgresStorage
 from durus._postgres_session import PostgresSession
-from durus.record import oid_to_int
+from durus.record import oid_to_int, pack_record
 from tests.models import Hooked, Item
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,7 +118,7 @@ def test_a_commit_of_few_new_objects_is_not_streamed(postgres_dsn, copies) -> No
 
 # -- whatever happens in the middle: generated ------------------------------
 
-EVENTS = ("none", "error", "load", "merged conflict", "read conflict", "session killed")
+EVENTS = ("none", "error", "load", "load of news", "merged conflict", "read conflict", "session killed")
 
 
 class Boom(Exception):
@@ -134,6 +134,12 @@ def _event(kind: str, dsn: str, connection: Connection, key: str, other: Connect
             raise Boom("a state that will not pickle")
         if kind == "load":
             assert connection.root["ghost"].value == "ghost"  # a query in the middle of the COPY
+        if kind == "load of news":
+            # Another commit of it first: the load syncs (which ends any
+            # transaction the session holds) and then loads.
+            other.root["ghost"].name += "!"
+            other.commit()
+            assert connection.root["ghost"].value == "ghost"
         if kind == "merged conflict":
             other.root[key + "-other"] = "theirs"  # the root: a PersistentDict, merged
             other.commit()
@@ -266,6 +272,29 @@ def test_a_reference_to_an_object_a_pack_removed_refuses_the_streamed_commit(pos
     assert "items" not in stale.root
     for storage in (connection.get_storage(), stale.get_storage()):
         storage.close()
+
+
+@pytest.mark.parametrize("after", [0, 1, 2, 3])
+@pytest.mark.parametrize("order", ["again while pending", "again after written"])
+def test_a_record_stored_twice_commits_the_last_one(postgres_dsn, after, order) -> None:
+    """Through the storage interface itself, as every storage does."""
+    storage = PostgresStorage(postgres_dsn, stream_after=after)
+    Connection(storage).commit()  # the root
+    first, second, third = storage.new_oids(3)
+    storage.begin()
+    storage.store(first, pack_record(first, b"first", b""))
+    if order == "again while pending":
+        storage.store(first, pack_record(first, b"last", b""))
+        storage.store(second, pack_record(second, b"other", b""))
+    else:
+        storage.store(second, pack_record(second, b"other", b""))
+        storage.store(third, pack_record(third, b"third", b""))
+        storage.store(first, pack_record(first, b"last", b""))
+    storage.end()
+    committed = {oid: bytes(record) for oid, record, _ in rows(postgres_dsn, "oid > 0")}
+    assert committed[oid_to_int(first)] == pack_record(first, b"last", b"")
+    assert committed[oid_to_int(second)] == pack_record(second, b"other", b"")
+    storage.close()
 
 
 # -- a client killed mid-stream ---------------------------------------------
