@@ -92,8 +92,10 @@ class RecordStream:
                 if session.in_transaction():
                     self._spoiled = True  # a held commit's: not ours to add to
                     return
-                session.execute("BEGIN")
+                # Ours from before BEGIN is sent: abandon() rolls back
+                # whatever an interruption in between leaves open.
                 self._conn = session.conn
+                session.execute("BEGIN")
                 self._txid = session.execute("SELECT pg_current_xact_id()::text::int8").fetchone()[0]
                 self._due = min(CHUNK, self._after)
             elif not self._still_open():
@@ -153,7 +155,7 @@ class RecordStream:
         """
         session, txid, written, refs = self._session, self._txid, self._written, self._refs
         if txid is None:
-            self.reset()
+            self.abandon()  # nothing written; an interrupted BEGIN's transaction ended
             return None
         try:
             session.end_copy()
@@ -167,7 +169,7 @@ class RecordStream:
 
     def abandon(self) -> None:
         """Give up what was written ahead: the transaction rolled back."""
-        if self._txid is not None and self._session.conn is self._conn:
+        if self._conn is not None and self._session.conn is self._conn:
             self._session.rollback_if_open()
         self.reset()
 

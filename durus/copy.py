@@ -104,17 +104,26 @@ def copy_storage(source: Storage, dest: Storage, progress: Progress | None = Non
     tick = _Throttle(progress)
     start = time.monotonic()
     claim = _OidClaim(dest) if _hands_out_oids(dest) else None
+    # A storage that checks every reference at each commit would refuse a
+    # batch referring to a record of a later one: one commit for it all.
+    whole = _checks_references(dest)
     records = size = 0
+    if whole:
+        dest.begin()
     for batch in _gen_batches(source.gen_oid_record()):
         if claim is not None:
             claim.reach(batch)
-        dest.begin()
+        if not whole:
+            dest.begin()
         for oid, record in batch.items():
             dest.store(oid, record)
-        dest.end()
+        if not whole:
+            dest.end()
         records += len(batch)
         size += sum(len(record) for record in batch.values())
         tick("copy", records, 0)
+    if whole:
+        dest.end()
     tick("copy", records, 0, force=True)
     differences = verify_copy(source, dest, records, tick) if verify else None
     return CopyReport(records, size, time.monotonic() - start, differences)
@@ -127,7 +136,20 @@ def _hands_out_oids(storage: Storage) -> bool:
     from durus.client_storage import ClientStorage
     from durus.file_storage import FileStorage
 
-    return isinstance(storage, (ClientStorage, FileStorage))
+    return isinstance(storage, (ClientStorage, FileStorage)) or _checks_references(storage)
+
+
+def _checks_references(storage: Storage) -> bool:
+    """Whether ``storage`` refuses a commit referring to an oid it does not
+    hold (PostgreSQL's ``durus_commit`` does: a reference to what a pack
+    removed).  Its new records stream into PostgreSQL as they are stored,
+    so one commit of everything costs no more than batches would.
+    """
+    try:
+        from durus.postgres_storage import PostgresStorage
+    except ImportError:  # psycopg is not installed: it is not one
+        return False
+    return isinstance(storage, PostgresStorage)
 
 
 class _OidClaim:

@@ -400,6 +400,11 @@ class PostgresStorage(Storage):
         session = self._session
         own = self._view.own_text(streamed.txid) if streamed else self._view.own_text()
         try:
+            if not in_transaction and session.in_transaction():
+                # Left open by an interruption (a KeyboardInterrupt between
+                # two statements): this commit must not run inside it, where
+                # it would never be committed.
+                session.rollback_if_open()
             if held and not session.in_transaction():
                 session.execute("BEGIN")
             outcome = call_commit(session.conn, self._view.snapshot.text, own, arguments)

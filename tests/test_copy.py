@@ -126,3 +126,37 @@ def test_copy_storage_refuses_a_destination_with_records() -> None:
     build(dest)
     with pytest.raises(CopyError, match="not empty"):
         copy_storage(source, dest)
+
+
+@pytest.mark.parametrize("garbage", [False, True])
+def test_copy_into_postgresql_and_back(tmp_path: Path, postgres_dsn, garbage) -> None:
+    """Forward references between the batches included (a B-tree whose
+    nodes come before what they refer to), holes in the oids kept, new oids
+    after the copied ones; and back out of PostgreSQL into SQLite.
+    """
+    from durus.btree import BTree
+    from durus.postgres_storage import PostgresStorage
+    from support.postgres import uri_of
+
+    storage = FileStorage(str(tmp_path / "a.durus"))
+    connection = Connection(storage)
+    connection.get_root()["tree"] = tree = BTree()
+    for number in range(3000):
+        tree[number] = PersistentDict(n=number)
+    connection.commit()
+    records = build(storage, garbage=garbage)  # closes it
+    assert len(records) > 3000
+    result = durus_copy(str(tmp_path / "a.durus"), uri_of(postgres_dsn))
+    assert result.returncode == 0, result.stderr
+    assert f"verified: all {len(records):,} records equal" in result.stdout
+    result = durus_copy(uri_of(postgres_dsn), f"sqlite://{tmp_path}/b.sqlite", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert dict(SqliteStorage(str(tmp_path / "b.sqlite")).gen_oid_record()) == records
+    copied = PostgresStorage(postgres_dsn)
+    assert dict(copied.gen_oid_record()) == records
+    connection = Connection(copied)
+    assert connection.get_root()["tree"][2999]["n"] == 2999
+    connection.get_root()["new"] = PersistentDict()
+    connection.commit()
+    assert connection.get_root()["new"]._p_oid > max(records)
+    copied.close()

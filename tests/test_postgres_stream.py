@@ -297,6 +297,41 @@ def test_a_record_stored_twice_commits_the_last_one(postgres_dsn, after, order) 
     storage.close()
 
 
+@pytest.mark.parametrize("statement", ["BEGIN", "SELECT pg_current_xact_id()"])
+def test_an_interruption_as_the_stream_opens_leaves_no_transaction_behind(
+        postgres_dsn, monkeypatch, statement) -> None:
+    """A KeyboardInterrupt that lands just after a statement of the stream's
+    opening: the commit after it is written, not kept in a transaction that
+    would never commit.
+    """
+    storage = PostgresStorage(postgres_dsn, stream_after=1)
+    connection = Connection(storage)
+    original, fired = PostgresSession.execute, []
+
+    def execute(self, sql, *args, **options):
+        cursor = original(self, sql, *args, **options)
+        if sql.startswith(statement) and not fired:
+            fired.append(sql)
+            raise KeyboardInterrupt
+        return cursor
+
+    monkeypatch.setattr(PostgresSession, "execute", execute)
+    connection.root["items"] = [Item(str(number)) for number in range(5)]
+    with pytest.raises(KeyboardInterrupt):
+        connection.commit()
+    assert fired
+    connection.root["items"] = [Item(str(number)) for number in range(5)]
+    connection.commit()  # the application tries again
+    connection.root["more"] = Item("more")
+    connection.commit()
+    assert storage.conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    fresh = Connection(PostgresStorage(postgres_dsn))
+    assert [item.name for item in fresh.root["items"]] == [str(number) for number in range(5)]
+    assert fresh.root["more"].name == "more"
+    fresh.get_storage().close()
+    storage.close()
+
+
 # -- a client killed mid-stream ---------------------------------------------
 
 _STREAMER = textwrap.dedent("""
