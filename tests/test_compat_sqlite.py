@@ -1,7 +1,7 @@
 """The storages Durus 4.3 has besides FileStorage, against the real Durus
 4.3: its SqliteStorage files open here and ours open there; its DFS20
 files (FileStorage2) are read here; ``durus --copy`` copies each of its
-formats.  Both sides run tests/durus43_scripts/storage_driver.py, and
+formats (into PostgreSQL too).  Both sides run tests/durus43_scripts/storage_driver.py, and
 their oid-free dumps must be equal.
 """
 
@@ -21,7 +21,10 @@ sys.path.insert(0, str(SCRIPTS))
 
 import storage_driver  # noqa: E402  (needs SCRIPTS on the path)
 
+from durus.file_storage import FileStorage  # noqa: E402
+from durus.postgres_storage import PostgresStorage  # noqa: E402
 from durus.sqlite_storage import SqliteStorage  # noqa: E402
+from support.postgres import uri_of  # noqa: E402
 
 pytestmark = pytest.mark.compat
 
@@ -77,7 +80,8 @@ def test_a_dfs20_file_of_durus43_reads_here(durus43: Durus43, tmp_path: Path, pa
 
 
 @pytest.mark.parametrize("kind, name", [("shelf", "a.durus"), ("dfs20", "a.dfs"), ("sqlite", "a.sqlite")])
-def test_durus_copy_copies_each_format_of_durus43(durus43: Durus43, tmp_path: Path, kind: str, name: str) -> None:
+def test_durus_copy_copies_each_format_of_durus43(
+        durus43: Durus43, tmp_path: Path, kind: str, name: str, postgres_dsn: str) -> None:
     source = tmp_path / name
     expected = theirs(durus43, "build", kind, source)
     if kind != "sqlite":  # 4.3's SqliteStorage, reopened, overwrites its highest oid
@@ -91,3 +95,12 @@ def test_durus_copy_copies_each_format_of_durus43(durus43: Durus43, tmp_path: Pa
         assert ours("dump", dest_kind, dest) == expected
     # The SHELF-1 copy opens in Durus 4.3 too (records are copied unchanged).
     assert theirs(durus43, "dump", "shelf", tmp_path / "copy.durus") == expected
+    # Into PostgreSQL: the same records as the SHELF-1 copy holds.
+    result = subprocess.run([sys.executable, "-m", "durus", "--copy", str(source), uri_of(postgres_dsn)],
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "verified: all" in result.stdout
+    in_postgres, in_file = PostgresStorage(postgres_dsn), FileStorage(str(tmp_path / "copy.durus"), readonly=True)
+    assert dict(in_postgres.gen_oid_record()) == dict(in_file.gen_oid_record())
+    in_postgres.close()
+    in_file.close()
