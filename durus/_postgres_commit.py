@@ -297,7 +297,8 @@ def commit_arguments(records: dict[bytes, bytes], watched: Iterable[bytes], new:
         # they were handed out (the sequence hands them out in order).
         checked_new = {number for number in new_numbers if number in written}
         checked_new.add(max(struct.unpack(f">{len(streamed)}Q", b"".join(streamed))))
-    used = sorted(({oid_to_int(oid) for oid in watched} | written) - new_numbers)
+    watched = list(watched)
+    used = sorted(written.union(struct.unpack(f">{len(watched)}Q", b"".join(watched))) - new_numbers)
     run_ends, modes = lock_runs(used, written)
     owner_text = "{" + b"".join(owners).decode()[:-1] + "}" if owners else "{}"
     return (int_array(used), int_array(run_ends), modes, int_array(sorted(checked_new)), int_array(numbers),
