@@ -128,10 +128,10 @@ class RecordStream:
         faster (measured), and so keeps up.  Most new records refer to
         nothing, and take the short way.
         """
-        txid, lines = self._txid, []
+        middle, lines = f"\t{self._txid}\t\\\\x", []
         for oid, record in self._pending:
             if len(record) == 12 + int.from_bytes(record[8:12], "big"):
-                lines.append(f"{int.from_bytes(oid, 'big')}\t{txid}\t\\\\x{record.hex()}\t{{}}\n")
+                lines.append(f"{int.from_bytes(oid, 'big')}{middle}{record.hex()}\t{{}}\n")
             else:
                 lines.append(self._row(oid, record))
         return "".join(lines)

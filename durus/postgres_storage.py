@@ -425,8 +425,9 @@ class PostgresStorage(Storage):
         self._conflicts = 0
         if outcome.status == "ok":
             known = self._view.known
-            for oid in records:
-                known.pop(oid, None)
+            if known:
+                for oid in records:
+                    known.pop(oid, None)
             self._view.own = [outcome.txid]
             self._oids.stored(records)
             deliver_after_commit(invalid, handle_invalidations)
