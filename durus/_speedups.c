@@ -318,8 +318,11 @@ static PyTypeObject PersistentLoaderType = {
  * object in a state, atoms included.
  *
  * For an object already stored through connection, what reference() does
- * is done here: its oid goes into refs, and the id is made.  Anything else
- * (a new object, one of another connection) goes to reference().
+ * is done here: its oid goes into refs, and the id is made.  So it is for a
+ * new object (no oid) when new_oid and new_objects are given: it is named
+ * with new_oid(), given connection, and appended to new_objects, as
+ * reference() would (a build names a hundred thousand).  Anything else (one
+ * of another connection) goes to reference().
  */
 typedef struct {
     PyObject_HEAD
@@ -327,8 +330,26 @@ typedef struct {
     PyObject *base;
     PyObject *connection;
     PyObject *refs;
+    PyObject *new_oid;      /* NULL: new objects go to reference() */
+    PyObject *new_objects;
     vectorcallfunc vectorcall;
 } PersistentIdentifier;
+
+/* Name the new object obj as reference() does: a new reference to its oid. */
+static PyObject *
+name_new_object(PersistentIdentifier *self, PyObject *obj)
+{
+    PyObject *oid = PyObject_CallNoArgs(self->new_oid);
+    if (oid == NULL)
+        return NULL;
+    if (PyObject_GenericSetAttr(obj, str_p_oid, oid) < 0
+        || PyObject_GenericSetAttr(obj, str_p_connection, self->connection) < 0
+        || PyList_Append(self->new_objects, obj) < 0) {
+        Py_DECREF(oid);
+        return NULL;
+    }
+    return oid;
+}
 
 static PyObject *
 stored_reference(PersistentIdentifier *self, PyObject *obj)
@@ -337,7 +358,15 @@ stored_reference(PersistentIdentifier *self, PyObject *obj)
     oid = PyObject_GenericGetAttr(obj, str_p_oid);
     if (oid == NULL)
         return NULL;
-    connection = oid == Py_None ? NULL : PyObject_GenericGetAttr(obj, str_p_connection);
+    if (oid == Py_None && self->new_oid != NULL) {
+        Py_DECREF(oid);
+        oid = name_new_object(self, obj);
+        if (oid == NULL)
+            return NULL;
+        connection = Py_NewRef(self->connection);
+    }
+    else
+        connection = oid == Py_None ? NULL : PyObject_GenericGetAttr(obj, str_p_connection);
     if (connection == NULL) {
         Py_DECREF(oid);
         if (PyErr_Occurred())
@@ -387,13 +416,17 @@ identifier_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, 
 static PyObject *
 identifier_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    PyObject *reference, *base, *connection, *refs;
+    PyObject *reference, *base, *connection, *refs, *new_oid = NULL, *new_objects = NULL;
     PersistentIdentifier *self;
     if (check_configured() < 0)
         return NULL;
-    if (!PyArg_ParseTuple(args, "OO!OO!:PersistentIdentifier", &reference, &PyType_Type, &base, &connection,
-                          &PySet_Type, &refs))
+    if (!PyArg_ParseTuple(args, "OO!OO!|OO!:PersistentIdentifier", &reference, &PyType_Type, &base, &connection,
+                          &PySet_Type, &refs, &new_oid, &PyList_Type, &new_objects))
         return NULL;
+    if ((new_oid == NULL) != (new_objects == NULL)) {
+        PyErr_SetString(PyExc_TypeError, "PersistentIdentifier: new_oid and new_objects go together");
+        return NULL;
+    }
     self = (PersistentIdentifier *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
@@ -401,6 +434,8 @@ identifier_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->base = Py_NewRef(base);
     self->connection = Py_NewRef(connection);
     self->refs = Py_NewRef(refs);
+    self->new_oid = Py_XNewRef(new_oid);
+    self->new_objects = Py_XNewRef(new_objects);
     self->vectorcall = identifier_vectorcall;
     return (PyObject *)self;
 }
@@ -412,6 +447,8 @@ identifier_traverse(PersistentIdentifier *self, visitproc visit, void *arg)
     Py_VISIT(self->base);
     Py_VISIT(self->connection);
     Py_VISIT(self->refs);
+    Py_VISIT(self->new_oid);
+    Py_VISIT(self->new_objects);
     return 0;
 }
 
@@ -422,6 +459,8 @@ identifier_clear(PersistentIdentifier *self)
     Py_CLEAR(self->base);
     Py_CLEAR(self->connection);
     Py_CLEAR(self->refs);
+    Py_CLEAR(self->new_oid);
+    Py_CLEAR(self->new_objects);
     return 0;
 }
 

@@ -308,17 +308,21 @@ class _StatePickler(pickle.Pickler):
 
     def __init__(self, file: BytesIO, writer: ObjectWriter) -> None:
         super().__init__(file, PICKLE_PROTOCOL)
-        self.persistent_id = PersistentIdentifier(writer.reference, PersistentObject, writer.connection, writer.refs)
+        self.persistent_id = PersistentIdentifier(writer.reference, PersistentObject, writer.connection, writer.refs,
+                                                  writer.connection.new_oid, writer.new_objects)
 
 
 def persistent_identifier(
-    reference: Callable[[PersistentObject], tuple[bytes, type]], base: type, connection: Connection, refs: set[bytes]
+    reference: Callable[[PersistentObject], tuple[bytes, type]], base: type, connection: Connection, refs: set[bytes],
+    new_oid: Callable[[], bytes] | None = None, new_objects: list[PersistentObject] | None = None,
 ) -> Callable[[Any], tuple[bytes, type] | None]:
     """The ``persistent_id`` of a connection's pickler, which asks it of
     every object in a state: an instance of ``base`` is pickled as its
     ``reference()``, anything else by value.  (The C version does what
     ``reference()`` does for an object stored through ``connection`` itself,
-    adding its oid to ``refs``.)
+    adding its oid to ``refs``, and, given ``new_oid`` and ``new_objects``,
+    for a new object too: named with ``new_oid()`` and appended to
+    ``new_objects``.)
     """
 
     def persistent_id(obj: Any) -> tuple[bytes, type] | None:

@@ -152,3 +152,46 @@ def test_the_pure_python_versions_pass_the_tests() -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout.splitlines()[-1]
+
+
+_NEW_GRAPH = """
+import json, sys
+from durus.connection import Connection
+from durus.persistent_dict import PersistentDict
+from durus.persistent_list import PersistentList
+from durus.speedups import speedups
+from durus.storage import MemoryStorage
+from tests.models import Item
+
+connection = Connection(MemoryStorage())
+shared = Item("shared", [1, 2])
+items = [Item(str(n), shared if n % 3 else {"n": n, "next": Item(f"inner {n}")}) for n in range(40)]
+items[5].value = items  # a cycle through a plain list
+connection.get_root()["tree"] = PersistentDict(items=PersistentList(items), shared=shared)
+connection.commit()
+connection.get_root()["more"] = [Item("more", items[0])]
+connection.commit()
+records = dict(connection.get_storage().gen_oid_record())
+print(json.dumps({"accelerated": speedups is not None,
+                  "records": {oid.hex(): record.hex() for oid, record in records.items()}}))
+"""
+
+
+@pytest.mark.skipif(PURE, reason="this is the pure-Python run")
+def test_new_objects_named_in_c_give_the_records_python_gives() -> None:
+    """The accelerator names new objects met while pickling (as
+    ObjectWriter.reference does): the same oids, records and refs.
+    """
+    import json
+
+    runs = []
+    for pure in ("0", "1"):
+        env = {**os.environ, "DURUS_PURE_PYTHON": pure}
+        done = subprocess.run([sys.executable, "-c", _NEW_GRAPH], env=env, cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        runs.append(json.loads(done.stdout))
+    accelerated, pure = runs
+    assert accelerated["accelerated"] is (speedups is not None) and pure["accelerated"] is False
+    assert len(pure["records"]) > 50
+    assert accelerated["records"] == pure["records"]
