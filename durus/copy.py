@@ -105,7 +105,9 @@ def copy_storage(source: Storage, dest: Storage, progress: Progress | None = Non
     start = time.monotonic()
     claim = _OidClaim(dest) if _hands_out_oids(dest) else None
     # A storage that checks every reference at each commit would refuse a
-    # batch referring to a record of a later one: one commit for it all.
+    # batch referring to a record of a later one: one commit for it all
+    # (PostgreSQL's: its new records stream in as they are stored, so this
+    # costs no more than batches would).
     whole = _checks_references(dest)
     records = size = 0
     if whole:
@@ -141,15 +143,9 @@ def _hands_out_oids(storage: Storage) -> bool:
 
 def _checks_references(storage: Storage) -> bool:
     """Whether ``storage`` refuses a commit referring to an oid it does not
-    hold (PostgreSQL's ``durus_commit`` does: a reference to what a pack
-    removed).  Its new records stream into PostgreSQL as they are stored,
-    so one commit of everything costs no more than batches would.
+    hold (see ``Storage.checks_references``).
     """
-    try:
-        from durus.postgres_storage import PostgresStorage
-    except ImportError:  # psycopg is not installed: it is not one
-        return False
-    return isinstance(storage, PostgresStorage)
+    return getattr(storage, "checks_references", False)
 
 
 class _OidClaim:

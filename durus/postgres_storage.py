@@ -111,6 +111,7 @@ class PostgresStorage(Storage):
     batched_bulk_load = True
     watches_reads = True
     streams_records = True
+    checks_references = True
 
     def __init__(
         self,

@@ -58,6 +58,11 @@ class Storage:
     #: calls ``cancel()`` if the commit stops before ``end()``.
     streams_records = False
 
+    #: True where a commit referring to an oid the storage does not hold
+    #: (a record of a later commit, or one a pack removed) is refused: a
+    #: copy into it must then be one commit.
+    checks_references = False
+
     def load(self, oid: bytes) -> bytes:
         """The record stored for ``oid``; DurusKeyError if there is none.
 
