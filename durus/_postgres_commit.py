@@ -268,9 +268,10 @@ def commit_arguments(records: dict[bytes, bytes], watched: Iterable[bytes], new:
     handed out to this client (not yet stored).  The records of
     ``streamed`` oids are already written (in the transaction the call
     runs in): only the highest of their oids goes as new, for the check
-    that they were handed out, and of their refs, ``streamed_refs``, those to objects
-    outside the commit, for the checks that those exist and are not being
-    removed (with owner 0: no record sent).  Refused if a record's refs are not whole oids.
+    that they were handed out; and of their refs, ``streamed_refs``, those
+    to objects outside the commit, for the checks that those exist and are
+    not being removed (with owner 0: no record sent).  Refused if a
+    record's refs are not whole oids.
     """
     sent = {oid: record for oid, record in records.items() if oid not in streamed} if streamed else records
     keys = b"".join(sent)
